@@ -1,0 +1,2 @@
+"""Measuring, evaluating and cataloguing the sub-networks of a nested net,
+and their early-exit policies."""

@@ -1,0 +1,199 @@
+"""Building a catalog: count, measure and evaluate every sub-network.
+
+``build_catalog`` is what ``anytime profile`` runs.  For each (depth, width)
+it extracts the standalone sub-network and counts its MACs (dispatch level,
+meta device) and parameters, measures its activation memory and its latency
+(batch 1 and one larger batch), times each depth segment and head, and then
+evaluates all sub-networks at once with one ``forward_all`` pass per batch on
+the validation and test splits.  The local measurements fit the roofline
+latency model, which predicts the spec-sheet devices.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from anytime.catalog import Catalog, LatencyTable
+from anytime.evaluate import collect_traces
+from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
+from anytime.macs import count_macs, count_params, op_profile, output_shape
+from anytime.profile import (LatencyStats, device_name, largest_feature_map_bytes,
+                             measured_peak_activation_bytes, time_model)
+from nets.data import Cifar10
+from nets.dnnet import DNNet
+from nets.spec import SubnetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProfileConfig:
+    """How much measuring a catalog build does."""
+
+    large_batch: int = 32  # the one larger batch size timed beside batch 1
+    warmup: int = 5
+    repeats_batch1: int = 30  # per-call timings of the whole sub-network at batch 1
+    repeats_large: int = 10
+    repeats_segment: int = 30  # per-call timings of each depth segment and head
+    eval_batch_size: int = 500
+    device: str = "cpu"
+    local_device_key: str = "cpu-local"  # the catalog's name for the device measured here
+    holdout_fraction: float = 0.3  # sub-networks held out of the latency-model fit, to test it
+    seed: int = 0
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _time_segments(model: DNNet, width: int, config: ProfileConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Batch-1 p50 (ms) of each depth's own layers and of each depth's head at one width."""
+    full = model.extract(SubnetSpec(model.depths, width)).eval()
+    prefix = nn.Sequential(full[0], full[1], full[2], full[3])  # normalize, stem conv, bn, relu
+    segments: list[nn.Module] = [prefix] + [full[4 + i] for i in range(model.depths - 1)]
+    heads = [nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.heads[d].as_linear(width)).eval()
+             for d in range(model.depths)]
+    segment_ms = np.zeros(model.depths)
+    head_ms = np.zeros(model.depths)
+    x = torch.rand(1, 3, 32, 32, device=config.device)
+    with torch.inference_mode():
+        for d, segment in enumerate(segments):
+            segment_ms[d] = _time_on(segment, x, config)
+            x = segment.to(config.device)(x)
+            head_ms[d] = _time_on(heads[d], x, config)
+    return segment_ms, head_ms
+
+
+def _time_on(module: nn.Module, x: torch.Tensor, config: ProfileConfig) -> float:
+    """Median ms of ``module`` on a fixed input (used for segments and heads)."""
+    module = module.to(config.device).eval()
+    shape = tuple(x.shape[1:])
+    return time_model(module, 1, config.device, config.warmup, config.repeats_segment, input_shape=shape).p50_ms
+
+
+def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: Cifar10,
+                  config: ProfileConfig | None = None, progress: bool = True) -> tuple[Catalog, dict]:
+    """Count, measure and evaluate every sub-network of ``model``.
+
+    Returns the catalog and a report of the latency model's fit (its held-out
+    errors), which the docs quote.
+    """
+    config = config or ProfileConfig()
+    model = model.eval()
+    depths, widths = model.depths, model.widths
+    specs = model.specs()
+    shape = (depths, widths)
+    costs = {name: np.zeros(shape, dtype=np.int64) for name in (
+        "macs", "head_macs", "exit_path_macs", "params", "peak_activation_bytes_largest_map",
+        "peak_activation_bytes_measured", "feature_bytes")}
+    batch_sizes = (1, config.large_batch)
+    p50 = np.zeros((2, *shape))
+    p90 = np.zeros((2, *shape))
+    profiles: dict[SubnetSpec, list] = {}
+    stats: dict[SubnetSpec, LatencyStats] = {}
+
+    for spec in tqdm(specs, desc="count and time sub-networks", disable=not progress):
+        d, w = spec.depth - 1, spec.width - 1
+        extracted = model.extract(spec).eval()
+        costs["macs"][d, w] = count_macs(extracted)
+        head = extracted[-1]
+        costs["head_macs"][d, w] = head.in_features * head.out_features
+        costs["params"][d, w] = count_params(extracted)
+        costs["peak_activation_bytes_largest_map"][d, w] = largest_feature_map_bytes(extracted)
+        costs["peak_activation_bytes_measured"][d, w] = measured_peak_activation_bytes(extracted,
+                                                                                       device=config.device)
+        costs["feature_bytes"][d, w] = int(np.prod(output_shape(extracted[:-3], (1, 3, 32, 32)))) * 4
+        profiles[spec] = op_profile(extracted)
+        for b, (batch, repeats) in enumerate(((1, config.repeats_batch1), (config.large_batch, config.repeats_large))):
+            result = time_model(extracted, batch, config.device, config.warmup, repeats)
+            p50[b, d, w], p90[b, d, w] = result.p50_ms, result.p90_ms
+            if batch == 1:
+                stats[spec] = result
+    backbone = costs["macs"] - costs["head_macs"]
+    costs["exit_path_macs"] = backbone + np.cumsum(costs["head_macs"], axis=0)
+
+    segment_ms = np.zeros(shape)
+    head_ms = np.zeros(shape)
+    for w in tqdm(range(1, widths + 1), desc="time depth segments", disable=not progress):
+        segment_ms[:, w - 1], head_ms[:, w - 1] = _time_segments(model, w, config)
+
+    provenance = stats[specs[-1]].provenance.to_dict()
+    provenance.pop("batch_size")
+    provenance.update(batch_sizes=list(batch_sizes), repeats=[config.repeats_batch1, config.repeats_large],
+                      segment_repeats=config.repeats_segment, timed="extracted standalone sub-network",
+                      iqr_ms_batch1=np.round([[stats[SubnetSpec(d + 1, w + 1)].iqr_ms for w in range(widths)]
+                                              for d in range(depths)], 4).tolist())
+    local = LatencyTable(config.local_device_key, True, batch_sizes, p50, p90, segment_ms, head_ms, provenance)
+
+    # fit the roofline model on part of the measured sub-networks, test it on the rest
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(specs))
+    n_holdout = int(round(config.holdout_fraction * len(specs)))
+    held_out = [specs[i] for i in order[:n_holdout]]
+    fitted_on = [specs[i] for i in order[n_holdout:]]
+    measured_s = {s: p50[0, s.depth - 1, s.width - 1] / 1e3 for s in specs}
+    local_model = fit_device_model(config.local_device_key, [profiles[s] for s in fitted_on],
+                                   np.array([measured_s[s] for s in fitted_on]),
+                                   source=f"fitted to {len(fitted_on)} measured sub-networks on {device_name()}")
+    errors = relative_errors(local_model, [profiles[s] for s in held_out], np.array([measured_s[s] for s in held_out]))
+    fit_report = {"device_model": local_model.to_dict(), "fitted_on": len(fitted_on), "held_out": len(held_out),
+                  "median_abs_rel_error": float(np.median(errors)), "p90_abs_rel_error": float(np.percentile(errors, 90)),
+                  "max_abs_rel_error": float(errors.max())}
+    log.info("latency model held-out error: median %.1f%%, p90 %.1f%%", 100 * fit_report["median_abs_rel_error"],
+             100 * fit_report["p90_abs_rel_error"])
+
+    latency = {config.local_device_key: local}
+    for device in load_device_models().values():
+        latency[device.name] = predicted_table(model, device, profiles, batch_sizes)
+
+    traces = {}
+    for split in ("val", "test"):
+        images, labels = data.split(split)
+        traces[split] = collect_traces(model, images, labels, config.eval_batch_size, progress, desc=f"{split} traces")
+
+    catalog = Catalog(
+        net=net_name, net_config=model.config_dict(), weights_sha256=_sha256_file(weights_path),
+        classes=list(data.classes), depths=depths, widths=widths, costs=costs, latency=latency, traces=traces,
+        provenance={"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
+                    "torch": torch.__version__, "data": Path(data.source).name,
+                    "val": "class-stratified hold-out of the training set (calibration)",
+                    "test": "the 10,000-image test set (reporting)" if len(data.test_labels) == 10000 else "test split",
+                    "latency_model_fit": fit_report},
+    )
+    return catalog, fit_report
+
+
+def predicted_table(model: DNNet, device: DeviceModel, profiles: dict[SubnetSpec, list],
+                    batch_sizes: tuple[int, ...]) -> LatencyTable:
+    """A latency table predicted by the roofline model for an unmeasured device."""
+    depths, widths = model.depths, model.widths
+    p50 = np.zeros((len(batch_sizes), depths, widths))
+    for spec, ops in profiles.items():
+        for b, batch in enumerate(batch_sizes):
+            p50[b, spec.depth - 1, spec.width - 1] = device.predict(ops, batch) * 1e3
+    segment = np.zeros((depths, widths))
+    head = np.zeros((depths, widths))
+    for w in range(1, widths + 1):
+        full = model.extract(SubnetSpec(depths, w))
+        parts = [nn.Sequential(*full[:4])] + [full[4 + i] for i in range(depths - 1)]
+        x_shape = (1, 3, 32, 32)
+        for d, part in enumerate(parts):
+            ops = op_profile(part, x_shape)
+            segment[d, w - 1] = (device.predict(ops) - device.fixed_s) * 1e3
+            x_shape = output_shape(part, x_shape)
+            head_module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.heads[d].as_linear(w))
+            head[d, w - 1] = (device.predict(op_profile(head_module, x_shape)) - device.fixed_s) * 1e3
+        segment[0, w - 1] += device.fixed_s * 1e3  # the fixed cost is paid once per inference
+    provenance = {"predicted_by": "per-operation roofline (anytime/latency_model.py)", "device_model": device.to_dict()}
+    return LatencyTable(device.name, False, batch_sizes, p50, p50.copy(), segment, head, provenance)

@@ -1,0 +1,77 @@
+"""Accuracy and per-sample traces of every sub-network, from one
+``forward_all`` pass per batch.
+
+For every sample and every (depth, width) a trace keeps the predicted class
+and the confidence signals that exit policies read: top-1 softmax probability,
+top-1 minus top-2 margin, and softmax entropy (float16).  Whether an answer is
+right is ``prediction == label``, so it is never stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nets.data import batches, to_float
+from nets.dnnet import DNNet
+
+SIGNALS = ("top1_prob", "margin", "entropy")
+
+
+@dataclass
+class Traces:
+    """Per-sample outcomes of every sub-network on one split."""
+
+    labels: np.ndarray  # [N] uint8
+    prediction: np.ndarray  # [N, depths, widths] uint8
+    top1_prob: np.ndarray  # [N, depths, widths] float16
+    margin: np.ndarray  # [N, depths, widths] float16, top-1 minus top-2 probability
+    entropy: np.ndarray  # [N, depths, widths] float16, nats
+
+    @property
+    def correct(self) -> np.ndarray:
+        """``[N, depths, widths]`` bool: the sub-network's answer is right."""
+        return self.prediction == self.labels[:, None, None]
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``[depths, widths]`` top-1 accuracy."""
+        return self.correct.mean(axis=0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"labels": self.labels, "prediction": self.prediction,
+                **{name: getattr(self, name) for name in SIGNALS}}
+
+
+def confidence_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Prediction, top-1 probability, margin and entropy over the last axis."""
+    log_probs = logits.float().log_softmax(dim=-1)
+    probs = log_probs.exp()
+    top2 = probs.topk(2, dim=-1).values
+    return {
+        "prediction": probs.argmax(dim=-1),
+        "top1_prob": top2[..., 0],
+        "margin": top2[..., 0] - top2[..., 1],
+        "entropy": -(probs * log_probs).sum(dim=-1),
+    }
+
+
+@torch.no_grad()
+def collect_traces(model: DNNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
+                   progress: bool = False, desc: str = "traces") -> Traces:
+    """Run ``forward_all`` once per batch and keep every sub-network's outcome."""
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("prediction", *SIGNALS)}
+    for x, _ in tqdm(list(batches(images, labels, batch_size)), desc=desc, disable=not progress, leave=False):
+        signals = confidence_signals(model.forward_all(to_float(x)))
+        parts["prediction"].append(signals["prediction"].to(torch.uint8).numpy())
+        for name in SIGNALS:
+            parts[name].append(signals[name].to(torch.float16).numpy())
+    return Traces(labels=labels.numpy().astype(np.uint8),
+                  **{name: np.concatenate(chunks) for name, chunks in parts.items()})

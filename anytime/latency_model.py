@@ -1,0 +1,117 @@
+"""A per-operation roofline latency model, for devices not measured.
+
+For one forward pass made of operations ``i`` with ``macs_i`` and ``bytes_i``
+(read + written), the predicted latency is
+
+    t = fixed + sum_i [ per_op_overhead + max(macs_i / mac_rate, bytes_i / bandwidth) ]
+
+(Williams et al., "Roofline", CACM 2009, applied per layer, plus the dispatch
+overhead that dominates small layers in eager frameworks).  On a measured
+device the four parameters are fitted to the measured latencies; other devices
+are described by their public spec-sheet peaks times an achievable fraction,
+and every latency they yield is marked as predicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from anytime.macs import OpRecord
+from nets.errors import ConfigError
+
+DEVICES_FILE = Path(__file__).resolve().parent / "data" / "devices.yaml"
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Roofline parameters of one device."""
+
+    name: str
+    mac_rate: float  # achievable multiply-accumulates per second
+    bandwidth: float  # achievable bytes per second
+    per_op_overhead_s: float  # dispatch / launch cost of one operation
+    fixed_s: float = 0.0  # per-inference cost independent of the network
+    measured: bool = False  # True when fitted to measurements on this device
+    memory_bytes: int = 0  # memory the device offers to models (0 = unknown)
+    source: str = ""  # where the numbers come from
+
+    def predict(self, ops: list[OpRecord], batch_size: int = 1) -> float:
+        """Predicted latency in seconds of a forward pass profiled at batch 1,
+        scaled to ``batch_size`` (MACs and activation bytes grow with it)."""
+        macs, data_bytes = _features(ops)
+        return float(self.fixed_s + len(ops) * self.per_op_overhead_s
+                     + np.maximum(macs * batch_size / self.mac_rate, data_bytes * batch_size / self.bandwidth).sum())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _features(ops: list[OpRecord]) -> tuple[np.ndarray, np.ndarray]:
+    macs = np.array([op.macs for op in ops], dtype=np.float64)
+    data_bytes = np.array([op.bytes_read + op.bytes_written for op in ops], dtype=np.float64)
+    return macs, data_bytes
+
+
+def fit_device_model(name: str, profiles: list[list[OpRecord]], latencies_s: np.ndarray,
+                     source: str = "fitted to measurements") -> DeviceModel:
+    """Fit the roofline parameters to measured latencies (seconds), minimising
+    the squared relative error.  The two rates are searched on a log grid
+    (the max() makes the model non-linear in them); for each pair the overhead
+    and fixed cost follow from non-negative linear least squares."""
+    latencies_s = np.asarray(latencies_s, dtype=np.float64)
+    if len(profiles) != len(latencies_s) or len(profiles) < 3:
+        raise ConfigError("fitting a latency model needs at least 3 profiled, measured models")
+    features = [_features(ops) for ops in profiles]
+    op_counts = np.array([len(ops) for ops in profiles], dtype=np.float64)
+    weights = 1.0 / latencies_s  # relative error
+    best = None
+    for mac_rate in np.logspace(8, 13, 41):
+        for bandwidth in np.logspace(8, 12, 33):
+            roof = np.array([np.maximum(m / mac_rate, b / bandwidth).sum() for m, b in features])
+            residual = latencies_s - roof
+            design = np.stack([op_counts, np.ones_like(op_counts)], axis=1) * weights[:, None]
+            coef, *_ = np.linalg.lstsq(design, residual * weights, rcond=None)
+            coef = np.maximum(coef, 0.0)  # costs cannot be negative
+            error = ((design @ coef - residual * weights) ** 2).sum()
+            if best is None or error < best[0]:
+                best = (error, mac_rate, bandwidth, coef)
+    _, mac_rate, bandwidth, (overhead, fixed) = best
+    return DeviceModel(name, float(mac_rate), float(bandwidth), float(overhead), float(fixed), measured=True,
+                       source=source)
+
+
+def relative_errors(model: DeviceModel, profiles: list[list[OpRecord]], latencies_s: np.ndarray) -> np.ndarray:
+    """``|predicted - measured| / measured`` for each model."""
+    predicted = np.array([model.predict(ops) for ops in profiles])
+    return np.abs(predicted - latencies_s) / latencies_s
+
+
+def load_device_models(path: str | Path = DEVICES_FILE) -> dict[str, DeviceModel]:
+    """Device descriptions from YAML (spec-sheet devices, predicted)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read device descriptions {path}: {exc}") from None
+    devices = {}
+    for name, spec in (data or {}).get("devices", {}).items():
+        try:
+            efficiency = float(spec.get("achievable_fraction", 1.0))
+            devices[name] = DeviceModel(
+                name=name,
+                mac_rate=float(spec["peak_macs_per_s"]) * efficiency,
+                bandwidth=float(spec["peak_bandwidth_bytes_per_s"]) * efficiency,
+                per_op_overhead_s=float(spec["per_op_overhead_us"]) * 1e-6,
+                fixed_s=float(spec.get("fixed_overhead_us", 0.0)) * 1e-6,
+                measured=False,
+                memory_bytes=int(float(spec.get("memory_bytes", 0))),
+                source=str(spec.get("source", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"device {name!r} in {path}: missing or bad field {exc}") from None
+        if min(devices[name].mac_rate, devices[name].bandwidth) <= 0:
+            raise ConfigError(f"device {name!r} in {path}: rates must be positive")
+    return devices

@@ -1,0 +1,84 @@
+"""Pictures of a catalog: heat maps over depth x width of every cost and of
+accuracy (the doubly nested paper's Figure 3), and the accuracy of every
+sub-network that fits a MAC budget (its Figure 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from anytime.catalog import Catalog  # noqa: E402
+
+
+def _heatmap(ax, values: np.ndarray, title: str, fmt: str) -> None:
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("width (groups)")
+    ax.set_ylabel("depth")
+    depths, widths = values.shape
+    ax.set_xticks(range(widths), [str(w + 1) for w in range(widths)])
+    ax.set_yticks(range(0, depths, 3), [str(d + 1) for d in range(0, depths, 3)])
+    if depths * widths <= 160:
+        for d in range(depths):
+            for w in range(widths):
+                ax.text(w, d, format(values[d, w], fmt), ha="center", va="center", fontsize=5, color="white")
+    plt.colorbar(image, ax=ax, fraction=0.046)
+
+
+def plot_heatmaps(catalog: Catalog, path: str | Path, device: str | None = None, split: str = "test") -> Path:
+    """Figure 3: MACs, parameters, peak memory, latency and accuracy over depth x width."""
+    device = device or next(d for d, t in catalog.latency.items() if t.measured)
+    table = catalog.latency_table(device)
+    panels = [
+        (catalog.costs["macs"] / 1e6, "MACs (M)", ".1f"),
+        (catalog.costs["params"] / 1e3, "parameters (k)", ".0f"),
+        (catalog.costs["peak_activation_bytes_measured"] / 1e3, "peak activations, measured (kB)", ".0f"),
+        (table.p50_ms[0], f"latency p50, batch 1, {device} ({'measured' if table.measured else 'predicted'}) (ms)", ".2f"),
+        (100 * catalog.accuracy(split), f"top-1 accuracy, {split} (%)", ".0f"),
+        (catalog.costs["exit_path_macs"] / 1e6, "MACs of an exit at depth d, heads on the way (M)", ".1f"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
+    for ax, (values, title, fmt) in zip(axes.ravel(), panels):
+        _heatmap(ax, values, title, fmt)
+    fig.suptitle(f"{catalog.net}: every sub-network (depth x width)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_budget(catalog: Catalog, path: str | Path, mac_budget: float, split: str = "test",
+                others: dict[str, Catalog] | None = None) -> Path:
+    """Figure 5: accuracy against MACs of every sub-network, those within
+    ``mac_budget`` highlighted and the best of them marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    families = {catalog.net: catalog, **(others or {})}
+    for index, (name, cat) in enumerate(families.items()):
+        macs = cat.costs["macs"].ravel() / 1e6
+        accuracy = 100 * cat.accuracy(split).ravel()
+        feasible = macs <= mac_budget / 1e6
+        color = f"C{index}"
+        ax.scatter(macs[~feasible], accuracy[~feasible], s=10, color=color, alpha=0.25)
+        ax.scatter(macs[feasible], accuracy[feasible], s=14, color=color, label=f"{name} (within budget)")
+        if feasible.any():
+            best = np.flatnonzero(feasible)[np.argmax(accuracy[feasible])]
+            spec = cat.specs()[best]
+            ax.scatter([macs[best]], [accuracy[best]], s=120, facecolors="none", edgecolors=color)
+            ax.annotate(f"best {spec}: {accuracy[best]:.1f}%", (macs[best], accuracy[best]),
+                        textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
+    ax.axvline(mac_budget / 1e6, color="k", linestyle="--", linewidth=1)
+    ax.set_xlabel("MACs per inference (M)")
+    ax.set_ylabel(f"top-1 accuracy, {split} (%)")
+    ax.set_title(f"sub-networks within a {mac_budget / 1e6:.0f} M MAC budget")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,254 @@
+"""CIFAR-10 loading, splitting and augmentation as tensor operations.
+
+One entry point, :func:`load_cifar10`, reads both layouts users have:
+
+* the official python-batches release (``cifar-10-batches-py/`` with
+  ``data_batch_1..5`` and ``test_batch``, or its ``.tar.gz``);
+* an image-folder layout ``train/<class>/*``, ``test/<class>/*`` (JPEG/PNG), as
+  a directory or a ``.zip`` (the shipped ``cifar10-jpeg.zip`` is one).
+
+Images stay ``uint8 [N, 3, 32, 32]`` in memory; decoded image folders are cached
+as an uncompressed ``.npz`` next to nothing the user owns (``cache_dir``).
+Augmentation (random crop with 4-pixel zero padding, horizontal flip) works on
+whole batches, and all randomness comes from an explicit seeded generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nets.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass
+class Cifar10:
+    """The train/validation/test splits as uint8 images and int64 labels."""
+
+    train_images: torch.Tensor  # [N, 3, 32, 32] uint8
+    train_labels: torch.Tensor  # [N] int64
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...] = CIFAR10_CLASSES
+    source: str = ""
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}; expected train, val or test")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The official batches are pickles of dicts of numpy arrays; refuse any
+    other global so a malicious file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _read_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as exc:
+        raise DataError(f"{where} is not a CIFAR-10 python batch: {exc}") from None
+    return data, labels
+
+
+def _load_python_batches(files: dict[str, bytes], where: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    train = [_read_batch(files[f"data_batch_{i}"], f"{where}/data_batch_{i}") for i in range(1, 6)]
+    test = _read_batch(files["test_batch"], f"{where}/test_batch")
+    return {
+        "train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
+        "test": test,
+    }
+
+
+def _decode_image(raw: bytes, name: str) -> np.ndarray:
+    from PIL import Image  # imported lazily: only the image-folder layout needs it
+
+    try:
+        image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    except Exception as exc:
+        raise DataError(f"cannot decode image {name}: {exc}") from None
+    if image.shape != (32, 32, 3):
+        raise DataError(f"image {name} is {image.shape[1]}x{image.shape[0]}, expected 32x32")
+    return image.transpose(2, 0, 1)
+
+
+def _load_image_folders(entries: dict[str, callable], where: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``entries`` maps 'split/class/file' to a function returning the bytes."""
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for name in entries:
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] in by_split and parts[2].lower().endswith(_IMAGE_SUFFIXES):
+            by_split[parts[0]].setdefault(parts[1], []).append(name)
+    for split, classes in by_split.items():
+        if not classes:
+            raise DataError(f"{where} has no {split}/<class>/<image> files")
+    class_names = sorted(by_split["train"])
+    if set(class_names) == set(CIFAR10_CLASSES):
+        class_names = list(CIFAR10_CLASSES)  # the official label order
+    if sorted(by_split["test"]) != sorted(class_names):
+        raise DataError(f"{where}: train and test class folders differ")
+    out = {}
+    for split, classes in by_split.items():
+        images, labels = [], []
+        for label, cls in enumerate(class_names):
+            for name in sorted(classes[cls]):
+                images.append(_decode_image(entries[name](), f"{where}/{name}"))
+                labels.append(label)
+        out[split] = (np.stack(images), np.asarray(labels, dtype=np.int64))
+    return out
+
+
+def _find_root_prefix(names: list[str]) -> str:
+    """The folder inside an archive that holds train/ and test/ (maybe '')."""
+    prefixes = set()
+    for name in names:
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[-3] == "train":
+            prefixes.add("/".join(parts[:-3]))
+    return min(prefixes, key=len) if prefixes else ""
+
+
+def _read_source(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if path.is_dir():
+        batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        if (batches / "data_batch_1").is_file():
+            try:
+                files = {f"data_batch_{i}": (batches / f"data_batch_{i}").read_bytes() for i in range(1, 6)}
+                files["test_batch"] = (batches / "test_batch").read_bytes()
+            except FileNotFoundError as exc:
+                raise DataError(f"incomplete CIFAR-10 python batches in {batches}: {exc.filename}") from None
+            return _load_python_batches(files, str(batches))
+        entries = {
+            str(p.relative_to(path)).replace("\\", "/"): p.read_bytes
+            for p in path.glob("*/*/*") if p.is_file()
+        }
+        return _load_image_folders(entries, str(path))
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            prefix = _find_root_prefix(names)
+            strip = len(prefix) + 1 if prefix else 0
+            entries = {n[strip:]: (lambda n=n: archive.read(n)) for n in names if not n.endswith("/")}
+            return _load_image_folders(entries, str(path))
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as archive:
+            files = {}
+            for member in archive.getmembers():
+                base = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and (base.startswith("data_batch_") or base == "test_batch"):
+                    files[base] = archive.extractfile(member).read()
+        missing = [n for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if n not in files]
+        if missing:
+            raise DataError(f"{path} lacks CIFAR-10 batches: {', '.join(missing)}")
+        return _load_python_batches(files, str(path))
+    raise DataError(f"{path} is neither a directory, a zip of image folders nor a CIFAR-10 tar.gz")
+
+
+def _cache_file(path: Path, cache_dir: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir / f"cifar10-{key}.npz"
+
+
+def load_cifar10(path: str | Path, val_size: int = 5000, seed: int = 0,
+                 cache_dir: str | Path | None = None) -> Cifar10:
+    """Read CIFAR-10 from ``path`` (any supported layout) and hold out a
+    class-stratified validation split of ``val_size`` training images."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path not found: {path}")
+    cache = _cache_file(path, Path(cache_dir)) if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as arrays:
+            splits = {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in ("train", "test")}
+    else:
+        splits = _read_source(path)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, **{f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))})
+            tmp.replace(cache)
+    train_x, train_y = splits["train"]
+    test_x, test_y = splits["test"]
+    if not 0 <= val_size < len(train_x):
+        raise DataError(f"val_size must be in [0, {len(train_x)}), got {val_size}")
+    val_index = stratified_holdout(train_y, val_size, seed)
+    keep = np.ones(len(train_x), dtype=bool)
+    keep[val_index] = False
+    log.info("loaded CIFAR-10 from %s: %d train, %d val, %d test", path, keep.sum(), val_size, len(test_x))
+    t = torch.from_numpy
+    return Cifar10(
+        t(np.ascontiguousarray(train_x[keep])), t(train_y[keep]),
+        t(np.ascontiguousarray(train_x[val_index])), t(train_y[val_index]),
+        t(np.ascontiguousarray(test_x)), t(test_y), source=str(path),
+    )
+
+
+def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of ``size`` samples, spread evenly over the classes, seeded."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = np.full(len(classes), size // len(classes))
+    per_class[: size % len(classes)] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float in [0, 1], the models' input convention."""
+    return images.float().div_(255.0)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop after zero padding, then random horizontal flip, on a whole
+    uint8 batch ``[B, C, H, W]`` at once (index arithmetic, no Python loop)."""
+    batch, channels, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    rows = (dy[:, None] + torch.arange(height)[None, :])  # [B, H]
+    cols = (dx[:, None] + torch.arange(width)[None, :])  # [B, W]
+    flip = torch.rand(batch, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    index_b = torch.arange(batch)[:, None, None, None]
+    index_c = torch.arange(channels)[None, :, None, None]
+    return padded[index_b, index_c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None, drop_last: bool = False):
+    """Yield ``(uint8 images, labels)`` batches; shuffled with ``generator``."""
+    n = len(images)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        yield images[index], labels[index]

@@ -1,0 +1,139 @@
+"""Building blocks shared by the network families.
+
+The plain blocks here (``Normalize``, ``BasicBlock``) are what a sub-network
+extracted from a doubly nested net is made of, so an extracted model needs
+nothing from the nested classes to run.  The channel-causal pieces
+(``causal_mask``, ``CausalConv2d``, ``GroupHeads``) implement the key idea of
+the doubly nested network (Kim et al., 2018): output channel group *i* of a
+layer reads input groups 1..i only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# CIFAR-10 training-set channel statistics; models normalise inside so that
+# any extracted sub-network takes images in [0, 1] like the full net.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` on ``[batch, C, H, W]`` inputs in [0, 1]."""
+
+    def __init__(self, mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class BasicBlock(nn.Module):
+    """The standard two-convolution residual block; a 1x1 projection shortcut
+    when the stride or the channel count changes (ResNet option B)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def causal_mask(out_channels: int, in_channels: int, groups: int) -> torch.Tensor:
+    """Block lower-triangular 0/1 mask ``[out, in]``: out group i sees in groups <= i."""
+    if out_channels % groups or in_channels % groups:
+        raise ValueError(f"channels {in_channels}->{out_channels} are not divisible by {groups} groups")
+    out_group = torch.arange(out_channels) // (out_channels // groups)
+    in_group = torch.arange(in_channels) // (in_channels // groups)
+    return (in_group[None, :] <= out_group[:, None]).float()
+
+
+class CausalConv2d(nn.Conv2d):
+    """A convolution whose output group i reads input groups 1..i only.
+
+    Implemented as a dense convolution with a fixed block-triangular mask on
+    the weight: one fast dense kernel in training, and the masked entries get
+    no gradient (d(W*M)/dW = M), so they stay at the zero they start from.
+    ``causal_input=False`` makes an ordinary convolution whose output is still
+    split in groups (the stem reads all three colour channels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 groups: int, causal_input: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        if causal_input:
+            mask = causal_mask(out_channels, in_channels, groups)
+        else:
+            mask = torch.ones(out_channels, in_channels)
+        # not persistent: it is a function of the configuration, not a weight
+        self.register_buffer("mask", mask[:, :, None, None], persistent=False)
+        with torch.no_grad():
+            self.weight.mul_(self.mask)
+
+    def masked_weight(self, out_channels: int | None = None, in_channels: int | None = None) -> torch.Tensor:
+        """The effective weight, optionally cut to an output and input prefix."""
+        weight = self.weight * self.mask
+        return weight[:out_channels, :in_channels]
+
+    def forward(self, x: torch.Tensor, out_channels: int | None = None) -> torch.Tensor:
+        weight = self.masked_weight(out_channels, x.shape[1])
+        return F.conv2d(x, weight, None, self.stride, self.padding)
+
+
+class GroupHeads(nn.Module):
+    """One small linear head per width group, read from that group's pooled
+    features; the output of width c is the average of the first c heads.
+
+    Averaging makes a wider answer refine a narrower one as a bigger ensemble
+    refines a smaller one, and cumulative sums give every width in one pass.
+    """
+
+    def __init__(self, channels: int, groups: int, num_classes: int):
+        super().__init__()
+        self.groups = groups
+        self.group_channels = channels // groups
+        bound = 1.0 / self.group_channels ** 0.5  # nn.Linear's default init range
+        self.weight = nn.Parameter(torch.empty(groups, self.group_channels, num_classes).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, num_classes).uniform_(-bound, bound))
+
+    def per_group(self, pooled: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """Logits of each of the first ``width`` heads: ``[batch, width, classes]``."""
+        width = self.groups if width is None else width
+        features = pooled[:, : width * self.group_channels].reshape(pooled.shape[0], width, self.group_channels)
+        return torch.einsum("bgc,gck->bgk", features, self.weight[:width]) + self.bias[:width]
+
+    def forward_all(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Averaged logits for every width: ``[batch, groups, classes]``."""
+        logits = self.per_group(pooled)
+        counts = torch.arange(1, self.groups + 1, device=pooled.device, dtype=logits.dtype)
+        return logits.cumsum(dim=1) / counts[None, :, None]
+
+    def forward(self, pooled: torch.Tensor, width: int) -> torch.Tensor:
+        """Averaged logits of width ``width`` only: ``[batch, classes]``."""
+        return self.per_group(pooled, width).mean(dim=1)
+
+    def as_linear(self, width: int) -> nn.Linear:
+        """The width-``width`` averaged head as one plain ``nn.Linear`` on the
+        concatenated pooled features of the first ``width`` groups."""
+        in_features = width * self.group_channels
+        linear = nn.Linear(in_features, self.weight.shape[2])
+        with torch.no_grad():
+            linear.weight.copy_(self.weight[:width].reshape(in_features, -1).t() / width)
+            linear.bias.copy_(self.bias[:width].mean(dim=0))
+        return linear

@@ -1,0 +1,72 @@
+"""Plain CIFAR ResNets (He et al., "Deep Residual Learning for Image
+Recognition", 2016, section 4.2), the baselines of the nested network.
+
+Same stem, stages and projection shortcuts as the doubly nested ResNet, with
+dense convolutions and one classifier at the end, so the two differ only in
+causality and heads.  ``width_multiplier`` gives the narrower "full training"
+baselines of the doubly nested paper's Figure 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from nets.errors import ConfigError
+from nets.layers import CIFAR10_MEAN, CIFAR10_STD, BasicBlock, Normalize
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    num_classes: int = 10
+    stage_widths: tuple[int, ...] = (16, 32, 64)  # channels per stage at width_multiplier 1
+    blocks_per_stage: int = 5  # 5 -> ResNet-32
+    width_multiplier: float = 1.0  # < 1 for the narrow, separately trained baselines
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2 or self.blocks_per_stage < 1 or not self.stage_widths:
+            raise ConfigError(f"invalid ResNet configuration {self}")
+        if not 0 < self.width_multiplier <= 4:
+            raise ConfigError(f"width_multiplier must be in (0, 4], got {self.width_multiplier}")
+
+    def channels(self) -> tuple[int, ...]:
+        return tuple(max(1, round(w * self.width_multiplier)) for w in self.stage_widths)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class ResNet(nn.Module):
+    """A plain CIFAR ResNet taking images in [0, 1]."""
+
+    def __init__(self, config: ResNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or ResNetConfig()
+        widths = config.channels()
+        layers: list[nn.Module] = [
+            Normalize(config.mean, config.std),
+            nn.Conv2d(len(config.mean), widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        ]
+        in_channels = widths[0]
+        for stage, width in enumerate(widths):
+            for index in range(config.blocks_per_stage):
+                layers.append(BasicBlock(in_channels, width, 2 if stage > 0 and index == 0 else 1))
+                in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(in_channels, config.num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)))
+
+    def config_dict(self) -> dict:
+        return {"family": "resnet", **self.config.to_dict()}

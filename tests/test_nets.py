@@ -1,0 +1,354 @@
+"""Tests of the nested network, its registry, data loading and training."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nets import DNNet, DNNetConfig, SubnetSpec, all_specs, create_net, list_nets
+from nets.data import augment, load_cifar10
+from nets.errors import CheckpointError, ConfigError, DataError, RegistryError, SpecError, UnknownNetError
+from nets.registry import load_weights, register_net
+from nets.train import TrainConfig, joint_loss, loss_weights, train
+
+
+def _randomise_batch_norm(model: nn.Module, seed: int = 0) -> None:
+    """Give every BN non-trivial statistics so equivalence tests can fail."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+@pytest.fixture
+def tiny() -> DNNet:
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny")
+    _randomise_batch_norm(model)
+    return model.eval()
+
+
+# --- SubnetSpec -----------------------------------------------------------
+
+@pytest.mark.parametrize("depth,width", [(1, 1), (12, 6), (16, 8), (123, 45)])
+def test_spec_round_trip(depth, width):
+    spec = SubnetSpec(depth, width)
+    assert str(spec) == f"d{depth}w{width}"
+    assert SubnetSpec.parse(str(spec)) == spec
+    assert hash(SubnetSpec.parse(str(spec))) == hash(spec)
+
+
+@pytest.mark.parametrize("text", ["", "d0w1", "d1w0", "d01w2", "w1d2", "d1 w2", "d-1w2", "D1W2", "d1w2x", None, 12])
+def test_spec_parse_rejects(text):
+    with pytest.raises(SpecError):
+        SubnetSpec.parse(text)
+
+
+@pytest.mark.parametrize("depth,width", [(0, 1), (1, -2), (1.5, 1), (True, 1)])
+def test_spec_rejects_bad_fields(depth, width):
+    with pytest.raises(SpecError):
+        SubnetSpec(depth, width)
+
+
+def test_spec_is_frozen_and_ordered():
+    spec = SubnetSpec(3, 2)
+    with pytest.raises(Exception):
+        spec.depth = 4
+    assert sorted([SubnetSpec(2, 1), SubnetSpec(1, 2)]) == [SubnetSpec(1, 2), SubnetSpec(2, 1)]
+    assert len(all_specs(3, 2)) == 6
+
+
+# --- the nested network ---------------------------------------------------
+
+def test_shipped_shape():
+    model = create_net("dnnet_resnet32_cifar10")
+    assert (model.depths, model.widths) == (16, 8)
+    out = model.forward_all(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 16, 8, 10)
+
+
+def test_one_pass_equivalence(tiny):
+    """forward_all = forward(spec) = extract(spec) for every sub-network."""
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        every = tiny.forward_all(x)
+        for spec in tiny.specs():
+            expected = every[:, spec.depth - 1, spec.width - 1]
+            torch.testing.assert_close(tiny(x, spec), expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(tiny.extract(spec)(x), expected, atol=1e-5, rtol=0)
+
+
+def test_causality(tiny):
+    """Perturbing the channels of groups above c anywhere leaves every output
+    of width <= c unchanged (checked by hooks that corrupt each layer)."""
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        base = tiny.forward_all(x)
+    groups = tiny.widths
+    layers = [m for m in tiny.modules() if isinstance(m, nn.BatchNorm2d)]
+    for c in range(1, groups):
+        for layer in layers:
+            keep = layer.num_features // groups * c
+
+            def corrupt(module, inputs, output, keep=keep):
+                output = output.clone()
+                output[:, keep:] += 100 * torch.randn_like(output[:, keep:])
+                return output
+
+            handle = layer.register_forward_hook(corrupt)
+            with torch.no_grad():
+                out = tiny.forward_all(x)
+            handle.remove()
+            torch.testing.assert_close(out[:, :, :c], base[:, :, :c], atol=1e-5, rtol=0)
+            assert not torch.allclose(out[:, :, c:], base[:, :, c:])  # the corruption did reach wider outputs
+
+
+def test_input_channels_reach_every_group(tiny):
+    """The stem reads all three colour channels in every group."""
+    mask = tiny.stem.mask
+    assert bool((mask == 1).all())
+
+
+def test_batch_norm_statistics_are_width_independent():
+    """A width-c sub-network trained alone would collect exactly the full
+    network's BN statistics for its channels: no per-width BN is needed."""
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny").train()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(8, 3, 32, 32)
+    model.forward_all(x)
+    full_stats = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for width in range(1, model.widths + 1):
+        narrow = create_net("dnnet_tiny").train()
+        narrow.load_state_dict(initial)
+        narrow(x, SubnetSpec(model.depths, width))
+        bns = [m for m in narrow.modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn, full in zip(bns, full_stats):
+            c = bn.num_features // model.widths * width
+            torch.testing.assert_close(bn.running_mean[:c], full[:c], atol=1e-6, rtol=0)
+            # channels above the width were never touched by the narrow run
+            assert torch.equal(bn.running_mean[c:], torch.zeros(bn.num_features - c))
+
+
+def test_extract_is_plain_and_minimal(tiny):
+    spec = SubnetSpec(2, 1)
+    model = tiny.extract(spec)
+    allowed = (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten,
+               nn.Identity)
+    from nets.layers import BasicBlock, Normalize
+
+    for module in model.modules():
+        assert isinstance(module, allowed + (BasicBlock, Normalize)), type(module)
+    assert not any("mask" in name for name, _ in model.named_buffers())
+    # width 1 of 2 groups: exactly half the channels of the full layers
+    assert model[1].out_channels == tiny.stem.out_channels // 2
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in tiny.parameters())
+
+
+def test_extract_exports(tiny):
+    model = tiny.extract(SubnetSpec(3, 2)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_forward_rejects_spec_outside_net(tiny):
+    with pytest.raises(SpecError):
+        tiny(torch.rand(1, 3, 32, 32), SubnetSpec(99, 1))
+    with pytest.raises(SpecError):
+        tiny.extract(SubnetSpec(1, 3))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        DNNetConfig(width_groups=3)
+    with pytest.raises(ConfigError):
+        create_net("dnnet_tiny", no_such_field=1)
+    assert DNNetConfig.from_dict(DNNetConfig().to_dict()) == DNNetConfig()
+
+
+# --- registry -------------------------------------------------------------
+
+def test_registry_lists_and_refuses_duplicates():
+    names = list_nets()
+    assert {"dnnet_resnet32_cifar10", "dnnet_tiny", "resnet32_cifar10"} <= set(names)
+    with pytest.raises(RegistryError):
+        register_net("dnnet_tiny")(lambda: None)
+    with pytest.raises(UnknownNetError, match="unknown network 'nope'"):
+        create_net("nope")
+
+
+def test_wrong_checkpoint_for_config(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(create_net("dnnet_tiny", width_groups=1).state_dict(), path)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_weights(create_net("dnnet_tiny"), path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_weights(create_net("dnnet_tiny"), tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_weights(create_net("dnnet_tiny"), tmp_path / "missing.pt")
+
+
+def test_shipped_weights_load():
+    from nets.registry import weights_path
+
+    if not weights_path("dnnet_resnet32_cifar10").exists():
+        pytest.skip("shipped weights not built yet")
+    model = create_net("dnnet_resnet32_cifar10", pretrained=True)
+    assert not model.training
+
+
+# --- data -----------------------------------------------------------------
+
+def test_python_batches_layout(cifar_batches_dir):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    assert data.train_images.shape == (180, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (50, 3, 32, 32)
+    assert torch.bincount(data.val_labels).tolist() == [2] * 10  # stratified
+
+
+def test_image_folder_zip_and_directory(cifar_zip, fake_cifar_arrays, tmp_path):
+    import zipfile
+
+    data = load_cifar10(cifar_zip, val_size=0)
+    train_x, train_y, test_x, test_y = fake_cifar_arrays
+    # PNG is lossless: pixels and labels survive exactly (folders sorted per class)
+    order = np.argsort(test_y, kind="stable")
+    assert np.array_equal(data.test_images.numpy(), test_x[order])
+    assert np.array_equal(data.test_labels.numpy(), test_y[order])
+    with zipfile.ZipFile(cifar_zip) as archive:
+        archive.extractall(tmp_path)
+    from_dir = load_cifar10(tmp_path / "cifar10", val_size=0)
+    assert torch.equal(from_dir.train_images, data.train_images)
+
+
+def test_cache_round_trip(cifar_zip, tmp_path):
+    first = load_cifar10(cifar_zip, val_size=10, cache_dir=tmp_path)
+    assert list(tmp_path.glob("*.npz"))
+    second = load_cifar10(cifar_zip, val_size=10, cache_dir=tmp_path)
+    assert torch.equal(first.val_images, second.val_images)
+
+
+def test_bad_data_paths(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_cifar10(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        load_cifar10(tmp_path / "empty")
+    bad = tmp_path / "bad" / "cifar-10-batches-py"
+    bad.mkdir(parents=True)
+    (bad / "data_batch_1").write_bytes(pickle.dumps({b"data": 1}))
+    with pytest.raises(DataError):
+        load_cifar10(bad.parent)
+
+
+def test_unpickler_refuses_code(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    evil = pickle.dumps(print)  # any global outside numpy's array reconstruction
+    for i in range(1, 6):
+        (root / f"data_batch_{i}").write_bytes(evil)
+    (root / "test_batch").write_bytes(evil)
+    with pytest.raises(DataError, match="refusing"):
+        load_cifar10(tmp_path)
+
+
+def test_augment_is_seeded_crop_and_flip():
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 3, 32, 32)
+    a = augment(images, torch.Generator().manual_seed(3))
+    b = augment(images, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == images.shape and a.dtype == torch.uint8
+    # each output is a (possibly flipped) window of the zero-padded input
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(2):
+        found = any(
+            torch.equal(a[i], window) or torch.equal(a[i], window.flip(-1))
+            for dy in range(9) for dx in range(9)
+            for window in [padded[i, :, dy:dy + 32, dx:dx + 32]]
+        )
+        assert found
+
+
+# --- training -------------------------------------------------------------
+
+def test_joint_loss_reduces_to_paper_loss():
+    logits = torch.randn(4, 3, 2, 10)
+    labels = torch.randint(0, 10, (4,))
+    loss, ce = joint_loss(logits, labels, loss_weights(3, 2, "uniform"), 0.0, 0.0)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), labels.repeat_interleave(6))
+    torch.testing.assert_close(loss, expected)
+    assert loss_weights(4, 2, "depth")[-1, 0] > loss_weights(4, 2, "depth")[0, 0]
+
+
+def test_training_smoke_loss_falls(cifar_batches_dir, tmp_path):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny")
+    card = train(model, "tiny", data, TrainConfig(epochs=6, batch_size=30, lr=0.05), tmp_path, progress=False)
+    losses = [h["train_loss"] for h in card["history"]]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "tiny.pt").exists()
+    written = json.loads((tmp_path / "tiny.json").read_text())
+    assert np.asarray(written["test_accuracy_grid"]).shape == (model.depths, model.widths)
+    reloaded = load_weights(create_net("dnnet_tiny"), tmp_path / "tiny.pt")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_resume_continues_exactly(cifar_batches_dir, tmp_path):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    config = TrainConfig(epochs=3, batch_size=30, lr=0.05)
+    torch.manual_seed(0)
+    straight = create_net("dnnet_tiny")
+    train(straight, "tiny", data, config, tmp_path / "straight", progress=False)
+    # run one epoch of a 3-epoch schedule by stopping after the first checkpoint
+    torch.manual_seed(0)
+    interrupted = create_net("dnnet_tiny")
+    import nets.train as train_module
+
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def save_then_stop(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        if str(path).endswith("checkpoint.tmp"):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt
+
+    train_module.torch.save = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(interrupted, "tiny", data, config, tmp_path / "resumed", progress=False)
+    finally:
+        train_module.torch.save = real_save
+    (tmp_path / "resumed" / "checkpoint.tmp").replace(tmp_path / "resumed" / "checkpoint.pt")
+    torch.manual_seed(123)  # resume must not depend on the caller's RNG
+    resumed = create_net("dnnet_tiny")
+    train(resumed, "tiny", data, config, tmp_path / "resumed", resume=True, progress=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_resume_refuses_other_config(cifar_batches_dir, tmp_path):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    train(create_net("dnnet_tiny"), "tiny", data, TrainConfig(epochs=1, batch_size=50), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="another training configuration"):
+        train(create_net("dnnet_tiny"), "tiny", data, TrainConfig(epochs=2, batch_size=50), tmp_path,
+              resume=True, progress=False)
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError):
+        TrainConfig(full_output_weight=1.5)
+    with pytest.raises(ConfigError):
+        TrainConfig(lambda_scheme="cubic")
