@@ -107,6 +107,10 @@ class Catalog:
     latency: dict[str, LatencyTable]
     traces: dict[str, Traces]  # "val" (calibration) and "test" (reporting)
     provenance: dict = field(default_factory=dict)
+    # learned exit scorers (decision gates, support networks), added by `anytime exits`:
+    # policy -> split -> {"score": [N, depths, widths] float16, "prediction": [N, depths, widths] uint8}
+    exit_scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    exit_extra_macs: dict[str, np.ndarray] = field(default_factory=dict)  # policy -> [depths, widths] scorer MACs
 
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
@@ -166,6 +170,10 @@ class Catalog:
         stem.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{split}/{name}": array for split, traces in self.traces.items()
                   for name, array in traces.arrays().items()}
+        for policy, by_split in self.exit_scores.items():
+            for split, fields in by_split.items():
+                arrays[f"{split}/exit/{policy}/score"] = fields["score"].astype(np.float16)
+                arrays[f"{split}/exit/{policy}/prediction"] = fields["prediction"].astype(np.uint8)
         npz_path = stem.with_name(stem.name + ".npz")
         tmp_npz = stem.with_name(stem.name + ".tmp.npz")
         np.savez_compressed(tmp_npz, **arrays)
@@ -178,6 +186,8 @@ class Catalog:
             "costs": {name: values.tolist() for name, values in self.costs.items()},
             "latency": {device: table.to_json() for device, table in self.latency.items()},
             "splits": {split: len(traces) for split, traces in self.traces.items()},
+            "exit_policies": {policy: {"extra_macs": self.exit_extra_macs[policy].tolist(),
+                                       "splits": sorted(self.exit_scores[policy])} for policy in self.exit_scores},
             "traces_sha256": _sha256(tmp_npz),
             "provenance": self.provenance,
         }
@@ -256,10 +266,22 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
                 for name in ("prediction", *SIGNALS):
                     _check_shape(f"{split}/{name}", fields[name], (int(count), depths, widths))
                 traces[split] = Traces(**fields)
+            exit_scores: dict = {}
+            exit_extra_macs: dict = {}
+            for policy, info in meta.get("exit_policies", {}).items():
+                exit_extra_macs[policy] = np.asarray(info["extra_macs"], dtype=np.int64)
+                _check_shape(f"exit_policies.{policy}.extra_macs", exit_extra_macs[policy], (depths, widths))
+                exit_scores[policy] = {}
+                for split in info["splits"]:
+                    fields = {k: arrays[f"{split}/exit/{policy}/{k}"] for k in ("score", "prediction")}
+                    for k, array in fields.items():
+                        _check_shape(f"{split}/exit/{policy}/{k}", array, (len(traces[split]), depths, widths))
+                    exit_scores[policy][split] = fields
     except CatalogError:
         raise
     except Exception as exc:  # zipfile, KeyError, ValueError from a damaged archive
         raise CatalogError(f"cannot read traces from {npz_path}: {exc.__class__.__name__}: {exc}") from None
     return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
                    classes=list(meta["classes"]), depths=depths, widths=widths, costs=costs, latency=latency,
-                   traces=traces, provenance=dict(meta.get("provenance", {})))
+                   traces=traces, provenance=dict(meta.get("provenance", {})), exit_scores=exit_scores,
+                   exit_extra_macs=exit_extra_macs)

@@ -1,0 +1,107 @@
+"""Fitting the learned exit scorers and calibrating every exit policy.
+
+``fit_scorers`` trains decision gates (hinge and cross-entropy) and support
+networks on frozen features of a training subset, scores the validation and
+test splits, and adds those scores to the catalog's traces.
+
+``calibrate_policies`` calibrates each policy on the validation split for a
+target accuracy (the full sub-network's validation accuracy minus a
+tolerance) and reports it on the test split, beside the oracle bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from anytime.catalog import Catalog
+from anytime.exits import (calibrate_for_accuracy, evaluate_thresholds, no_exit, oracle_thresholds, outcome,
+                           path_traces, tradeoff_curve)
+from anytime.gates import (GateConfig, collect_features, gate_macs, gate_scores, support_macs, support_scores,
+                           train_gates, train_support)
+from nets.data import Cifar10
+from nets.dnnet import DNNet
+from nets.spec import SubnetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scorers:
+    gates: list
+    gates_ce: list
+    support: object
+
+
+def fit_scorers(model: DNNet, data: Cifar10, catalog: Catalog, train_subset: int = 10000,
+                config: GateConfig | None = None, progress: bool = True, seed: int = 0) -> Scorers:
+    """Train gates and support networks; add their scores to ``catalog``."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(data.train_images), generator=generator)[:train_subset]
+    features, logits = collect_features(model, data.train_images[index], progress=progress)
+    labels = data.train_labels[index]
+    classes = model.config.num_classes
+    gates = train_gates(features, labels, model.widths, classes, "hinge", config, progress)
+    gates_ce = train_gates(features, labels, model.widths, classes, "ce", config, progress)
+    support = train_support(logits, labels, seed=seed)
+    for split in ("val", "test"):
+        images, _ = data.split(split)
+        split_features, split_logits = collect_features(model, images, progress=progress)
+        for policy, fn in (("gate", lambda: gate_scores(gates, split_features, "hinge")),
+                           ("gate_ce", lambda: gate_scores(gates_ce, split_features, "ce")),
+                           ("support", lambda: support_scores(support, split_logits))):
+            score, prediction = fn()
+            catalog.exit_scores.setdefault(policy, {})[split] = {"score": score.astype(np.float16),
+                                                                  "prediction": prediction}
+    catalog.exit_extra_macs.update(gate=gate_macs(model), gate_ce=gate_macs(model), support=support_macs(model))
+    return Scorers(gates, gates_ce, support)
+
+
+@dataclass
+class PolicyResult:
+    policy: str
+    spec: str
+    thresholds: list
+    val_accuracy: float
+    test_accuracy: float
+    test_expected_macs: float
+    full_test_accuracy: float
+    full_macs: float
+    macs_fraction: float  # expected MACs / the full sub-network's MACs without exits
+    test_exit_histogram: list
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate_policies(catalog: Catalog, spec: SubnetSpec, tolerance: float = 0.003,
+                       policies: tuple[str, ...] | None = None) -> list[PolicyResult]:
+    """Calibrate every available policy on val for ``val_full - tolerance``;
+    report each on test (the oracle needs no calibration)."""
+    available = ["max_prob", "entropy", "margin"] + [p for p in ("gate", "gate_ce", "support")
+                                                    if p in catalog.exit_scores]
+    results = []
+    full_val = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "val"), no_exit(spec.depth))[0]
+    full_test, full_macs = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "test"), no_exit(spec.depth))
+    full_macs = float(catalog.cost("macs", spec))  # without exits no head but the last is evaluated
+    for policy in list(policies or available) + ["oracle"]:
+        if policy == "oracle":
+            thresholds = oracle_thresholds(spec.depth)
+        else:
+            thresholds = calibrate_for_accuracy(path_traces(catalog, spec, policy, "val"), full_val - tolerance)
+        val_accuracy, _ = evaluate_thresholds(path_traces(catalog, spec, policy, "val"), thresholds)
+        test = outcome(path_traces(catalog, spec, policy, "test"), thresholds)
+        results.append(PolicyResult(policy, str(spec), [float(t) for t in thresholds], val_accuracy, test.accuracy,
+                                    test.expected_cost, full_test, full_macs, test.expected_cost / full_macs,
+                                    np.round(test.exit_histogram, 4).tolist()))
+    return results
+
+
+def policy_curves(catalog: Catalog, spec: SubnetSpec, split: str = "test") -> dict[str, np.ndarray]:
+    """Accuracy-vs-expected-MACs curve of every available policy."""
+    policies = ["max_prob", "entropy", "margin"] + [p for p in ("gate", "gate_ce", "support")
+                                                   if p in catalog.exit_scores]
+    return {p: tradeoff_curve(path_traces(catalog, spec, p, split)) for p in policies}

@@ -1,0 +1,220 @@
+"""Early-exit policies and their vectorised evaluation over catalog traces.
+
+A policy turns each sample's outcome at each depth into a score; a sample
+running at width ``c`` up to depth ``L`` exits at the first depth ``l <= L``
+whose score reaches that depth's threshold, else at ``L``.  Its answer is that
+exit's answer and its cost is the catalog's exit-path cost at ``(l, c)``.  The
+seeds:
+
+* ``max_prob``: top-1 softmax probability (the usual confidence baseline);
+* ``entropy``: BranchyNet (Teerapittayanon et al., ICPR 2016) exits when the
+  softmax entropy is below T; the score is ``-entropy``;
+* ``margin``: the score margin, top-1 minus top-2, of flexible ensemble
+  processing's metareasoner;
+* ``gate``: decision gates (Shafiee et al., 2019): a hinge-loss linear
+  classifier on the frozen pooled features; score = largest distance to a
+  decision boundary, and the gate's class is the answer (``anytime.gates``);
+* ``support``: DL-gleaning's support network, the predicted probability that
+  the exit's answer is right (``anytime.gates``);
+* ``oracle``: exits at the first depth whose answer is right (DL-gleaning's
+  ideal bound).
+
+Everything here is numpy over ``[samples, depths]`` arrays, so evaluating one
+threshold vector over 10,000 samples takes well under a millisecond.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anytime.catalog import Catalog, CatalogError
+from nets.spec import SubnetSpec
+
+POLICIES = ("max_prob", "entropy", "margin", "gate", "gate_ce", "support", "oracle")
+NEVER = np.inf  # a threshold no score reaches: never exit early
+ALWAYS = -np.inf  # a threshold every score reaches: always exit at once
+
+
+@dataclass(frozen=True)
+class PathTraces:
+    """Traces of one anytime path (width c, depths 1..L) on one split."""
+
+    score: np.ndarray  # [N, L] float: the policy's exit score at each depth
+    correct: np.ndarray  # [N, L] bool: the answer given when exiting there is right
+    cost: np.ndarray  # [L] MACs (or ms) spent by a sample that exits at each depth
+    policy: str
+    spec: SubnetSpec  # (L, c)
+
+    @property
+    def depths(self) -> int:
+        return self.score.shape[1]
+
+
+def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "val",
+                cost: str = "macs", device: str | None = None) -> PathTraces:
+    """Gather the traces of the anytime path ending at ``spec`` for ``policy``.
+
+    ``cost="macs"`` uses exit-path MACs; ``cost="latency"`` the exit-path
+    batch-1 p50 latency (ms) on ``device``.
+    """
+    if policy not in POLICIES:
+        raise CatalogError(f"unknown exit policy {policy!r}; known: {', '.join(POLICIES)}")
+    spec.check_within(catalog.depths, catalog.widths)
+    if split not in catalog.traces:
+        raise CatalogError(f"catalog has no {split!r} traces (has {sorted(catalog.traces)})")
+    traces = catalog.traces[split]
+    depth, w = spec.depth, spec.width - 1
+    correct = traces.correct[:, :depth, w]
+    if policy == "max_prob":
+        score = traces.top1_prob[:, :depth, w].astype(np.float32)
+    elif policy == "entropy":
+        score = -traces.entropy[:, :depth, w].astype(np.float32)
+    elif policy == "margin":
+        score = traces.margin[:, :depth, w].astype(np.float32)
+    elif policy == "oracle":
+        score = correct.astype(np.float32)  # threshold 1: exit exactly where the answer is right
+    else:
+        extra = catalog.exit_scores.get(policy, {}).get(split)
+        if extra is None:
+            raise CatalogError(f"catalog has no {policy!r} exit scores on {split!r}; run 'anytime exits' first")
+        score = extra["score"][:, :depth, w].astype(np.float32)
+        correct = extra["prediction"][:, :depth, w] == traces.labels[:, None]
+    if cost == "macs":
+        path_cost = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
+        if policy in ("gate", "gate_ce", "support"):
+            path_cost = path_cost + np.cumsum(catalog.exit_extra_macs[policy][:depth, w])
+    elif cost == "latency":
+        table = catalog.latency_table(device or next(d for d, t in catalog.latency.items() if t.measured))
+        path_cost = table.exit_path_p50_ms()[:depth, w]
+    else:
+        raise CatalogError(f"unknown cost {cost!r}; use 'macs' or 'latency'")
+    return PathTraces(score, correct, path_cost, policy, spec)
+
+
+def exit_depths(score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """0-based exit depth of every sample: the first depth whose score reaches
+    its threshold, the last depth when none does."""
+    fires = score >= thresholds[None, :]
+    fires[:, -1] = True  # the last depth always answers
+    return fires.argmax(axis=1)
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    accuracy: float
+    expected_cost: float
+    exit_histogram: np.ndarray  # [L] fraction of samples exiting at each depth
+    quantile_cost: dict  # {0.5: ..., 0.9: ..., 0.99: ...}
+
+
+def evaluate_thresholds(path: PathTraces, thresholds: np.ndarray) -> tuple[float, float]:
+    """Accuracy and expected cost of one threshold vector (the fast path)."""
+    exits = exit_depths(path.score, np.asarray(thresholds, dtype=np.float32))
+    rows = np.arange(len(exits))
+    return float(path.correct[rows, exits].mean()), float(path.cost[exits].mean())
+
+
+def outcome(path: PathTraces, thresholds: np.ndarray) -> ExitOutcome:
+    """Accuracy, expected and quantile cost, and where samples exit."""
+    exits = exit_depths(path.score, np.asarray(thresholds, dtype=np.float32))
+    costs = path.cost[exits]
+    histogram = np.bincount(exits, minlength=path.depths) / len(exits)
+    return ExitOutcome(float(path.correct[np.arange(len(exits)), exits].mean()), float(costs.mean()), histogram,
+                       {q: float(np.quantile(costs, q)) for q in (0.5, 0.9, 0.99)})
+
+
+def no_exit(depth: int) -> np.ndarray:
+    """Thresholds that run every sample to the last depth."""
+    return np.full(depth, NEVER, dtype=np.float32)
+
+
+def oracle_thresholds(depth: int) -> np.ndarray:
+    """For the oracle policy (score = 1 where right): exit where right."""
+    return np.ones(depth, dtype=np.float32)
+
+
+# ---- calibration ---------------------------------------------------------
+
+def calibrate_for_accuracy(path: PathTraces, target_accuracy: float, candidates: int = 64) -> np.ndarray:
+    """Decision gates' method: thresholds tuned in sequence from the shallowest
+    exit, each the loosest that keeps the overall accuracy (with every deeper
+    sample running to the end) at or above ``target_accuracy``."""
+    depth = path.depths
+    thresholds = no_exit(depth)
+    for level in range(depth - 1):
+        values = np.unique(np.quantile(path.score[:, level], np.linspace(0, 1, candidates)))
+        best = NEVER
+        for value in values[::-1]:  # from strictest to loosest
+            trial = thresholds.copy()
+            trial[level] = value
+            accuracy, _ = evaluate_thresholds(path, trial)
+            if accuracy >= target_accuracy:
+                best = value
+            else:
+                break
+        thresholds[level] = best
+    return thresholds
+
+
+def calibrate_weighted(path: PathTraces, beta: float, candidates: int = 101) -> tuple[np.ndarray, float]:
+    """Flexible ensemble processing's objective: one shared threshold chosen by
+    grid search to minimise ``expected cost / full cost + beta x accuracy drop``
+    (accuracy in points).  Returns the thresholds and the objective."""
+    full_accuracy, full_cost = evaluate_thresholds(path, no_exit(path.depths))
+    values = np.unique(np.quantile(path.score[:, :-1], np.linspace(0, 1, candidates)))
+    best = (np.inf, no_exit(path.depths))
+    for value in np.append(values, NEVER):
+        thresholds = np.full(path.depths, value, dtype=np.float32)
+        accuracy, cost = evaluate_thresholds(path, thresholds)
+        objective = cost / full_cost + beta * max(0.0, 100 * (full_accuracy - accuracy))
+        if objective < best[0]:
+            best = (objective, thresholds)
+    return best[1], float(best[0])
+
+
+def calibrate_for_budget(path: PathTraces, budget: float, targets: int = 40) -> np.ndarray | None:
+    """The most accurate calibrated setting whose expected cost fits ``budget``
+    (None when even the cheapest setting does not).  Candidates: the
+    sequential calibration for a ladder of target accuracies, and always-exit."""
+    full_accuracy, _ = evaluate_thresholds(path, no_exit(path.depths))
+    candidates = [no_exit(path.depths), np.full(path.depths, ALWAYS, dtype=np.float32)]
+    for drop in np.linspace(0.0, 0.3, targets):
+        candidates.append(calibrate_for_accuracy(path, full_accuracy - drop, candidates=32))
+    best = None
+    for thresholds in candidates:
+        accuracy, cost = evaluate_thresholds(path, thresholds)
+        if cost <= budget and (best is None or accuracy > best[0] or (accuracy == best[0] and cost < best[1])):
+            best = (accuracy, cost, thresholds)
+    return None if best is None else best[2]
+
+
+def tradeoff_curve(path: PathTraces, points: int = 41) -> np.ndarray:
+    """``[points, 2]`` (expected cost, accuracy) of a shared threshold swept
+    over the score's quantiles: the policy's accuracy-vs-cost curve."""
+    values = np.unique(np.quantile(path.score[:, :-1], np.linspace(0, 1, points)))
+    rows = [evaluate_thresholds(path, np.full(path.depths, v, dtype=np.float32)) for v in values]
+    rows.append(evaluate_thresholds(path, no_exit(path.depths)))
+    return np.array([(cost, accuracy) for accuracy, cost in rows])
+
+
+# ---- width refinement ------------------------------------------------------
+
+def width_refinement(catalog: Catalog, spec: SubnetSpec, wider: int, margin_threshold: float,
+                     split: str = "val") -> tuple[float, float]:
+    """Flexible-ensemble width refinement at the last depth: a sample whose
+    margin at ``spec`` is below ``margin_threshold`` is widened to ``wider``
+    groups, computing only the new groups (the narrower ones are reused) and
+    averaging the heads.  Returns (accuracy, expected MACs)."""
+    if not spec.width < wider <= catalog.widths:
+        raise CatalogError(f"refinement width {wider} must exceed {spec.width} and be at most {catalog.widths}")
+    traces = catalog.traces[split]
+    d = spec.depth - 1
+    narrow_right = traces.correct[:, d, spec.width - 1]
+    wide_right = traces.correct[:, d, wider - 1]
+    widen = traces.margin[:, d, spec.width - 1] < margin_threshold
+    base = catalog.costs["macs"][d, spec.width - 1]
+    extra = catalog.costs["macs"][d, wider - 1] - base  # the new groups' layers and head only
+    accuracy = np.where(widen, wide_right, narrow_right).mean()
+    return float(accuracy), float(base + extra * widen.mean())

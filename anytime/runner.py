@@ -1,0 +1,130 @@
+"""Running a sub-network with its exit policy on real inputs.
+
+``AnytimeRunner`` executes the extracted sub-network at width c depth by depth;
+after each depth it evaluates that depth's head (and gate or support network)
+on the samples still running, and the samples whose score reaches the
+threshold leave the batch, so the batch shrinks as it goes deeper.  It returns
+each sample's prediction, exit depth and MACs spent.  Scores are compared at
+the catalog's float16 precision, so runtime decisions reproduce the traces the
+thresholds were calibrated on.
+
+With a wall-clock ``deadline_s`` it is an anytime predictor: when time is up,
+each sample still running returns the answer of the last exit it passed
+(``answered`` is False only for a sample that passed none).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from anytime.catalog import Catalog
+from anytime.exits import POLICIES
+from anytime.gates import DepthGates, SupportNetworks, support_inputs
+from nets.dnnet import DNNet
+from nets.errors import ConfigError
+from nets.spec import SubnetSpec
+
+
+@dataclass
+class RunResult:
+    prediction: np.ndarray  # [B] int64, -1 where no answer
+    exit_depth: np.ndarray  # [B] 1-based depth that answered (0: none)
+    macs: np.ndarray  # [B] MACs spent on each sample
+    answered: np.ndarray  # [B] bool
+    timed_out: np.ndarray  # [B] bool: answered by the deadline, not by the policy or the last depth
+
+
+class AnytimeRunner:
+    """Executes ``spec`` with an exit ``policy`` and per-depth ``thresholds``."""
+
+    def __init__(self, model: DNNet, spec: SubnetSpec, policy: str, thresholds: np.ndarray, catalog: Catalog,
+                 gates: list[DepthGates] | None = None, support: SupportNetworks | None = None):
+        if policy not in POLICIES or policy == "oracle":
+            raise ConfigError(f"cannot run exit policy {policy!r}; runnable: "
+                              f"{', '.join(p for p in POLICIES if p != 'oracle')}")
+        if policy in ("gate", "gate_ce") and gates is None:
+            raise ConfigError(f"policy {policy!r} needs the trained gates")
+        if policy == "support" and support is None:
+            raise ConfigError("policy 'support' needs the trained support networks")
+        spec.check_within(model.depths, model.widths)
+        if len(thresholds) != spec.depth:
+            raise ConfigError(f"{len(thresholds)} thresholds given for a path of {spec.depth} depths")
+        self.spec, self.policy, self.gates, self.support = spec, policy, gates, support
+        self.thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32))
+        extracted = model.extract(spec).eval()
+        self.segments: list[nn.Module] = [nn.Sequential(*extracted[:4])] + list(extracted[4:4 + spec.depth - 1])
+        self.heads = [model.heads[d].as_linear(spec.width).eval() for d in range(spec.depth)]
+        self.full_channels = list(model.depth_channels)
+        w = spec.width - 1
+        cost = catalog.costs["exit_path_macs"][: spec.depth, w].astype(np.int64)
+        if policy in catalog.exit_extra_macs:
+            cost = cost + np.cumsum(catalog.exit_extra_macs[policy][: spec.depth, w])
+        self.path_macs = cost
+
+    def _score(self, depth: int, logits: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exit score and the answer given on exit, for the running samples."""
+        prediction = logits.argmax(-1)
+        if self.policy in ("max_prob", "entropy", "margin"):
+            log_probs = logits.log_softmax(-1)
+            probs = log_probs.exp()
+            if self.policy == "max_prob":
+                score = probs.max(-1).values
+            elif self.policy == "entropy":
+                score = (probs * log_probs).sum(-1)  # -entropy
+            else:
+                top2 = probs.topk(2, dim=-1).values
+                score = top2[:, 0] - top2[:, 1]
+        elif self.policy in ("gate", "gate_ce"):
+            padded = torch.zeros(len(pooled), self.full_channels[depth])
+            padded[:, : pooled.shape[1]] = pooled
+            gate = self.gates[depth]
+            if self.policy == "gate":
+                score, prediction = gate.distances(padded)[:, self.spec.width - 1].max(-1)
+            else:
+                score, prediction = gate(padded)[:, self.spec.width - 1].softmax(-1).max(-1)
+        else:  # support network of exit (depth, width)
+            inputs = support_inputs(logits)
+            e = depth * self.support.shape[1] + self.spec.width - 1
+            hidden = torch.relu(inputs @ self.support.w1[e] + self.support.b1[e])
+            score = torch.sigmoid(hidden @ self.support.w2[e] + self.support.b2[e])
+        return score.half().float(), prediction  # the catalog's precision
+
+    @torch.inference_mode()
+    def run(self, images: torch.Tensor, deadline_s: float | None = None) -> RunResult:
+        """Classify a batch of float images in [0, 1]; ``deadline_s`` is a
+        wall-clock budget from the call (anytime mode)."""
+        start = time.perf_counter()
+        batch = len(images)
+        prediction = torch.full((batch,), -1, dtype=torch.long)
+        exit_depth = torch.zeros(batch, dtype=torch.long)
+        timed_out = torch.zeros(batch, dtype=torch.bool)
+        running = torch.arange(batch)
+        h = images
+        last = self.spec.depth - 1
+        for depth, segment in enumerate(self.segments):
+            if deadline_s is not None and time.perf_counter() - start >= deadline_s:
+                timed_out[running] = exit_depth[running] > 0
+                break
+            h = segment(h)
+            pooled = h.mean(dim=(2, 3))
+            logits = self.heads[depth](pooled)
+            score, answer = self._score(depth, logits, pooled)
+            # the last answer passed so far: what an interrupted sample returns
+            prediction[running] = answer
+            exit_depth[running] = depth + 1
+            if depth == last:
+                break
+            leaving = score >= self.thresholds[depth]
+            if leaving.any():
+                keep = ~leaving
+                running, h = running[keep], h[keep]
+                if len(running) == 0:
+                    break
+        depth_index = (exit_depth - 1).clamp_min(0).numpy()
+        macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
+        return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy())

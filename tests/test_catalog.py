@@ -1,0 +1,220 @@
+"""Tests of measurement (MACs, memory, latency), the latency model, traces
+and the catalog file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from anytime.builder import ProfileConfig, build_catalog
+from anytime.catalog import SHIPPED_STEM, CatalogError, load_catalog
+from anytime.evaluate import collect_traces, confidence_signals
+from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
+from anytime.macs import count_macs, count_params, op_profile
+from anytime.profile import largest_feature_map_bytes, measured_peak_activation_bytes, time_model
+from nets import SubnetSpec, create_net
+from nets.data import load_cifar10
+from nets.errors import ConfigError
+from nets.registry import load_weights, weights_path
+
+FAST = ProfileConfig(large_batch=4, warmup=1, repeats_batch1=3, repeats_large=2, repeats_segment=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_catalog(cifar_batches_dir, tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny")
+    weights = tmp_path_factory.mktemp("w") / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    catalog, fit = build_catalog(model, "dnnet_tiny", weights, data, FAST, progress=False)
+    return model, catalog, fit, data
+
+
+def _check_entries_against_extracted(model, catalog):
+    """torchvision-style metadata check: every entry's MACs and parameters
+    equal what the extracted standalone model really has."""
+    for spec in catalog.specs():
+        extracted = model.extract(spec)
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+            extracted.to("meta")(torch.empty(1, 3, 32, 32, device="meta"))
+        assert catalog.cost("macs", spec) == counter.get_total_flops() // 2, spec
+        assert catalog.cost("params", spec) == sum(p.numel() for p in model.extract(spec).parameters()), spec
+
+
+def test_tiny_catalog_entries_match_extracted_models(tiny_catalog):
+    model, catalog, _, _ = tiny_catalog
+    _check_entries_against_extracted(model, catalog)
+
+
+def test_shipped_catalog_entries_match_extracted_models():
+    if not SHIPPED_STEM.with_name(SHIPPED_STEM.name + ".json").exists():
+        pytest.skip("shipped catalog not built yet")
+    catalog = load_catalog()
+    model = create_net(catalog.net, pretrained=True)
+    _check_entries_against_extracted(model, catalog)
+    import hashlib
+
+    assert catalog.weights_sha256 == hashlib.sha256(weights_path(catalog.net).read_bytes()).hexdigest()
+    assert set(catalog.traces) == {"val", "test"} and len(catalog.traces["test"]) == 10000
+
+
+def test_macs_count_sliced_weights_exactly():
+    """A width slice costs its sliced size: half the channels of a 3x3 conv
+    between two layers costs a quarter of the MACs (module hooks would not see it)."""
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, (1, 8, 4, 4)) == 8 * 8 * 9 * 16
+    model = create_net("dnnet_tiny")
+    full = count_macs(model.extract(SubnetSpec(3, 2)))
+    half = count_macs(model.extract(SubnetSpec(3, 1)))
+    assert half < full / 2
+    assert sum(op.macs for op in op_profile(model.extract(SubnetSpec(3, 2)))) == full
+
+
+def test_exit_path_costs(tiny_catalog):
+    _, catalog, _, _ = tiny_catalog
+    path = catalog.costs["exit_path_macs"]
+    assert (np.diff(path, axis=0) > 0).all()  # deeper exits cost more
+    assert (path >= catalog.costs["macs"]).all()  # the heads passed on the way are paid for
+    np.testing.assert_array_equal(path[0], catalog.costs["macs"][0])
+    # the last depth pays for its own head plus every earlier head
+    extra = path[-1] - catalog.costs["macs"][-1]
+    np.testing.assert_array_equal(extra, catalog.costs["head_macs"][:-1].sum(axis=0))
+
+
+def test_memory_measures():
+    model = create_net("dnnet_tiny").extract(SubnetSpec(3, 2))
+    largest = largest_feature_map_bytes(model)
+    peak = measured_peak_activation_bytes(model)
+    assert largest == 4 * 32 * 32 * 4  # 4 channels of 32x32 float32 after the stem
+    assert peak >= largest  # several maps are alive at once inside a residual block
+
+
+def test_time_model_provenance():
+    stats = time_model(create_net("dnnet_tiny").extract(SubnetSpec(1, 1)), batch_size=2, warmup=1, repeats=5)
+    assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+    assert stats.provenance.batch_size == 2 and stats.provenance.repeats == 5
+    assert stats.provenance.torch_version == torch.__version__ and stats.provenance.threads >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_measurements():
+    model = create_net("dnnet_tiny").extract(SubnetSpec(3, 2))
+    stats = time_model(model, batch_size=1, device="cuda", warmup=2, repeats=5)
+    assert stats.provenance.device_type == "cuda" and stats.p50_ms > 0
+    assert measured_peak_activation_bytes(model, device="cuda") > 0
+
+
+def test_latency_model_recovers_known_device():
+    model = create_net("dnnet_tiny")
+    truth = DeviceModel("truth", mac_rate=2e10, bandwidth=5e9, per_op_overhead_s=2e-5, fixed_s=1e-4)
+    profiles = [op_profile(model.extract(s)) for s in model.specs()]
+    latencies = np.array([truth.predict(p) for p in profiles])
+    fitted = fit_device_model("fit", profiles, latencies)
+    assert np.median(relative_errors(fitted, profiles, latencies)) < 0.05
+    assert fitted.measured
+
+
+def test_device_descriptions(tmp_path):
+    devices = load_device_models()
+    assert {"phone-npu", "jetson-orin-nano", "datacenter-gpu"} <= set(devices)
+    assert not any(d.measured for d in devices.values())
+    bad = tmp_path / "devices.yaml"
+    bad.write_text("devices:\n  x: {peak_macs_per_s: 1e9}\n")
+    with pytest.raises(ConfigError, match="'x'"):
+        load_device_models(bad)
+
+
+def test_traces_match_forward_all(tiny_catalog):
+    model, catalog, _, data = tiny_catalog
+    traces = catalog.traces["test"]
+    with torch.no_grad():
+        logits = model.forward_all(data.test_images.float() / 255)
+    signals = confidence_signals(logits)
+    np.testing.assert_array_equal(traces.prediction, signals["prediction"].numpy())
+    np.testing.assert_allclose(traces.margin, signals["margin"].numpy(), atol=1e-3)
+    assert traces.correct.shape == (len(data.test_labels), model.depths, model.widths)
+    np.testing.assert_allclose(catalog.accuracy("test"), traces.correct.mean(0))
+    assert ((traces.margin >= 0) & (traces.margin <= traces.top1_prob + 1e-3)).all()
+
+
+def test_catalog_round_trip(tiny_catalog, tmp_path):
+    _, catalog, _, _ = tiny_catalog
+    catalog.save(tmp_path / "cat")
+    loaded = load_catalog(tmp_path / "cat.json")
+    for name, values in catalog.costs.items():
+        np.testing.assert_array_equal(loaded.costs[name], values)
+    for split in catalog.traces:
+        for name, values in catalog.traces[split].arrays().items():
+            np.testing.assert_array_equal(getattr(loaded.traces[split], name), values)
+    for device, table in catalog.latency.items():
+        np.testing.assert_allclose(loaded.latency[device].p50_ms, table.p50_ms)
+        assert loaded.latency[device].measured == table.measured
+    assert loaded.rows() == catalog.rows()
+    csv_path = loaded.to_csv(tmp_path / "cat.csv")
+    assert csv_path.read_text().count("\n") == len(catalog.specs()) + 1
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda j, n: j.write_text("{not json"), "not valid JSON"),
+    (lambda j, n: _edit(j, schema_version=99), "schema version 99"),
+    (lambda j, n: _edit(j, costs=None), "malformed|lacks"),
+    (lambda j, n: _edit(j, subnets=["d1w1"]), "subnet keys"),
+    (lambda j, n: _edit_cost(j, "macs", [[1]]), "shape"),
+    (lambda j, n: _edit_cost(j, "macs", None, negate=True), "negative"),
+    (lambda j, n: n.write_bytes(n.read_bytes()[:100]), "checksum"),
+    (lambda j, n: n.unlink(), "not found"),
+])
+def test_corrupt_catalog_gives_clear_error(tiny_catalog, tmp_path, damage, message):
+    _, catalog, _, _ = tiny_catalog
+    json_path, npz_path = catalog.save(tmp_path / "cat")
+    damage(json_path, npz_path)
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(tmp_path / "cat")
+
+
+def test_truncated_traces_with_matching_checksum(tiny_catalog, tmp_path):
+    """A damaged archive whose checksum was updated still fails cleanly."""
+    import hashlib
+
+    _, catalog, _, _ = tiny_catalog
+    json_path, npz_path = catalog.save(tmp_path / "cat")
+    npz_path.write_bytes(npz_path.read_bytes()[: len(npz_path.read_bytes()) // 2])
+    _edit(json_path, traces_sha256=hashlib.sha256(npz_path.read_bytes()).hexdigest())
+    with pytest.raises(CatalogError, match="cannot read traces"):
+        load_catalog(tmp_path / "cat")
+
+
+def _edit(path, **changes):
+    meta = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    path.write_text(json.dumps(meta))
+
+
+def _edit_cost(path, name, value, negate=False):
+    meta = json.loads(path.read_text())
+    if negate:
+        meta["costs"][name][0][0] = -1
+    else:
+        meta["costs"][name] = value
+    path.write_text(json.dumps(meta))
+
+
+def test_save_does_not_clobber_on_failure(tiny_catalog, tmp_path, monkeypatch):
+    """A failed save leaves the previous catalog readable."""
+    _, catalog, _, _ = tiny_catalog
+    catalog.save(tmp_path / "cat")
+    monkeypatch.setattr(json, "dumps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        catalog.save(tmp_path / "cat")
+    monkeypatch.undo()
+    load_catalog(tmp_path / "cat")

@@ -1,0 +1,200 @@
+"""Tests of exit policies, calibration, learned scorers and the runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anytime.builder import ProfileConfig, build_catalog
+from anytime.calibrate import calibrate_policies, fit_scorers
+from anytime.catalog import CatalogError, load_catalog
+from anytime.exits import (ALWAYS, NEVER, PathTraces, calibrate_for_accuracy, calibrate_for_budget,
+                           calibrate_weighted, evaluate_thresholds, exit_depths, no_exit, oracle_thresholds,
+                           path_traces, width_refinement)
+from anytime.gates import train_gates
+from anytime.runner import AnytimeRunner
+from nets import SubnetSpec, create_net
+from nets.data import load_cifar10, to_float
+from nets.errors import ConfigError
+from nets.train import TrainConfig, train
+
+FAST = ProfileConfig(large_batch=2, warmup=1, repeats_batch1=2, repeats_large=2, repeats_segment=2)
+
+
+@pytest.fixture(scope="module")
+def trained(cifar_batches_dir, tmp_path_factory):
+    """A tiny nested net trained briefly on the fake data, with its catalog and scorers."""
+    out = tmp_path_factory.mktemp("exits")
+    data = load_cifar10(cifar_batches_dir, val_size=40)
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny", blocks_per_stage=2)
+    train(model, "tiny", data, TrainConfig(epochs=4, batch_size=32, lr=0.05), out, progress=False)
+    catalog, _ = build_catalog(model, "dnnet_tiny", out / "tiny.pt", data, FAST, progress=False)
+    scorers = fit_scorers(model, data, catalog, train_subset=160, progress=False)
+    return model.eval(), data, catalog, scorers
+
+
+def _random_path(n=500, depth=6, seed=0) -> PathTraces:
+    rng = np.random.default_rng(seed)
+    return PathTraces(rng.random((n, depth)).astype(np.float32), rng.random((n, depth)) < 0.7,
+                      np.cumsum(rng.random(depth) + 0.5), "max_prob", SubnetSpec(depth, 1))
+
+
+def test_stricter_threshold_never_exits_earlier():
+    path = _random_path()
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        loose = rng.random(path.depths).astype(np.float32)
+        strict = loose + rng.random(path.depths).astype(np.float32) * 0.3
+        assert (exit_depths(path.score, strict) >= exit_depths(path.score, loose)).all()
+
+
+def test_extreme_thresholds():
+    path = _random_path()
+    assert (exit_depths(path.score, no_exit(path.depths)) == path.depths - 1).all()
+    assert (exit_depths(path.score, np.full(path.depths, ALWAYS, dtype=np.float32)) == 0).all()
+    accuracy, cost = evaluate_thresholds(path, no_exit(path.depths))
+    assert accuracy == pytest.approx(path.correct[:, -1].mean()) and cost == pytest.approx(path.cost[-1])
+
+
+def test_nothing_beats_the_oracle(trained):
+    _, _, catalog, _ = trained
+    for spec in catalog.specs():
+        oracle_accuracy, _ = evaluate_thresholds(path_traces(catalog, spec, "oracle", "test"),
+                                                 oracle_thresholds(spec.depth))
+        # the oracle is right whenever any depth of the path is right
+        assert oracle_accuracy == pytest.approx(catalog.traces["test"].correct[:, : spec.depth, spec.width - 1]
+                                                .any(axis=1).mean())
+        for policy in ("max_prob", "entropy", "margin", "support"):
+            path = path_traces(catalog, spec, policy, "test")
+            for value in np.quantile(path.score, [0.1, 0.5, 0.9]):
+                accuracy, _ = evaluate_thresholds(path, np.full(spec.depth, value, dtype=np.float32))
+                assert accuracy <= oracle_accuracy + 1e-12
+
+
+def test_calibration_meets_target_on_val():
+    path = _random_path(n=2000, depth=8)
+    full_accuracy, full_cost = evaluate_thresholds(path, no_exit(path.depths))
+    for target in (full_accuracy - 0.05, full_accuracy - 0.01, full_accuracy):
+        thresholds = calibrate_for_accuracy(path, target)
+        accuracy, cost = evaluate_thresholds(path, thresholds)
+        assert accuracy >= target - 1e-12 and cost <= full_cost
+
+
+def test_calibration_on_real_scores_saves_cost(trained):
+    _, _, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    path = path_traces(catalog, spec, "max_prob", "val")
+    full_accuracy, full_cost = evaluate_thresholds(path, no_exit(spec.depth))
+    thresholds = calibrate_for_accuracy(path, full_accuracy - 0.05)
+    accuracy, cost = evaluate_thresholds(path, thresholds)
+    assert accuracy >= full_accuracy - 0.05 and cost <= full_cost
+
+
+def test_weighted_and_budget_calibration():
+    path = _random_path(n=1000, depth=6)
+    thresholds, objective = calibrate_weighted(path, beta=0.1)
+    assert objective <= 1.0 + 1e-9  # never worse than running to the end (objective 1)
+    cheap = path.cost[0]
+    chosen = calibrate_for_budget(path, budget=(cheap + path.cost[-1]) / 2)
+    assert chosen is not None and evaluate_thresholds(path, chosen)[1] <= (cheap + path.cost[-1]) / 2
+    assert calibrate_for_budget(path, budget=cheap * 0.5) is None
+
+
+def test_width_refinement_costs_between(trained):
+    _, _, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, 1)
+    never_accuracy, never_macs = width_refinement(catalog, spec, 2, margin_threshold=-1.0)
+    always_accuracy, always_macs = width_refinement(catalog, spec, 2, margin_threshold=2.0)
+    assert never_macs == catalog.cost("macs", spec)
+    assert always_macs == catalog.cost("macs", SubnetSpec(catalog.depths, 2))
+    assert always_accuracy == pytest.approx(catalog.accuracy("val")[-1, 1])
+    with pytest.raises(CatalogError):
+        width_refinement(catalog, spec, 1, 0.5)
+
+
+def test_hinge_gates_lower_their_loss_and_beat_chance():
+    rng = np.random.default_rng(0)
+    labels = torch.as_tensor(rng.integers(0, 4, 400))
+    centers = torch.randn(4, 8) * 2
+    features = [centers[labels] + torch.randn(400, 8)]
+    from anytime.gates import GateConfig
+
+    def hinge_loss(gates):
+        values = gates[0](features[0])
+        targets = torch.nn.functional.one_hot(labels, 4).float() * 2 - 1
+        return torch.relu(1 - targets[:, None, :] * values).sum(-1).mean().item()
+
+    untrained = train_gates(features, labels, 2, 4, "hinge", GateConfig(steps=0))
+    trained_gates = train_gates(features, labels, 2, 4, "hinge", GateConfig(steps=200))
+    assert hinge_loss(trained_gates) < hinge_loss(untrained)
+    predictions = trained_gates[0].distances(features[0]).argmax(-1)
+    accuracy = (predictions == labels[:, None]).float().mean(0)
+    assert (accuracy > 0.5).all()  # chance is 0.25
+
+
+def test_learned_scores_join_the_catalog(trained, tmp_path):
+    _, _, catalog, _ = trained
+    catalog.save(tmp_path / "cat")
+    loaded = load_catalog(tmp_path / "cat")
+    assert set(loaded.exit_scores) == {"gate", "gate_ce", "support"}
+    np.testing.assert_array_equal(loaded.exit_scores["gate"]["test"]["prediction"],
+                                  catalog.exit_scores["gate"]["test"]["prediction"])
+    np.testing.assert_array_equal(loaded.exit_extra_macs["support"], catalog.exit_extra_macs["support"])
+
+
+def test_policy_report(trained):
+    _, _, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    results = {r.policy: r for r in calibrate_policies(catalog, spec, tolerance=0.05)}
+    assert {"max_prob", "entropy", "margin", "gate", "gate_ce", "support", "oracle"} == set(results)
+    for r in results.values():
+        assert r.test_accuracy <= results["oracle"].test_accuracy + 1e-12 or r.policy in ("gate", "gate_ce")
+        assert sum(r.test_exit_histogram) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["max_prob", "entropy", "margin", "gate", "gate_ce", "support"])
+def test_runner_reproduces_traces(trained, policy):
+    model, data, catalog, scorers = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    path = path_traces(catalog, spec, policy, "test")
+    thresholds = np.full(spec.depth, np.quantile(path.score[:, :-1], 0.5), dtype=np.float32)
+    expected_exits = exit_depths(path.score, thresholds)
+    runner = AnytimeRunner(model, spec, policy, thresholds, catalog, gates=scorers.gates if policy == "gate"
+                           else scorers.gates_ce, support=scorers.support)
+    result = runner.run(to_float(data.test_images))
+    agreement = (result.exit_depth - 1 == expected_exits).mean()
+    assert agreement >= 0.98, agreement
+    rows = np.arange(len(expected_exits))
+    if policy in ("gate", "gate_ce"):
+        expected_prediction = catalog.exit_scores[policy]["test"]["prediction"][rows, expected_exits, spec.width - 1]
+    else:
+        expected_prediction = catalog.traces["test"].prediction[rows, expected_exits, spec.width - 1]
+    assert (result.prediction == expected_prediction).mean() >= 0.98
+    np.testing.assert_array_equal(result.macs[result.exit_depth - 1 == expected_exits],
+                                  path.cost[expected_exits][result.exit_depth - 1 == expected_exits])
+
+
+def test_runner_anytime_deadline(trained):
+    model, data, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    runner = AnytimeRunner(model, spec, "max_prob", no_exit(spec.depth), catalog)
+    images = to_float(data.test_images)
+    late = runner.run(images, deadline_s=0.0)  # no time at all: nothing passed an exit
+    assert not late.answered.any() and (late.prediction == -1).all()
+    full = runner.run(images, deadline_s=60.0)
+    assert full.answered.all() and (full.exit_depth == spec.depth).all() and not full.timed_out.any()
+
+
+def test_runner_rejects_bad_setup(trained):
+    model, _, catalog, _ = trained
+    spec = SubnetSpec(2, 1)
+    with pytest.raises(ConfigError):
+        AnytimeRunner(model, spec, "oracle", oracle_thresholds(2), catalog)
+    with pytest.raises(ConfigError):
+        AnytimeRunner(model, spec, "gate", no_exit(2), catalog)
+    with pytest.raises(ConfigError):
+        AnytimeRunner(model, spec, "max_prob", no_exit(5), catalog)
+    with pytest.raises(CatalogError):
+        path_traces(catalog, spec, "nonsense")
