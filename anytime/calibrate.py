@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from anytime.catalog import Catalog
+from anytime.catalog import Catalog, ExitSettings
 from anytime.exits import (calibrate_for_accuracy, evaluate_thresholds, no_exit, oracle_thresholds, outcome,
                            path_traces, tradeoff_curve)
 from anytime.gates import (GateConfig, collect_features, gate_macs, gate_scores, support_macs, support_scores,
@@ -105,3 +105,38 @@ def policy_curves(catalog: Catalog, spec: SubnetSpec, split: str = "test") -> di
     policies = ["max_prob", "entropy", "margin"] + [p for p in ("gate", "gate_ce", "support")
                                                    if p in catalog.exit_scores]
     return {p: tradeoff_curve(path_traces(catalog, spec, p, split)) for p in policies}
+
+
+LADDER_POLICIES = ("max_prob", "entropy", "margin", "gate", "support")
+LADDER_DROPS = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)  # tolerated validation accuracy drops
+
+
+def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICIES,
+                     drops: tuple[float, ...] = LADDER_DROPS, progress: bool = False) -> ExitSettings:
+    """Calibrate every sub-network deeper than one depth, for every available
+    policy, for each tolerated accuracy drop, on the validation split; stores
+    the result in ``catalog.exit_settings`` (the scheduler's exit options)."""
+    from tqdm import tqdm
+
+    available = [p for p in policies if p in ("max_prob", "entropy", "margin") or p in catalog.exit_scores]
+    rows_subnet, rows_policy, rows_drop, rows_thresholds = [], [], [], []
+    specs = catalog.specs()
+    for index, spec in enumerate(tqdm(specs, desc="calibrate exits", disable=not progress)):
+        if spec.depth < 2:
+            continue
+        for policy in available:
+            path = path_traces(catalog, spec, policy, "val")
+            full_accuracy = evaluate_thresholds(path, no_exit(spec.depth))[0]
+            for drop in drops:
+                thresholds = np.full(catalog.depths, np.inf, dtype=np.float32)
+                thresholds[: spec.depth] = calibrate_for_accuracy(path, full_accuracy - drop)
+                rows_subnet.append(index)
+                rows_policy.append(policy)
+                rows_drop.append(drop)
+                rows_thresholds.append(thresholds)
+    settings = ExitSettings(np.asarray(rows_subnet, dtype=np.int64), np.asarray(rows_policy, dtype="U16"),
+                            np.asarray(rows_drop, dtype=np.float64),
+                            np.stack(rows_thresholds) if rows_thresholds
+                            else np.zeros((0, catalog.depths), dtype=np.float32))
+    catalog.exit_settings = settings
+    return settings

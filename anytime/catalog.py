@@ -94,6 +94,20 @@ def _check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
 
 
 @dataclass
+class ExitSettings:
+    """Thresholds calibrated on the validation split for a ladder of target
+    accuracies, one row per (sub-network, policy, tolerated accuracy drop)."""
+
+    subnet: np.ndarray  # [n] int: index into Catalog.specs()
+    policy: np.ndarray  # [n] str
+    accuracy_drop: np.ndarray  # [n] float: target = full val accuracy - drop
+    thresholds: np.ndarray  # [n, depths] float32; entries past the path's depth are +inf
+
+    def __len__(self) -> int:
+        return len(self.subnet)
+
+
+@dataclass(eq=False)  # identity equality: catalogs are large and key caches
 class Catalog:
     """Costs, accuracy and traces of every sub-network of one nested net."""
 
@@ -111,6 +125,8 @@ class Catalog:
     # policy -> split -> {"score": [N, depths, widths] float16, "prediction": [N, depths, widths] uint8}
     exit_scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     exit_extra_macs: dict[str, np.ndarray] = field(default_factory=dict)  # policy -> [depths, widths] scorer MACs
+    # calibrated exit settings (thresholds tuned on val), the scheduler's options:
+    exit_settings: "ExitSettings | None" = None
 
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
@@ -174,6 +190,12 @@ class Catalog:
             for split, fields in by_split.items():
                 arrays[f"{split}/exit/{policy}/score"] = fields["score"].astype(np.float16)
                 arrays[f"{split}/exit/{policy}/prediction"] = fields["prediction"].astype(np.uint8)
+        if self.exit_settings is not None:
+            settings = self.exit_settings
+            arrays.update({"settings/subnet": settings.subnet.astype(np.int32),
+                           "settings/policy": settings.policy.astype("U16"),
+                           "settings/accuracy_drop": settings.accuracy_drop.astype(np.float32),
+                           "settings/thresholds": settings.thresholds.astype(np.float32)})
         npz_path = stem.with_name(stem.name + ".npz")
         tmp_npz = stem.with_name(stem.name + ".tmp.npz")
         np.savez_compressed(tmp_npz, **arrays)
@@ -277,6 +299,17 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
                     for k, array in fields.items():
                         _check_shape(f"{split}/exit/{policy}/{k}", array, (len(traces[split]), depths, widths))
                     exit_scores[policy][split] = fields
+            exit_settings = None
+            if "settings/subnet" in arrays.files:
+                exit_settings = ExitSettings(arrays["settings/subnet"].astype(np.int64), arrays["settings/policy"],
+                                             arrays["settings/accuracy_drop"].astype(np.float64),
+                                             arrays["settings/thresholds"])
+                n = len(exit_settings.subnet)
+                if exit_settings.thresholds.shape != (n, depths) or exit_settings.policy.shape != (n,) \
+                        or exit_settings.accuracy_drop.shape != (n,):
+                    raise CatalogError("catalog exit settings have inconsistent shapes")
+                if n and not (0 <= exit_settings.subnet.min() and exit_settings.subnet.max() < depths * widths):
+                    raise CatalogError("catalog exit settings name sub-networks out of range")
     except CatalogError:
         raise
     except Exception as exc:  # zipfile, KeyError, ValueError from a damaged archive
@@ -284,4 +317,4 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
                    classes=list(meta["classes"]), depths=depths, widths=widths, costs=costs, latency=latency,
                    traces=traces, provenance=dict(meta.get("provenance", {})), exit_scores=exit_scores,
-                   exit_extra_macs=exit_extra_macs)
+                   exit_extra_macs=exit_extra_macs, exit_settings=exit_settings)

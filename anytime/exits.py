@@ -137,24 +137,37 @@ def oracle_thresholds(depth: int) -> np.ndarray:
 
 # ---- calibration ---------------------------------------------------------
 
-def calibrate_for_accuracy(path: PathTraces, target_accuracy: float, candidates: int = 64) -> np.ndarray:
+def calibrate_for_accuracy(path: PathTraces, target_accuracy: float) -> np.ndarray:
     """Decision gates' method: thresholds tuned in sequence from the shallowest
     exit, each the loosest that keeps the overall accuracy (with every deeper
-    sample running to the end) at or above ``target_accuracy``."""
-    depth = path.depths
+    sample running to the last depth) at or above ``target_accuracy``.
+
+    Exact over every distinct score, in O(N log N) per depth: among the samples
+    still running, sorted by score, letting the top k exit changes the number
+    of right answers by the prefix sum of (right here - right at the end).
+    The loosest threshold is the last k before the first k that misses the target.
+    """
+    n, depth = path.score.shape
     thresholds = no_exit(depth)
+    running = np.ones(n, dtype=bool)
+    final_right = path.correct[:, -1]
+    right = int(final_right.sum())  # right answers with every running sample going to the end
     for level in range(depth - 1):
-        values = np.unique(np.quantile(path.score[:, level], np.linspace(0, 1, candidates)))
-        best = NEVER
-        for value in values[::-1]:  # from strictest to loosest
-            trial = thresholds.copy()
-            trial[level] = value
-            accuracy, _ = evaluate_thresholds(path, trial)
-            if accuracy >= target_accuracy:
-                best = value
-            else:
-                break
-        thresholds[level] = best
+        index = np.flatnonzero(running)
+        if len(index) == 0:
+            break
+        order = index[np.argsort(-path.score[index, level], kind="stable")]
+        scores = path.score[order, level]
+        gain = np.cumsum(path.correct[order, level].astype(np.int64) - final_right[order])
+        # a threshold can only cut where the score changes (ties exit together)
+        cut = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+        meets = right + gain[cut] >= target_accuracy * n - 1e-9
+        if not meets[0]:
+            continue  # even the strictest cut misses the target: nobody exits here
+        last = cut[np.argmin(meets) - 1] if not meets.all() else cut[-1]
+        thresholds[level] = scores[last]
+        right += int(gain[last])
+        running[order[: last + 1]] = False
     return thresholds
 
 
@@ -181,7 +194,7 @@ def calibrate_for_budget(path: PathTraces, budget: float, targets: int = 40) -> 
     full_accuracy, _ = evaluate_thresholds(path, no_exit(path.depths))
     candidates = [no_exit(path.depths), np.full(path.depths, ALWAYS, dtype=np.float32)]
     for drop in np.linspace(0.0, 0.3, targets):
-        candidates.append(calibrate_for_accuracy(path, full_accuracy - drop, candidates=32))
+        candidates.append(calibrate_for_accuracy(path, full_accuracy - drop))
     best = None
     for thresholds in candidates:
         accuracy, cost = evaluate_thresholds(path, thresholds)

@@ -3,7 +3,10 @@
 For one forward pass made of operations ``i`` with ``macs_i`` and ``bytes_i``
 (read + written), the predicted latency is
 
-    t = fixed + sum_i [ per_op_overhead + max(macs_i / mac_rate, bytes_i / bandwidth) ]
+    t = fixed + sum_i [ overhead_i + max(macs_i / mac_rate, bytes_i / bandwidth) ]
+
+where ``overhead_i`` is one constant for compute operations (convolutions and
+matrix products, which set up a kernel) and another for element-wise ones
 
 (Williams et al., "Roofline", CACM 2009, applied per layer, plus the dispatch
 overhead that dominates small layers in eager frameworks).  On a measured
@@ -33,8 +36,9 @@ class DeviceModel:
     name: str
     mac_rate: float  # achievable multiply-accumulates per second
     bandwidth: float  # achievable bytes per second
-    per_op_overhead_s: float  # dispatch / launch cost of one operation
+    per_op_overhead_s: float  # dispatch / launch cost of one element-wise operation
     fixed_s: float = 0.0  # per-inference cost independent of the network
+    compute_op_overhead_s: float | None = None  # the same for a convolution or matmul; None = per_op_overhead_s
     measured: bool = False  # True when fitted to measurements on this device
     memory_bytes: int = 0  # memory the device offers to models (0 = unknown)
     source: str = ""  # where the numbers come from
@@ -43,7 +47,9 @@ class DeviceModel:
         """Predicted latency in seconds of a forward pass profiled at batch 1,
         scaled to ``batch_size`` (MACs and activation bytes grow with it)."""
         macs, data_bytes = _features(ops)
-        return float(self.fixed_s + len(ops) * self.per_op_overhead_s
+        heavy = int((macs > 0).sum())
+        compute_overhead = self.per_op_overhead_s if self.compute_op_overhead_s is None else self.compute_op_overhead_s
+        return float(self.fixed_s + (len(ops) - heavy) * self.per_op_overhead_s + heavy * compute_overhead
                      + np.maximum(macs * batch_size / self.mac_rate, data_bytes * batch_size / self.bandwidth).sum())
 
     def to_dict(self) -> dict:
@@ -66,22 +72,40 @@ def fit_device_model(name: str, profiles: list[list[OpRecord]], latencies_s: np.
     if len(profiles) != len(latencies_s) or len(profiles) < 3:
         raise ConfigError("fitting a latency model needs at least 3 profiled, measured models")
     features = [_features(ops) for ops in profiles]
-    op_counts = np.array([len(ops) for ops in profiles], dtype=np.float64)
+    heavy_counts = np.array([(m > 0).sum() for m, _ in features], dtype=np.float64)
+    light_counts = np.array([len(ops) for ops in profiles], dtype=np.float64) - heavy_counts
     weights = 1.0 / latencies_s  # relative error
     best = None
     for mac_rate in np.logspace(8, 13, 41):
         for bandwidth in np.logspace(8, 12, 33):
             roof = np.array([np.maximum(m / mac_rate, b / bandwidth).sum() for m, b in features])
             residual = latencies_s - roof
-            design = np.stack([op_counts, np.ones_like(op_counts)], axis=1) * weights[:, None]
-            coef, *_ = np.linalg.lstsq(design, residual * weights, rcond=None)
-            coef = np.maximum(coef, 0.0)  # costs cannot be negative
+            design = np.stack([light_counts, heavy_counts, np.ones_like(light_counts)], axis=1) * weights[:, None]
+            coef = _nonnegative_lstsq(design, residual * weights)  # costs cannot be negative
             error = ((design @ coef - residual * weights) ** 2).sum()
             if best is None or error < best[0]:
                 best = (error, mac_rate, bandwidth, coef)
-    _, mac_rate, bandwidth, (overhead, fixed) = best
-    return DeviceModel(name, float(mac_rate), float(bandwidth), float(overhead), float(fixed), measured=True,
-                       source=source)
+    _, mac_rate, bandwidth, (light, heavy, fixed) = best
+    return DeviceModel(name, float(mac_rate), float(bandwidth), float(light), float(fixed), measured=True,
+                       source=source, compute_op_overhead_s=float(heavy))
+
+
+def _nonnegative_lstsq(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative coefficients, by trying every subset of
+    free columns (three columns: eight small solves)."""
+    columns = design.shape[1]
+    best, best_error = np.zeros(columns), float(((target) ** 2).sum())
+    for mask in range(1, 2 ** columns):
+        free = [c for c in range(columns) if mask >> c & 1]
+        coef, *_ = np.linalg.lstsq(design[:, free], target, rcond=None)
+        if (coef < 0).any():
+            continue
+        full = np.zeros(columns)
+        full[free] = coef
+        error = float(((design @ full - target) ** 2).sum())
+        if error < best_error:
+            best, best_error = full, error
+    return best
 
 
 def relative_errors(model: DeviceModel, profiles: list[list[OpRecord]], latencies_s: np.ndarray) -> np.ndarray:
@@ -115,3 +139,12 @@ def load_device_models(path: str | Path = DEVICES_FILE) -> dict[str, DeviceModel
         if min(devices[name].mac_rate, devices[name].bandwidth) <= 0:
             raise ConfigError(f"device {name!r} in {path}: rates must be positive")
     return devices
+
+
+def load_active_power(path: str | Path = DEVICES_FILE) -> dict[str, float]:
+    """Assumed active power (W) per device key, for energy budgets."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return {str(k): float(v) for k, v in data.get("active_power_w", {}).items()}
+    except (OSError, yaml.YAMLError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot read active power from {path}: {exc}") from None

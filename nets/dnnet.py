@@ -47,6 +47,7 @@ class DNNetConfig:
     stage_widths: tuple[int, ...] = (16, 32, 64)  # channels of each stage at full width
     blocks_per_stage: int = 5  # 5 -> ResNet-32 (6n + 2 layers), 15 blocks, 16 output depths
     width_groups: int = 8  # G: width positions; must divide every stage width
+    head_scale: float = 0.0  # fixed multiplier of every head's logits; 0 means G (see GroupHeads)
     mean: tuple[float, ...] = CIFAR10_MEAN  # input normalisation lives inside the model
     std: tuple[float, ...] = CIFAR10_STD
 
@@ -160,7 +161,8 @@ class DNNet(nn.Module):
                 channels.append(width)
         self.blocks = nn.ModuleList(blocks)
         self.depth_channels = tuple(channels)
-        self.heads = nn.ModuleList(GroupHeads(c, groups, config.num_classes) for c in channels)
+        scale = config.head_scale or None
+        self.heads = nn.ModuleList(GroupHeads(c, groups, config.num_classes, scale) for c in channels)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -104,11 +104,20 @@ class GroupHeads(nn.Module):
     refines a smaller one, and cumulative sums give every width in one pass.
     """
 
-    def __init__(self, channels: int, groups: int, num_classes: int):
+    def __init__(self, channels: int, groups: int, num_classes: int, scale: float | None = None):
         super().__init__()
         self.groups = groups
         self.group_channels = channels // groups
-        bound = 1.0 / self.group_channels ** 0.5  # nn.Linear's default init range
+        # Every head's logits are multiplied by a fixed ``scale`` (default G).
+        # Without it, averaging c heads divides the classifier's gradient and
+        # its output by c each: the width-G classifier then learns G^2 times
+        # slower in function space than a plain linear layer, and weight decay
+        # keeps its logits small (measured: the full output stalled near 50%
+        # validation accuracy after 11 epochs).  A constant scale is only a
+        # reparametrisation of each head, so the output is still the average
+        # of the first c heads.
+        self.scale = float(groups if scale is None else scale)
+        bound = 1.0 / (self.scale * channels ** 0.5)  # effective weights start like nn.Linear's on all channels
         self.weight = nn.Parameter(torch.empty(groups, self.group_channels, num_classes).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(groups, num_classes).uniform_(-bound, bound))
 
@@ -116,7 +125,7 @@ class GroupHeads(nn.Module):
         """Logits of each of the first ``width`` heads: ``[batch, width, classes]``."""
         width = self.groups if width is None else width
         features = pooled[:, : width * self.group_channels].reshape(pooled.shape[0], width, self.group_channels)
-        return torch.einsum("bgc,gck->bgk", features, self.weight[:width]) + self.bias[:width]
+        return self.scale * (torch.einsum("bgc,gck->bgk", features, self.weight[:width]) + self.bias[:width])
 
     def forward_all(self, pooled: torch.Tensor) -> torch.Tensor:
         """Averaged logits for every width: ``[batch, groups, classes]``."""
@@ -134,6 +143,6 @@ class GroupHeads(nn.Module):
         in_features = width * self.group_channels
         linear = nn.Linear(in_features, self.weight.shape[2])
         with torch.no_grad():
-            linear.weight.copy_(self.weight[:width].reshape(in_features, -1).t() / width)
-            linear.bias.copy_(self.bias[:width].mean(dim=0))
+            linear.weight.copy_(self.weight[:width].reshape(in_features, -1).t() * (self.scale / width))
+            linear.bias.copy_(self.bias[:width].mean(dim=0) * self.scale)
         return linear

@@ -63,3 +63,26 @@ def cifar_zip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fake_cifar_arrays():
     return _fake_cifar(200, 50, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained(cifar_batches_dir, tmp_path_factory):
+    """A tiny nested net (3 stages of 2 blocks would be slow; 2 stages of 2
+    blocks: 5 depths x 2 widths) trained briefly on the fake data, with its
+    catalog, learned exit scorers and calibrated exit settings."""
+    from anytime.builder import ProfileConfig, build_catalog
+    from anytime.calibrate import calibrate_ladder, fit_scorers
+    from nets import create_net
+    from nets.data import load_cifar10
+    from nets.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained")
+    data = load_cifar10(cifar_batches_dir, val_size=40)
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny", blocks_per_stage=2)
+    train(model, "tiny", data, TrainConfig(epochs=4, batch_size=32, lr=0.05), out, progress=False)
+    fast = ProfileConfig(large_batch=2, warmup=1, repeats_batch1=2, repeats_large=2, repeats_segment=2)
+    catalog, _ = build_catalog(model, "dnnet_tiny", out / "tiny.pt", data, fast, progress=False)
+    scorers = fit_scorers(model, data, catalog, train_subset=160, progress=False)
+    calibrate_ladder(catalog)
+    return model.eval(), data, catalog, scorers

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anytime.builder import ProfileConfig, build_catalog
-from anytime.calibrate import calibrate_policies, fit_scorers
+from anytime.calibrate import calibrate_policies
 from anytime.catalog import CatalogError, load_catalog
 from anytime.exits import (ALWAYS, NEVER, PathTraces, calibrate_for_accuracy, calibrate_for_budget,
                            calibrate_weighted, evaluate_thresholds, exit_depths, no_exit, oracle_thresholds,
@@ -15,24 +14,8 @@ from anytime.exits import (ALWAYS, NEVER, PathTraces, calibrate_for_accuracy, ca
 from anytime.gates import train_gates
 from anytime.runner import AnytimeRunner
 from nets import SubnetSpec, create_net
-from nets.data import load_cifar10, to_float
+from nets.data import to_float
 from nets.errors import ConfigError
-from nets.train import TrainConfig, train
-
-FAST = ProfileConfig(large_batch=2, warmup=1, repeats_batch1=2, repeats_large=2, repeats_segment=2)
-
-
-@pytest.fixture(scope="module")
-def trained(cifar_batches_dir, tmp_path_factory):
-    """A tiny nested net trained briefly on the fake data, with its catalog and scorers."""
-    out = tmp_path_factory.mktemp("exits")
-    data = load_cifar10(cifar_batches_dir, val_size=40)
-    torch.manual_seed(0)
-    model = create_net("dnnet_tiny", blocks_per_stage=2)
-    train(model, "tiny", data, TrainConfig(epochs=4, batch_size=32, lr=0.05), out, progress=False)
-    catalog, _ = build_catalog(model, "dnnet_tiny", out / "tiny.pt", data, FAST, progress=False)
-    scorers = fit_scorers(model, data, catalog, train_subset=160, progress=False)
-    return model.eval(), data, catalog, scorers
 
 
 def _random_path(n=500, depth=6, seed=0) -> PathTraces:

@@ -1,0 +1,245 @@
+"""Multi-tenant allocation: several applications share one device.
+
+Each tenant (an application with a catalog, a request rate, a deadline and a
+weight) gets exactly one option (sub-network + exit setting).  The choice
+maximises the weighted sum of expected accuracies subject to
+
+* compute: total utilisation ``rho = sum_t rate_t x E[S_t] / share <= 1``;
+* memory: the chosen options' memory fits the device's capacity;
+* deadlines with queueing: the device serves its inferences by processor
+  sharing, modelled as M/G/1-PS, where a job of size x has mean response
+  ``x / (1 - rho)`` whatever the service distribution.  We require it for the
+  tenant's quantile-size job (``x = S_q / share``, p99 by default):
+  ``S_q / (share x D_t) + rho <= 1``, which is linear in the choice.
+
+It is solved exactly with OR-Tools CP-SAT as a multiple-choice problem (one
+boolean per tenant and option, exactly one per tenant, one row per resource),
+with all coefficients scaled to integers and rounded up so that an integer
+solution is feasible in real terms.  Options that break a tenant's own
+deadline at zero load, or are dominated on every resource by another option
+of the same tenant, are pruned first (vectorised).  Each solve can be warm-
+started from the previous allocation, always runs under a time limit, and
+reports whether optimality was proven.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from anytime.catalog import Catalog
+from scheduler.budget import QUANTILES
+from scheduler.errors import InfeasibleBudget, TenantError
+from scheduler.options import option_table
+from scheduler.select import _pareto
+
+SCALE = 1_000_000  # utilisation and deadline terms in parts per million
+ACCURACY_SCALE = 10_000  # objective: weighted accuracy in 1e-4 units
+MEMORY_UNIT = 1024  # memory rows in KiB
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    catalog: Catalog = field(repr=False)
+    rate_hz: float  # mean request rate
+    deadline_ms: float  # per request, queueing included
+    weight: float = 1.0  # importance in the objective
+    latency_quantile: float = 0.99  # the job size whose response must meet the deadline
+    min_accuracy: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TenantError(f"tenant name must be a non-empty string, got {self.name!r}")
+        for attr in ("rate_hz", "deadline_ms", "weight"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
+                raise TenantError(f"tenant {self.name!r}: {attr} must be a positive number, got {value!r}")
+        if self.latency_quantile not in QUANTILES:
+            raise TenantError(f"tenant {self.name!r}: latency_quantile must be one of {QUANTILES}")
+        if not 0 <= self.min_accuracy <= 1:
+            raise TenantError(f"tenant {self.name!r}: min_accuracy must be in [0, 1]")
+        if not isinstance(self.catalog, Catalog):
+            raise TenantError(f"tenant {self.name!r}: catalog must be a Catalog")
+
+
+@dataclass(frozen=True)
+class SharedDevice:
+    name: str  # a latency table key of every tenant's catalog
+    share: float = 1.0  # fraction of the device left for these tenants, in (0, 1]
+    memory_bytes: float | None = None  # capacity for all tenants' models; None = unbounded
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.share, (int, float)) or isinstance(self.share, bool) or math.isnan(self.share) \
+                or not 0 < self.share <= 1:
+            raise TenantError(f"device {self.name!r}: share must be in (0, 1], got {self.share!r}")
+        if self.memory_bytes is not None and (math.isnan(self.memory_bytes) or self.memory_bytes <= 0):
+            raise TenantError(f"device {self.name!r}: memory_bytes must be positive, got {self.memory_bytes!r}")
+
+
+@dataclass
+class TenantOptions:
+    """One tenant's surviving options as integer rows."""
+
+    index: np.ndarray  # rows of the tenant's option table
+    utilisation: np.ndarray  # ppm of the device
+    deadline_term: np.ndarray  # ppm: S_q / (share x D)
+    memory: np.ndarray  # KiB
+    value: np.ndarray  # weighted accuracy x ACCURACY_SCALE
+
+
+@dataclass
+class Choice:
+    tenant: str
+    spec: str
+    policy: str
+    thresholds: tuple[float, ...] | None
+    accuracy: float
+    expected_ms: float  # mean service time on the device at share 1
+    quantile_ms: float  # the tenant's quantile service time at share 1
+    memory_bytes: float
+    response_ms: float  # predicted M/G/1-PS mean response of the quantile-size job
+    option_row: int
+
+
+@dataclass
+class Allocation:
+    choices: dict[str, Choice]
+    objective: float  # weighted accuracy
+    optimal: bool  # proven optimal by the solver
+    utilisation: float  # rho, as a fraction of the device's share
+    solve_seconds: float
+    options_before_pruning: int
+    options_after_pruning: int
+
+
+def tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
+    """Integer rows of a tenant's options after vectorised pruning."""
+    table = option_table(tenant.catalog)
+    if device.name not in table.devices:
+        raise TenantError(f"tenant {tenant.name!r}: its catalog has no latency for device {device.name!r}")
+    costs = table.devices[device.name]
+    service_q = costs.latency_ms[tenant.latency_quantile] / device.share
+    deadline_term = service_q / tenant.deadline_ms
+    utilisation = tenant.rate_hz * costs.expected_ms / 1000.0 / device.share
+    keep = (deadline_term + utilisation < 1) & (table.accuracy >= tenant.min_accuracy)
+    index = np.flatnonzero(keep)
+    if len(index) == 0:
+        raise InfeasibleBudget(f"tenant {tenant.name!r}: no option meets its {tenant.deadline_ms} ms deadline at "
+                               f"{tenant.rate_hz} req/s on {device.name} even alone", "latency_ms", "")
+    util_int = np.ceil(utilisation[index] * SCALE).astype(np.int64)
+    dead_int = np.ceil(deadline_term[index] * SCALE).astype(np.int64)
+    mem_int = np.ceil(table.memory[index] / MEMORY_UNIT).astype(np.int64)
+    value_int = np.floor(tenant.weight * table.accuracy[index] * ACCURACY_SCALE).astype(np.int64)
+    front = _pareto(np.stack([util_int, dead_int, mem_int, -value_int], axis=1).astype(np.float64))
+    return TenantOptions(index[front], util_int[front], dead_int[front], mem_int[front], value_int[front])
+
+
+def _capacity(device: SharedDevice) -> int | None:
+    return None if device.memory_bytes is None else int(device.memory_bytes // MEMORY_UNIT)
+
+
+def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 2.0, workers: int = 2,
+             hints: Allocation | None = None) -> Allocation:
+    """Choose one option per tenant, maximising weighted expected accuracy."""
+    if not tenants:
+        raise TenantError("allocate needs at least one tenant")
+    names = [t.name for t in tenants]
+    if len(set(names)) != len(names):
+        raise TenantError(f"tenant names must be unique, got {names}")
+    started = time.perf_counter()
+    rows = [tenant_options(t, device) for t in tenants]
+    model = cp_model.CpModel()
+    chosen = [[model.NewBoolVar(f"x_{t}_{i}") for i in range(len(r.index))] for t, r in enumerate(rows)]
+    for variables in chosen:
+        model.AddExactlyOne(variables)
+    load = sum(int(u) * x for r, xs in zip(rows, chosen) for u, x in zip(r.utilisation, xs))
+    for r, xs in zip(rows, chosen):
+        model.Add(load + sum(int(d) * x for d, x in zip(r.deadline_term, xs)) <= SCALE)
+    capacity = _capacity(device)
+    if capacity is not None:
+        model.Add(sum(int(m) * x for r, xs in zip(rows, chosen) for m, x in zip(r.memory, xs)) <= capacity)
+    model.Maximize(sum(int(v) * x for r, xs in zip(rows, chosen) for v, x in zip(r.value, xs)))
+    if hints is not None:
+        for tenant, r, xs in zip(tenants, rows, chosen):
+            previous = hints.choices.get(tenant.name)
+            if previous is not None:
+                for row, x in zip(r.index, xs):
+                    model.AddHint(x, int(row == previous.option_row))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = workers
+    status = solver.Solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise InfeasibleBudget(f"no allocation fits {len(tenants)} tenants on {device.name} "
+                               f"(share {device.share}, memory {device.memory_bytes}): "
+                               f"{solver.StatusName(status)}", "latency_ms", "")
+    picks = [int(np.argmax([solver.Value(x) for x in xs])) for xs in chosen]
+    return _allocation(tenants, device, rows, picks, status == cp_model.OPTIMAL, time.perf_counter() - started)
+
+
+def _allocation(tenants, device, rows, picks, optimal, seconds) -> Allocation:
+    choices = {}
+    rho = sum(r.utilisation[p] for r, p in zip(rows, picks)) / SCALE
+    objective = 0.0
+    for tenant, r, p in zip(tenants, rows, picks):
+        table = option_table(tenant.catalog)
+        i = int(r.index[p])
+        costs = table.devices[device.name]
+        quantile_ms = float(costs.latency_ms[tenant.latency_quantile][i])
+        choices[tenant.name] = Choice(
+            tenant.name, str(table.spec(i)), str(table.policy[i]), table.thresholds_of(i), float(table.accuracy[i]),
+            float(costs.expected_ms[i]), quantile_ms, float(table.memory[i]),
+            quantile_ms / device.share / max(1e-12, 1 - rho), i)
+        objective += tenant.weight * float(table.accuracy[i])
+    before = sum(len(option_table(t.catalog)) for t in tenants)
+    return Allocation(choices, objective, optimal, float(rho), seconds, before, sum(len(r.index) for r in rows))
+
+
+def integer_objective(rows: list[TenantOptions], picks: tuple[int, ...], capacity: int | None) -> int | None:
+    """The integer model's objective of one pick per tenant, None if infeasible."""
+    load = sum(int(r.utilisation[p]) for r, p in zip(rows, picks))
+    if any(load + int(r.deadline_term[p]) > SCALE for r, p in zip(rows, picks)):
+        return None
+    if capacity is not None and sum(int(r.memory[p]) for r, p in zip(rows, picks)) > capacity:
+        return None
+    return sum(int(r.value[p]) for r, p in zip(rows, picks))
+
+
+def brute_force(tenants: list[Tenant], device: SharedDevice) -> int | None:
+    """Exhaustive search of the same integer model (small instances only)."""
+    rows = [tenant_options(t, device) for t in tenants]
+    capacity = _capacity(device)
+    best = None
+    for picks in itertools.product(*(range(len(r.index)) for r in rows)):
+        value = integer_objective(rows, picks, capacity)
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
+
+
+def solve_with_scip(tenants: list[Tenant], device: SharedDevice) -> int | None:
+    """The same integer model solved by SCIP through pywraplp: a second engine
+    to cross-check CP-SAT."""
+    from ortools.linear_solver import pywraplp
+
+    rows = [tenant_options(t, device) for t in tenants]
+    solver = pywraplp.Solver.CreateSolver("SCIP")
+    xs = [[solver.BoolVar(f"x_{t}_{i}") for i in range(len(r.index))] for t, r in enumerate(rows)]
+    for variables in xs:
+        solver.Add(sum(variables) == 1)
+    load = sum(int(u) * x for r, v in zip(rows, xs) for u, x in zip(r.utilisation, v))
+    for r, v in zip(rows, xs):
+        solver.Add(load + sum(int(d) * x for d, x in zip(r.deadline_term, v)) <= SCALE)
+    capacity = _capacity(device)
+    if capacity is not None:
+        solver.Add(sum(int(m) * x for r, v in zip(rows, xs) for m, x in zip(r.memory, v)) <= capacity)
+    solver.Maximize(sum(int(val) * x for r, v in zip(rows, xs) for val, x in zip(r.value, v)))
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        return None
+    return int(round(solver.Objective().Value()))

@@ -1,0 +1,251 @@
+"""``select_subnet(budget)``: the most accurate option that fits every budget.
+
+An option is a sub-network (depth, width) with an exit policy and calibrated
+thresholds, or with no exits (``scheduler.options``).  For each (device,
+latency quantile) the options are pruned to their Pareto frontier over
+accuracy, MACs, latency, memory and energy, and sorted by accuracy (ties: the
+cheaper first).  A decision is then a handful of vectorised comparisons over
+the frontier and taking the first feasible row: the optimum, since a dominated
+option is never better than the frontier option that dominates it.  Latency
+under contention stretches by ``1 / share``, so a deadline D at share s is the
+same test as a deadline D x s at share 1: the frontier does not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anytime.catalog import Catalog, load_catalog
+from nets.spec import SubnetSpec
+from scheduler.budget import Budget
+from scheduler.errors import InfeasibleBudget, UnknownDeviceError
+from scheduler.options import NO_EXIT, OptionTable, option_table
+
+RESOURCES = ("macs", "latency_ms", "memory_bytes", "energy_mj")
+_UNITS = {"macs": "MACs", "latency_ms": "ms", "memory_bytes": "bytes", "energy_mj": "mJ"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to run, what it costs and what it should achieve."""
+
+    spec: SubnetSpec
+    policy: str  # exit policy, "none" for no early exits
+    thresholds: tuple[float, ...] | None  # per depth 1..spec.depth; None without exits
+    expected_accuracy: float  # top-1 on the test traces
+    expected_macs: float
+    latency_ms: float  # at the budget's quantile and share, on the device
+    latency_quantile: float
+    memory_bytes: float
+    energy_mj: float
+    device: str
+    budget: Budget = field(repr=False)
+    _frontier: "Frontier" = field(repr=False, compare=False)
+    _row: int = field(repr=False, compare=False)
+
+    def costs(self) -> dict[str, float]:
+        return {"macs": self.expected_macs, "latency_ms": self.latency_ms, "memory_bytes": self.memory_bytes,
+                "energy_mj": self.energy_mj}
+
+    @property
+    def binding(self) -> list[str]:
+        """The constraints that hold back a more accurate option: relaxing any
+        one of them alone would allow a better choice."""
+        return self._frontier.binding(self._row, self.budget)
+
+    def explain(self) -> str:
+        exits = ("no early exits" if self.policy == NO_EXIT else
+                 f"early exits by {self.policy} with thresholds calibrated on the validation split")
+        lines = [f"Run {self.spec} ({self.spec.depth} depths x {self.spec.width} width groups) with {exits}.",
+                 f"Expected top-1 accuracy {100 * self.expected_accuracy:.2f}% (test traces).",
+                 f"Expected {self.expected_macs / 1e6:.2f} M MACs; latency {self.latency_ms:.2f} ms at "
+                 f"p{round(100 * self.latency_quantile)} on {self.device} with {100 * self.budget.share:.0f}% of it; "
+                 f"{self.memory_bytes / 1e6:.2f} MB of memory; {self.energy_mj:.3f} mJ (modelled)."]
+        for resource in self.budget.constrained():
+            limit = getattr(self.budget, resource)
+            if resource == "min_accuracy":
+                lines.append(f"- accuracy {100 * self.expected_accuracy:.2f}% >= required {100 * limit:.2f}%")
+            else:
+                used = self.costs()[resource]
+                lines.append(f"- {resource}: uses {used:.4g} of {limit:.4g} {_UNITS[resource]} "
+                             f"({100 * used / limit if limit else float('inf'):.0f}%)")
+        binding = self.binding
+        lines.append("Binding: " + (", ".join(binding) + " (relaxing it would allow a more accurate choice)"
+                                    if binding else "nothing: this is the most accurate option there is"))
+        return "\n".join(lines)
+
+
+class Frontier:
+    """The Pareto-optimal options for one device and latency quantile, sorted
+    by accuracy descending, ties cheapest first."""
+
+    def __init__(self, table: OptionTable, device: str, quantile: float):
+        costs = table.devices[device]
+        columns = np.stack([table.macs, costs.latency_ms[quantile], table.memory,
+                            np.nan_to_num(costs.energy_mj, nan=0.0), -table.accuracy], axis=1)
+        keep = _pareto(columns)
+        index = np.flatnonzero(keep)
+        order = np.lexsort((columns[index, 3], columns[index, 2], columns[index, 1], columns[index, 0],
+                            -table.accuracy[index]))
+        self.rows = index[order]
+        self.table, self.device, self.quantile = table, device, quantile
+        self.accuracy = table.accuracy[self.rows]
+        self.macs = table.macs[self.rows]
+        self.latency = costs.latency_ms[quantile][self.rows]
+        self.memory = table.memory[self.rows]
+        self.energy = costs.energy_mj[self.rows]
+
+    def feasible(self, budget: Budget, skip: str | None = None) -> np.ndarray:
+        ok = np.ones(len(self.rows), dtype=bool)
+        if budget.macs is not None and skip != "macs":
+            ok &= self.macs <= budget.macs
+        if budget.latency_ms is not None and skip != "latency_ms":
+            ok &= self.latency <= budget.latency_ms * budget.share
+        if budget.memory_bytes is not None and skip != "memory_bytes":
+            ok &= self.memory <= budget.memory_bytes
+        if budget.energy_mj is not None and skip != "energy_mj":
+            ok &= self.energy <= budget.energy_mj
+        if budget.min_accuracy is not None and skip != "min_accuracy":
+            ok &= self.accuracy >= budget.min_accuracy
+        return ok
+
+    def binding(self, row: int, budget: Budget) -> list[str]:
+        chosen_accuracy = self.accuracy[row]
+        binding = []
+        for resource in budget.constrained():
+            if resource == "min_accuracy":
+                continue
+            ok = self.feasible(budget, skip=resource)
+            if ok.any() and self.accuracy[np.argmax(ok)] > chosen_accuracy:
+                binding.append(resource)
+        return binding
+
+    def selection(self, row: int, budget: Budget) -> Selection:
+        table, i = self.table, self.rows[row]
+        return Selection(table.spec(i), str(table.policy[i]), table.thresholds_of(i), float(self.accuracy[row]),
+                         float(self.macs[row]), float(self.latency[row] / budget.share), self.quantile,
+                         float(self.memory[row]), float(self.energy[row]), self.device, budget, self, row)
+
+    def infeasible(self, budget: Budget) -> InfeasibleBudget:
+        """The error for a budget nothing meets: the resource that fails and
+        the option that comes closest on it."""
+        values = {"macs": (self.macs, budget.macs), "latency_ms": (self.latency / budget.share, budget.latency_ms),
+                  "memory_bytes": (self.memory, budget.memory_bytes), "energy_mj": (self.energy, budget.energy_mj),
+                  "min_accuracy": (-self.accuracy, None if budget.min_accuracy is None else -budget.min_accuracy)}
+        constrained = budget.constrained()
+        failing = next((r for r in constrained if not (values[r][0] <= values[r][1]).any()), None)
+        if failing is None:  # each alone can be met, not all together: blame the one whose relaxing helps
+            failing = next((r for r in constrained if self.feasible(budget, skip=r).any()), constrained[0])
+        pool = self.feasible(budget, skip=failing)
+        if not pool.any():
+            pool = np.ones(len(self.rows), dtype=bool)
+        candidates = np.flatnonzero(pool)
+        best = candidates[np.argmin(values[failing][0][candidates])]
+        spec = self.table.spec(self.rows[best])
+        policy = self.table.policy[self.rows[best]]
+        if failing == "min_accuracy":
+            need = f"accuracy >= {budget.min_accuracy:.4f}, the best option reaches {self.accuracy[best]:.4f}"
+        else:
+            need = f"{failing} <= {values[failing][1]:.4g}, the cheapest option needs {values[failing][0][best]:.4g}"
+        return InfeasibleBudget(f"no option meets the budget on {self.device}: {need} "
+                                f"({spec}, exits: {policy})", failing, str(spec))
+
+
+def _pareto(columns: np.ndarray) -> np.ndarray:
+    """Rows not dominated (<= everywhere, < somewhere) by another row; of
+    identical rows the first is kept."""
+    n = len(columns)
+    keep = np.ones(n, dtype=bool)
+    order = np.lexsort(columns.T[::-1])
+    for start in range(0, n, 512):  # blocks bound the memory of the pairwise test
+        block = order[start:start + 512]
+        le = (columns[None, :, :] <= columns[block, None, :]).all(-1)  # [block, n]: j dominates-or-equals i
+        lt = (columns[None, :, :] < columns[block, None, :]).any(-1)
+        dominated = (le & lt).any(1)
+        keep[block[dominated]] = False
+    # identical rows: keep the first occurrence only
+    _, first = np.unique(columns[keep], axis=0, return_index=True)
+    survivors = np.flatnonzero(keep)
+    keep[:] = False
+    keep[survivors[first]] = True
+    return keep
+
+
+class Scheduler:
+    """``select_subnet`` bound to one catalog, with the frontiers cached."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.table = option_table(catalog)
+        self.measured_device = next((d for d, t in catalog.latency.items() if t.measured), None)
+        self._frontiers: dict[tuple[str, float], Frontier] = {}
+
+    def frontier(self, device: str | None, quantile: float) -> Frontier:
+        device = device or self.measured_device
+        key = (device, quantile)
+        frontier = self._frontiers.get(key)
+        if frontier is None:
+            if device not in self.table.devices:
+                raise UnknownDeviceError(f"unknown device {device!r}; the catalog has latency for "
+                                         f"{', '.join(sorted(self.table.devices))}")
+            frontier = self._frontiers[key] = Frontier(self.table, device, quantile)
+        return frontier
+
+    def select(self, budget: Budget) -> Selection:
+        frontier = self.frontier(budget.device, budget.latency_quantile)
+        ok = frontier.feasible(budget)
+        row = int(np.argmax(ok))
+        if not ok[row]:
+            raise frontier.infeasible(budget)
+        return frontier.selection(row, budget)
+
+
+_SCHEDULERS: dict[int, Scheduler] = {}
+_SHIPPED: list[Catalog] = []
+
+
+def scheduler_for(catalog: Catalog | None = None) -> Scheduler:
+    if catalog is None:
+        if not _SHIPPED:
+            _SHIPPED.append(load_catalog())
+        catalog = _SHIPPED[0]
+    scheduler = _SCHEDULERS.get(id(catalog))
+    if scheduler is None or scheduler.catalog is not catalog:
+        scheduler = _SCHEDULERS[id(catalog)] = Scheduler(catalog)
+    return scheduler
+
+
+def select_subnet(budget: Budget, catalog: Catalog | None = None) -> Selection:
+    """The most accurate sub-network and exit setting that meets ``budget``
+    (the shipped catalog when ``catalog`` is None).  Raises
+    :class:`InfeasibleBudget` when nothing does."""
+    if not isinstance(budget, Budget):
+        from scheduler.errors import BudgetError
+
+        raise BudgetError(f"select_subnet takes a Budget, got {type(budget).__name__}")
+    return scheduler_for(catalog).select(budget)
+
+
+def brute_force_select(budget: Budget, catalog: Catalog) -> tuple[float, float] | None:
+    """Reference for tests and the benchmark: check every option (no frontier,
+    no sorting) and return the best (accuracy, MACs), or None."""
+    table = option_table(catalog)
+    device = budget.device or next(d for d, t in catalog.latency.items() if t.measured)
+    costs = table.devices[device]
+    ok = np.ones(len(table), dtype=bool)
+    if budget.macs is not None:
+        ok &= table.macs <= budget.macs
+    if budget.latency_ms is not None:
+        ok &= costs.latency_ms[budget.latency_quantile] <= budget.latency_ms * budget.share
+    if budget.memory_bytes is not None:
+        ok &= table.memory <= budget.memory_bytes
+    if budget.energy_mj is not None:
+        ok &= costs.energy_mj <= budget.energy_mj
+    if budget.min_accuracy is not None:
+        ok &= table.accuracy >= budget.min_accuracy
+    if not ok.any():
+        return None
+    best_accuracy = table.accuracy[ok].max()
+    return float(best_accuracy), float(table.macs[ok & (table.accuracy == best_accuracy)].min())

@@ -1,0 +1,229 @@
+"""Tests of budgets, select_subnet, multi-tenant allocation, switching and the lattice."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anytime.catalog import SHIPPED_STEM, load_catalog
+from nets import SubnetSpec
+from scheduler import Budget, BudgetError, InfeasibleBudget, TenantError, UnknownDeviceError, select_subnet
+from scheduler.allocate import SharedDevice, Tenant, allocate, brute_force, solve_with_scip, tenant_options
+from scheduler.lattice import build_lattice, cheapest_upgrade, degradation_path
+from scheduler.options import option_table
+from scheduler.select import brute_force_select
+from scheduler.switching import NESTED_SWITCH, SwitchingPolicy, ZooSwitchCost, fits
+
+
+@pytest.fixture(scope="module")
+def catalog(trained):
+    return trained[2]
+
+
+def _budget_strategy(table, device):
+    costs = table.devices[device]
+    span = lambda a: st.one_of(st.none(), st.floats(float(a.min()) * 0.8, float(a.max()) * 1.1))
+    return st.builds(
+        Budget,
+        macs=span(table.macs),
+        latency_ms=span(costs.latency_ms[0.99]),
+        memory_bytes=span(table.memory),
+        energy_mj=span(costs.energy_mj),
+        min_accuracy=st.one_of(st.none(), st.floats(0.0, 1.0)),
+        latency_quantile=st.sampled_from([0.5, 0.9, 0.99]),
+        share=st.floats(0.05, 1.0),
+    )
+
+
+def _check_against_brute_force(catalog, budget):
+    expected = brute_force_select(budget, catalog)
+    if expected is None:
+        with pytest.raises(InfeasibleBudget):
+            select_subnet(budget, catalog)
+        return
+    selection = select_subnet(budget, catalog)
+    assert (selection.expected_accuracy, selection.expected_macs) == pytest.approx(expected)
+    # never violates a constraint
+    assert budget.macs is None or selection.expected_macs <= budget.macs
+    assert budget.latency_ms is None or selection.latency_ms <= budget.latency_ms * (1 + 1e-12)
+    assert budget.memory_bytes is None or selection.memory_bytes <= budget.memory_bytes
+    assert budget.energy_mj is None or selection.energy_mj <= budget.energy_mj
+    assert budget.min_accuracy is None or selection.expected_accuracy >= budget.min_accuracy
+
+
+def test_select_equals_brute_force_tiny(catalog):
+    table = option_table(catalog)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_budget_strategy(table, "cpu-local"))
+    def check(budget):
+        _check_against_brute_force(catalog, budget)
+
+    check()
+
+
+@pytest.mark.skipif(not SHIPPED_STEM.with_name(SHIPPED_STEM.name + ".json").exists(), reason="no shipped catalog")
+def test_select_equals_brute_force_shipped_10000():
+    shipped = load_catalog()
+    table = option_table(shipped)
+
+    @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(_budget_strategy(table, "cpu-local"))
+    def check(budget):
+        _check_against_brute_force(shipped, budget)
+
+    check()
+
+
+def test_unconstrained_picks_most_accurate(catalog):
+    selection = select_subnet(Budget(), catalog)
+    assert selection.expected_accuracy == pytest.approx(option_table(catalog).accuracy.max())
+    assert selection.binding == []
+    assert str(selection.spec) in selection.explain()
+
+
+def test_binding_constraint_named(catalog):
+    table = option_table(catalog)
+    budget = Budget(macs=float(np.median(table.macs)))
+    selection = select_subnet(budget, catalog)
+    if selection.expected_accuracy < table.accuracy.max():
+        assert selection.binding == ["macs"]
+        assert "Binding: macs" in selection.explain()
+
+
+def test_infeasible_budget_names_resource_and_cheapest(catalog):
+    table = option_table(catalog)
+    with pytest.raises(InfeasibleBudget) as error:
+        select_subnet(Budget(macs=float(table.macs.min()) / 2), catalog)
+    assert error.value.resource == "macs" and error.value.cheapest.startswith("d")
+    with pytest.raises(InfeasibleBudget) as error:
+        select_subnet(Budget(min_accuracy=1.0), catalog)
+    assert error.value.resource == "min_accuracy"
+
+
+@pytest.mark.parametrize("kwargs", [dict(macs=-1.0), dict(latency_ms=float("nan")), dict(share=0.0),
+                                    dict(share=1.5), dict(min_accuracy=2.0), dict(latency_quantile=0.95),
+                                    dict(memory_bytes="1MB"), dict(energy_mj=True)])
+def test_malformed_budget(kwargs):
+    with pytest.raises(BudgetError):
+        Budget(**kwargs)
+
+
+def test_unknown_device(catalog):
+    with pytest.raises(UnknownDeviceError, match="unknown device 'toaster'"):
+        select_subnet(Budget(device="toaster"), catalog)
+    with pytest.raises(BudgetError):
+        select_subnet({"macs": 1e6}, catalog)
+
+
+def test_share_stretches_latency(catalog):
+    full = select_subnet(Budget(latency_ms=1e9), catalog)
+    half = select_subnet(Budget(latency_ms=1e9, share=0.5), catalog)
+    assert half.latency_ms == pytest.approx(2 * full.latency_ms)
+
+
+# --- multi-tenant -----------------------------------------------------------
+
+def _tenants(catalog, count, rate=50.0, deadline=50.0):
+    return [Tenant(f"app{i}", catalog, rate_hz=rate * (1 + i), deadline_ms=deadline, weight=1 + i % 2)
+            for i in range(count)]
+
+
+def test_allocate_equals_exhaustive_search(catalog):
+    table = option_table(catalog)
+    mean_ms = float(np.median(table.devices["cpu-local"].expected_ms))
+    # total load sum(1 + i) x factor / share = 0.6, 0.6 and 0.3 of the device at the median option
+    for rate, share, memory in ((0.1 / (mean_ms / 1000), 1.0, None), (0.05 / (mean_ms / 1000), 0.5, None),
+                                (0.05 / (mean_ms / 1000), 1.0, float(np.median(table.memory)) * 2.5)):
+        tenants = _tenants(catalog, 3, rate=rate, deadline=mean_ms * 8)
+        device = SharedDevice("cpu-local", share=share, memory_bytes=memory)
+        sizes = [len(tenant_options(t, device).index) for t in tenants]
+        assert max(sizes) <= 40
+        result = allocate(tenants, device)
+        exhaustive = brute_force(tenants, device)
+        scaled = sum(round(t.weight * result.choices[t.name].accuracy * 10_000 - 0.5) for t in tenants)
+        assert result.optimal
+        assert exhaustive is not None and abs(scaled - exhaustive) <= len(tenants)  # floor rounding per tenant
+        assert solve_with_scip(tenants, device) == exhaustive
+        assert result.utilisation <= 1
+        for t in tenants:
+            assert result.choices[t.name].response_ms <= t.deadline_ms * (1 + 1e-9)
+
+
+def test_allocate_warm_start_and_pruning(catalog):
+    tenants = _tenants(catalog, 4, rate=5.0, deadline=1000.0)
+    device = SharedDevice("cpu-local")
+    first = allocate(tenants, device)
+    again = allocate(tenants, device, hints=first)
+    assert again.objective == pytest.approx(first.objective)
+    assert first.options_after_pruning < first.options_before_pruning
+
+
+@pytest.mark.parametrize("make", [
+    lambda c: Tenant("", c, 1.0, 10.0),
+    lambda c: Tenant("a", c, -1.0, 10.0),
+    lambda c: Tenant("a", c, 1.0, float("nan")),
+    lambda c: Tenant("a", c, 1.0, 10.0, weight=0),
+    lambda c: Tenant("a", "not a catalog", 1.0, 10.0),
+    lambda c: SharedDevice("cpu-local", share=0),
+    lambda c: SharedDevice("cpu-local", memory_bytes=-5),
+])
+def test_malformed_tenant_or_device(catalog, make):
+    with pytest.raises(TenantError):
+        make(catalog)
+
+
+def test_allocate_rejects_bad_sets(catalog):
+    with pytest.raises(TenantError):
+        allocate([], SharedDevice("cpu-local"))
+    with pytest.raises(TenantError, match="unique"):
+        allocate(_tenants(catalog, 1) * 2, SharedDevice("cpu-local"))
+    with pytest.raises(TenantError, match="no latency for device"):
+        allocate(_tenants(catalog, 1), SharedDevice("toaster"))
+    with pytest.raises(InfeasibleBudget):
+        allocate([Tenant("a", catalog, 1.0, deadline_ms=1e-6)], SharedDevice("cpu-local"))
+
+
+# --- switching and the lattice ---------------------------------------------
+
+def test_hysteresis_prevents_thrashing(catalog):
+    table = option_table(catalog)
+    macs = np.sort(np.unique(table.macs))
+    policy = SwitchingPolicy(catalog, hysteresis=0.5, min_dwell_s=10.0)
+    loose, tight = Budget(macs=float(macs[-1])), Budget(macs=float(macs[len(macs) // 2]))
+    first, cost = policy.update(tight, now=0.0)
+    assert cost == 0.0
+    for step in range(1, 20):  # the budget jitters; a big hysteresis keeps the choice
+        chosen, _ = policy.update(loose if step % 2 else tight, now=float(step))
+        assert chosen.spec == first.spec
+    assert policy.switches == 0
+
+
+def test_switch_when_current_no_longer_fits(catalog):
+    table = option_table(catalog)
+    policy = SwitchingPolicy(catalog, hysteresis=1.0, min_dwell_s=1e9)
+    big, _ = policy.update(Budget(), now=0.0)
+    small_budget = Budget(macs=float(np.sort(table.macs)[0]) * 1.01)
+    small, cost = policy.update(small_budget, now=0.1)
+    assert fits(small, small_budget) and not fits(big, small_budget)
+    assert cost == 0.0 and NESTED_SWITCH.bytes_loaded(big, small) == 0
+    assert policy.switches == (0 if big.spec == small.spec and big.policy == small.policy else 1)
+    zoo = ZooSwitchCost(bandwidth_bytes_per_s=1e6)
+    assert zoo.seconds(big, small) == pytest.approx(small.memory_bytes / 1e6)
+
+
+def test_lattice(catalog):
+    graph = build_lattice(catalog)
+    full = SubnetSpec(catalog.depths, catalog.widths)
+    path = degradation_path(graph, full)
+    assert path[0] == full and path[-1] == SubnetSpec(1, 1)
+    assert all(graph.nodes[a]["macs"] > graph.nodes[b]["macs"] for a, b in zip(path, path[1:]))
+    target = graph.nodes[full]["accuracy"]
+    upgrade = cheapest_upgrade(graph, SubnetSpec(1, 1), target)
+    assert graph.nodes[upgrade[-1]]["accuracy"] >= target
+    with pytest.raises(InfeasibleBudget):
+        cheapest_upgrade(graph, SubnetSpec(1, 1), 1.01)
