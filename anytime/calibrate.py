@@ -140,3 +140,24 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
                             else np.zeros((0, catalog.depths), dtype=np.float32))
     catalog.exit_settings = settings
     return settings
+
+
+def accuracy_at_macs(curve: np.ndarray, macs: np.ndarray) -> np.ndarray:
+    """Best accuracy a policy reaches within each MAC level, from its sweep
+    (``[points, 2]`` of expected MACs, accuracy); NaN below its cheapest point."""
+    order = np.argsort(curve[:, 0])
+    costs, best = curve[order, 0], np.maximum.accumulate(curve[order, 1])
+    index = np.searchsorted(costs, macs, side="right") - 1
+    return np.where(index >= 0, best[np.clip(index, 0, None)], np.nan)
+
+
+def compare_at_equal_macs(curves: dict[str, np.ndarray], first: str, second: str,
+                          fractions: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                          full_macs: float | None = None) -> list[dict]:
+    """Accuracy of two policies at equal expected MACs (the decision gates
+    paper's hinge vs cross-entropy comparison)."""
+    full_macs = full_macs or max(curves[first][:, 0].max(), curves[second][:, 0].max())
+    levels = np.asarray(fractions) * full_macs
+    a, b = accuracy_at_macs(curves[first], levels), accuracy_at_macs(curves[second], levels)
+    return [{"macs_fraction": f, "macs": float(m), first: float(x), second: float(y), "difference": float(x - y)}
+            for f, m, x, y in zip(fractions, levels, a, b)]

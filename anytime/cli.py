@@ -76,6 +76,76 @@ def _cmd_plot_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exits(args: argparse.Namespace) -> int:
+    from anytime.calibrate import (calibrate_ladder, calibrate_policies, compare_at_equal_macs, fit_scorers,
+                                   policy_curves)
+    from anytime.catalog import load_catalog
+    from anytime.plots import plot_exit_curves
+    from nets.spec import SubnetSpec
+
+    catalog = load_catalog(args.catalog)
+    if args.fit:
+        import torch
+
+        from nets.data import load_cifar10
+        from nets.registry import create_net, load_weights, weights_path
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = create_net(catalog.net, **{k: v for k, v in catalog.net_config.items() if k != "family"})
+        load_weights(model, args.weights or weights_path(catalog.net))
+        data = load_cifar10(args.data, val_size=len(catalog.traces["val"]), seed=args.seed, cache_dir=args.cache_dir)
+        fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=not args.quiet, seed=args.seed)
+        calibrate_ladder(catalog, progress=not args.quiet)
+        catalog.save(args.out or args.catalog or _shipped_stem())
+    spec = SubnetSpec.parse(args.subnet) if args.subnet else SubnetSpec(catalog.depths, catalog.widths)
+    results = calibrate_policies(catalog, spec, tolerance=args.tolerance)
+    curves = policy_curves(catalog, spec)
+    args.report.mkdir(parents=True, exist_ok=True)
+    plot_exit_curves(curves, results, args.report / f"exits_{spec}.png",
+                     f"{catalog.net} {spec}: early exits, calibrated on val, reported on test")
+    report = {"policies": [r.to_dict() for r in results]}
+    if "gate" in curves and "gate_ce" in curves:
+        report["hinge_vs_cross_entropy"] = compare_at_equal_macs(curves, "gate", "gate_ce",
+                                                                 full_macs=results[0].full_macs)
+    (args.report / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
+    print(f"{'policy':10s} {'val acc':>8s} {'test acc':>9s} {'exp. MACs (M)':>14s} {'of full':>8s}")
+    for r in results:
+        print(f"{r.policy:10s} {100 * r.val_accuracy:8.2f} {100 * r.test_accuracy:9.2f} "
+              f"{r.test_expected_macs / 1e6:14.2f} {100 * r.macs_fraction:7.1f}%")
+    print(f"full {spec}: test accuracy {100 * results[0].full_test_accuracy:.2f}%, {results[0].full_macs / 1e6:.2f} M MACs")
+    if "hinge_vs_cross_entropy" in report:
+        print("decision gates at equal expected MACs (test accuracy %): hinge vs cross-entropy")
+        for row in report["hinge_vs_cross_entropy"]:
+            print(f"  {100 * row['macs_fraction']:3.0f}% of full MACs: hinge {100 * row['gate']:6.2f}  "
+                  f"cross-entropy {100 * row['gate_ce']:6.2f}  difference {100 * row['difference']:+.2f}")
+    return 0
+
+
+def _shipped_stem():
+    from anytime.catalog import SHIPPED_STEM
+
+    return SHIPPED_STEM
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from anytime.catalog import load_catalog
+    from scheduler import Budget, select_subnet
+
+    catalog = load_catalog(args.catalog) if args.catalog else None
+    budget = Budget(macs=args.macs, latency_ms=args.latency_ms, latency_quantile=args.quantile,
+                    memory_bytes=args.memory_bytes, energy_mj=args.energy_mj, min_accuracy=args.min_accuracy,
+                    device=args.device, share=args.share)
+    selection = select_subnet(budget, catalog)
+    if args.json:
+        print(json.dumps({"subnet": str(selection.spec), "policy": selection.policy,
+                          "thresholds": selection.thresholds, **selection.costs(),
+                          "expected_accuracy": selection.expected_accuracy, "binding": selection.binding}))
+    else:
+        print(selection.explain())
+    return 0
+
+
 def _cmd_nets(args: argparse.Namespace) -> int:
     from nets.registry import list_nets
 
@@ -135,6 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="latency device shown (default: the measured one)")
     p.add_argument("--csv", action="store_true", help="also write catalog.csv")
     p.set_defaults(func=_cmd_plot_catalog)
+
+    p = sub.add_parser("exits", help="fit exit scorers, calibrate every exit policy, report and plot")
+    p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
+    p.add_argument("--fit", action="store_true", help="train gates and support networks, calibrate the "
+                   "scheduler's exit settings and save them into the catalog (needs the data)")
+    p.add_argument("--weights", help="state_dict of the catalog's net (default: its shipped weights)")
+    p.add_argument("--out", help="write the fitted catalog here instead of over the input")
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--train-subset", type=int, default=10000, help="training images the scorers learn from")
+    p.add_argument("--subnet", help="sub-network of the report, e.g. d16w8 (default: the full one)")
+    p.add_argument("--tolerance", type=float, default=0.003, help="accuracy drop allowed on val when calibrating")
+    p.add_argument("--report", type=Path, default=Path("reports"), help="folder for the picture and table")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_exits)
+
+    p = sub.add_parser("select", help="select_subnet: the best sub-network and exits under budgets")
+    p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
+    p.add_argument("--macs", type=float, help="expected MACs per inference")
+    p.add_argument("--latency-ms", type=float, help="deadline per inference")
+    p.add_argument("--quantile", type=float, default=0.99, choices=(0.5, 0.9, 0.99), help="deadline quantile")
+    p.add_argument("--memory-bytes", type=float)
+    p.add_argument("--energy-mj", type=float)
+    p.add_argument("--min-accuracy", type=float, help="fraction, e.g. 0.85")
+    p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
+    p.add_argument("--share", type=float, default=1.0, help="fraction of the device available, (0, 1]")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_select)
     return parser
 
 

@@ -82,3 +82,41 @@ def plot_budget(catalog: Catalog, path: str | Path, mac_budget: float, split: st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_exit_curves(curves: dict[str, np.ndarray], results: list, path: str | Path, title: str) -> Path:
+    """Accuracy against expected MACs of every exit policy (threshold sweeps),
+    the calibrated operating points, the full sub-network and the oracle."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    names = {"max_prob": "max softmax", "entropy": "entropy (BranchyNet)", "margin": "margin (flexible ensemble)",
+             "gate": "decision gates, hinge", "gate_ce": "gates, cross-entropy", "support": "support net (DL-gleaning)"}
+    for index, (policy, curve) in enumerate(curves.items()):
+        order = np.argsort(curve[:, 0])
+        ax.plot(curve[order, 0] / 1e6, 100 * curve[order, 1], label=names.get(policy, policy), color=f"C{index}")
+    by_policy = {r.policy: r for r in results}
+    for index, policy in enumerate(curves):
+        if policy in by_policy:
+            r = by_policy[policy]
+            ax.scatter([r.test_expected_macs / 1e6], [100 * r.test_accuracy], color=f"C{index}", s=40, zorder=3)
+    if results:
+        r = results[0]
+        ax.scatter([r.full_macs / 1e6], [100 * r.full_test_accuracy], marker="*", s=160, color="k",
+                   label=f"{r.spec} without exits", zorder=4)
+        if "oracle" in by_policy:
+            o = by_policy["oracle"]
+            ax.scatter([o.test_expected_macs / 1e6], [100 * o.test_accuracy], marker="P", s=90, color="gray",
+                       label="oracle (ideal bound)", zorder=4)
+        ax.axhline(100 * (r.full_test_accuracy - 0.005), color="k", linestyle=":", linewidth=1,
+                   label="full accuracy - 0.5 point")
+    ax.set_xlabel("expected MACs per inference (M), test split")
+    ax.set_ylabel("top-1 accuracy (%), test split")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    lows = [100 * c[:, 1].min() for c in curves.values()]
+    if results:
+        ax.set_ylim(max(min(lows), 100 * results[0].full_test_accuracy - 25), None)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

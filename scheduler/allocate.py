@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,13 +114,31 @@ class Allocation:
     objective: float  # weighted accuracy
     optimal: bool  # proven optimal by the solver
     utilisation: float  # rho, as a fraction of the device's share
-    solve_seconds: float
+    solve_seconds: float  # pruning, model building and solving
+    solver_seconds: float  # CP-SAT's own wall time
     options_before_pruning: int
     options_after_pruning: int
 
 
+_OPTION_CACHE: "OrderedDict[tuple[Tenant, SharedDevice], TenantOptions]" = OrderedDict()
+_OPTION_CACHE_SIZE = 256
+
+
 def tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
-    """Integer rows of a tenant's options after vectorised pruning."""
+    """Integer rows of a tenant's options after pruning (cached: re-solving
+    after a budget change re-prunes only the tenants that changed)."""
+    key = (tenant, device)
+    cached = _OPTION_CACHE.get(key)
+    if cached is None:
+        cached = _OPTION_CACHE[key] = _tenant_options(tenant, device)
+        if len(_OPTION_CACHE) > _OPTION_CACHE_SIZE:
+            _OPTION_CACHE.popitem(last=False)
+    else:
+        _OPTION_CACHE.move_to_end(key)
+    return cached
+
+
+def _tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
     table = option_table(tenant.catalog)
     if device.name not in table.devices:
         raise TenantError(f"tenant {tenant.name!r}: its catalog has no latency for device {device.name!r}")
@@ -180,10 +199,11 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
                                f"(share {device.share}, memory {device.memory_bytes}): "
                                f"{solver.StatusName(status)}", "latency_ms", "")
     picks = [int(np.argmax([solver.Value(x) for x in xs])) for xs in chosen]
-    return _allocation(tenants, device, rows, picks, status == cp_model.OPTIMAL, time.perf_counter() - started)
+    return _allocation(tenants, device, rows, picks, status == cp_model.OPTIMAL, time.perf_counter() - started,
+                       solver.WallTime())
 
 
-def _allocation(tenants, device, rows, picks, optimal, seconds) -> Allocation:
+def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds) -> Allocation:
     choices = {}
     rho = sum(r.utilisation[p] for r, p in zip(rows, picks)) / SCALE
     objective = 0.0
@@ -198,7 +218,8 @@ def _allocation(tenants, device, rows, picks, optimal, seconds) -> Allocation:
             quantile_ms / device.share / max(1e-12, 1 - rho), i)
         objective += tenant.weight * float(table.accuracy[i])
     before = sum(len(option_table(t.catalog)) for t in tenants)
-    return Allocation(choices, objective, optimal, float(rho), seconds, before, sum(len(r.index) for r in rows))
+    return Allocation(choices, objective, optimal, float(rho), seconds, solver_seconds, before,
+                      sum(len(r.index) for r in rows))
 
 
 def integer_objective(rows: list[TenantOptions], picks: tuple[int, ...], capacity: int | None) -> int | None:

@@ -47,10 +47,9 @@ class OptionTable:
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
-        depths, widths = catalog.depths, catalog.widths
+        depths = catalog.depths
         specs = catalog.specs()
         n_specs = len(specs)
-        test = catalog.traces["test"]
         classes = len(catalog.classes)
         # no-exit options: one per sub-network
         subnet = list(range(n_specs))

@@ -154,22 +154,25 @@ class Frontier:
 
 
 def _pareto(columns: np.ndarray) -> np.ndarray:
-    """Rows not dominated (<= everywhere, < somewhere) by another row; of
-    identical rows the first is kept."""
-    n = len(columns)
-    keep = np.ones(n, dtype=bool)
+    """Rows not dominated by another row (<= in every column, all minimised);
+    of identical rows only the first survives.
+
+    Rows are visited in lexicographic order, in which any dominator comes
+    before the rows it dominates, so a row is dropped exactly when a row kept
+    earlier is <= it everywhere; the check runs against the kept rows only
+    (the frontier, usually a few hundred), so it is fast for thousands of rows.
+    """
     order = np.lexsort(columns.T[::-1])
-    for start in range(0, n, 512):  # blocks bound the memory of the pairwise test
-        block = order[start:start + 512]
-        le = (columns[None, :, :] <= columns[block, None, :]).all(-1)  # [block, n]: j dominates-or-equals i
-        lt = (columns[None, :, :] < columns[block, None, :]).any(-1)
-        dominated = (le & lt).any(1)
-        keep[block[dominated]] = False
-    # identical rows: keep the first occurrence only
-    _, first = np.unique(columns[keep], axis=0, return_index=True)
-    survivors = np.flatnonzero(keep)
-    keep[:] = False
-    keep[survivors[first]] = True
+    keep = np.zeros(len(columns), dtype=bool)
+    kept = np.empty_like(columns, dtype=np.float64)
+    count = 0
+    for i in order:
+        row = columns[i]
+        if count and (kept[:count] <= row).all(axis=1).any():
+            continue
+        keep[i] = True
+        kept[count] = row
+        count += 1
     return keep
 
 

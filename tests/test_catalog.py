@@ -4,7 +4,6 @@ and the catalog file."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,14 +11,14 @@ import torch
 
 from anytime.builder import ProfileConfig, build_catalog
 from anytime.catalog import SHIPPED_STEM, CatalogError, load_catalog
-from anytime.evaluate import collect_traces, confidence_signals
+from anytime.evaluate import confidence_signals
 from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
-from anytime.macs import count_macs, count_params, op_profile
+from anytime.macs import count_macs, op_profile
 from anytime.profile import largest_feature_map_bytes, measured_peak_activation_bytes, time_model
 from nets import SubnetSpec, create_net
 from nets.data import load_cifar10
 from nets.errors import ConfigError
-from nets.registry import load_weights, weights_path
+from nets.registry import weights_path
 
 FAST = ProfileConfig(large_batch=4, warmup=1, repeats_batch1=3, repeats_large=2, repeats_segment=3)
 

@@ -8,12 +8,12 @@ import torch
 
 from anytime.calibrate import calibrate_policies
 from anytime.catalog import CatalogError, load_catalog
-from anytime.exits import (ALWAYS, NEVER, PathTraces, calibrate_for_accuracy, calibrate_for_budget,
+from anytime.exits import (ALWAYS, PathTraces, calibrate_for_accuracy, calibrate_for_budget,
                            calibrate_weighted, evaluate_thresholds, exit_depths, no_exit, oracle_thresholds,
                            path_traces, width_refinement)
 from anytime.gates import train_gates
 from anytime.runner import AnytimeRunner
-from nets import SubnetSpec, create_net
+from nets import SubnetSpec
 from nets.data import to_float
 from nets.errors import ConfigError
 

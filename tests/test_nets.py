@@ -217,6 +217,18 @@ def test_python_batches_layout(cifar_batches_dir):
     assert torch.bincount(data.val_labels).tolist() == [2] * 10  # stratified
 
 
+def test_python_batches_tar_gz(cifar_batches_dir, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(cifar_batches_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    from_tar = load_cifar10(archive, val_size=20)
+    from_dir = load_cifar10(cifar_batches_dir, val_size=20)
+    assert torch.equal(from_tar.train_images, from_dir.train_images)
+    assert torch.equal(from_tar.test_labels, from_dir.test_labels)
+
+
 def test_image_folder_zip_and_directory(cifar_zip, fake_cifar_arrays, tmp_path):
     import zipfile
 

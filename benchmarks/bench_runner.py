@@ -1,0 +1,82 @@
+"""Real time, not only MACs: AnytimeRunner with calibrated exits vs the full
+sub-network without exits, on this CPU, at batch 1 and batch 64.
+
+Both contenders classify the same test images: the runner with thresholds
+calibrated on the validation split (policy and tolerance as ``anytime exits``
+reports), and the extracted full sub-network.  They alternate round by round.
+The report gives wall-clock time per image for each, the time saving, and the
+MAC saving the catalog predicts for the same images, to show how close time
+comes to MACs.
+
+    python benchmarks/bench_runner.py [--policy margin] [--images 1024] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report, side_by_side  # noqa: E402
+
+from anytime.calibrate import fit_scorers  # noqa: E402
+from anytime.catalog import load_catalog  # noqa: E402
+from anytime.exits import calibrate_for_accuracy, evaluate_thresholds, no_exit, path_traces  # noqa: E402
+from anytime.runner import AnytimeRunner  # noqa: E402
+from nets import SubnetSpec, create_net  # noqa: E402
+from nets.data import load_cifar10, to_float  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog")
+    parser.add_argument("--policy", default="margin", choices=("max_prob", "entropy", "margin", "gate", "support"))
+    parser.add_argument("--tolerance", type=float, default=0.003)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    catalog = load_catalog(args.catalog)
+    model = create_net(catalog.net, pretrained=True)
+    data = load_cifar10(args.data, cache_dir="data/cache")
+    scorers = fit_scorers(model, data, catalog, progress=False) if args.policy in ("gate", "support") else None
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    val_path = path_traces(catalog, spec, args.policy, "val")
+    thresholds = calibrate_for_accuracy(val_path, evaluate_thresholds(val_path, no_exit(spec.depth))[0] - args.tolerance)
+    runner = AnytimeRunner(model, spec, args.policy, thresholds, catalog,
+                           gates=scorers.gates if scorers else None, support=scorers.support if scorers else None)
+    full = model.extract(spec).eval()
+    images = to_float(data.test_images[: args.images])
+    result = {}
+    for batch in (1, 64):
+        chunks = list(images.split(batch))
+
+        def with_exits() -> None:
+            for x in chunks:
+                runner.run(x)
+
+        @torch.inference_mode()
+        def without_exits() -> None:
+            for x in chunks:
+                full(x)
+
+        side_by_side({"a": with_exits, "b": without_exits}, 1)
+        times = side_by_side({"runner_with_exits": with_exits, "full_without_exits": without_exits}, args.rounds)
+        result[f"batch{batch}"] = report(f"runner vs full sub-network, batch {batch}, {args.images} images", times,
+                                         "full_without_exits")
+    macs = np.concatenate([runner.run(x).macs for x in images.split(64)])
+    full_macs = catalog.cost("macs", spec)
+    print({"policy": args.policy, "thresholds": [round(float(t), 4) for t in thresholds],
+           "mac_fraction_of_full": round(float(macs.mean() / full_macs), 4),
+           "time_fraction_batch1": round(result["batch1"]["ratio_to_full_without_exits"]["runner_with_exits"], 4),
+           "time_fraction_batch64": round(result["batch64"]["ratio_to_full_without_exits"]["runner_with_exits"], 4)})
+
+
+if __name__ == "__main__":
+    main()

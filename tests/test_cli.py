@@ -1,0 +1,89 @@
+"""Command-line smoke tests: every subcommand runs, bad input gives one line
+and exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from anytime.catalog import SHIPPED_STEM
+from anytime.cli import main
+from nets import create_net
+
+SHIPPED = SHIPPED_STEM.with_name(SHIPPED_STEM.name + ".json").exists()
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "profile", "exits", "select", "plot-catalog", "nets"):
+        assert command in out
+
+
+def test_nets(capsys):
+    code, out, _ = run(capsys, "nets")
+    assert code == 0 and "dnnet_resnet32_cifar10" in out.split()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "nope", "--out", "x"], "unknown network 'nope'"),
+    (["train", "dnnet_tiny", "--out", "x", "--data", "/no/such/path"], "data path not found"),
+    (["select", "--macs", "-5"], "macs must be >= 0"),
+    (["select", "--share", "0"], "share must be in (0, 1]"),
+    (["select", "--catalog", "/no/such/catalog"], "catalog file not found"),
+    (["plot-catalog", "/no/such/catalog"], "catalog file not found"),
+    (["exits", "/no/such/catalog"], "catalog file not found"),
+])
+def test_bad_input_is_one_line(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_wrong_checkpoint_is_one_line(capsys, tmp_path, cifar_batches_dir):
+    bad = tmp_path / "bad.pt"
+    torch.save(create_net("dnnet_tiny", width_groups=1).state_dict(), bad)
+    code, _, err = run(capsys, "profile", "dnnet_tiny", "--weights", str(bad), "--data", str(cifar_batches_dir),
+                       "--out", str(tmp_path / "cat"), "--quiet")
+    assert code == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_profile_plot_select_exits(capsys, tmp_path, cifar_batches_dir):
+    out = tmp_path / "run"
+    code, stdout, _ = run(capsys, "train", "dnnet_tiny", "--data", str(cifar_batches_dir), "--out", str(out),
+                          "--epochs", "1", "--batch-size", "40", "--val-size", "20", "--quiet", "--cache-dir",
+                          str(tmp_path / "cache"))
+    assert code == 0 and json.loads(stdout)["name"] == "dnnet_tiny"
+    stem = tmp_path / "cat"
+    code, stdout, _ = run(capsys, "profile", "dnnet_tiny", "--weights", str(out / "dnnet_tiny.pt"), "--data",
+                          str(cifar_batches_dir), "--out", str(stem), "--val-size", "20", "--repeats", "3",
+                          "--large-batch", "2", "--quiet", "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and (tmp_path / "cat.json").exists()
+    code, stdout, _ = run(capsys, "exits", str(stem), "--fit", "--weights", str(out / "dnnet_tiny.pt"), "--data",
+                          str(cifar_batches_dir), "--train-subset", "100", "--report", str(tmp_path / "rep"),
+                          "--quiet", "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and "oracle" in stdout and (tmp_path / "rep" / "exits_d3w2.png").exists()
+    code, stdout, _ = run(capsys, "plot-catalog", str(stem), "--out", str(tmp_path / "plots"), "--csv",
+                          "--mac-budget", "1e5")
+    assert code == 0 and (tmp_path / "plots" / "catalog_heatmaps.png").exists()
+    code, stdout, _ = run(capsys, "select", "--catalog", str(stem), "--json")
+    assert code == 0 and json.loads(stdout)["subnet"].startswith("d")
+
+
+@pytest.mark.skipif(not SHIPPED, reason="shipped catalog not built yet")
+def test_main_job_on_shipped_catalog(capsys, tmp_path):
+    code, stdout, _ = run(capsys, "select", "--macs", "20e6", "--memory-bytes", "1.5e6", "--latency-ms", "4")
+    assert code == 0 and "Run d" in stdout
+    code, stdout, _ = run(capsys, "exits", "--report", str(tmp_path))
+    assert code == 0 and "oracle" in stdout
