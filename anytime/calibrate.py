@@ -54,8 +54,10 @@ def fit_scorers(model: DNNet, data: Cifar10, catalog: Catalog, train_subset: int
                            ("gate_ce", lambda: gate_scores(gates_ce, split_features, "ce")),
                            ("support", lambda: support_scores(support, split_logits))):
             score, prediction = fn()
-            catalog.exit_scores.setdefault(policy, {})[split] = {"score": score.astype(np.float16),
-                                                                  "prediction": prediction}
+            fields = {"score": score.astype(np.float16)}
+            if policy != "support":  # a support network keeps the exit's own answer
+                fields["prediction"] = prediction
+            catalog.exit_scores.setdefault(policy, {})[split] = fields
     catalog.exit_extra_macs.update(gate=gate_macs(model), gate_ce=gate_macs(model), support=support_macs(model))
     return Scorers(gates, gates_ce, support)
 

@@ -122,7 +122,8 @@ class Catalog:
     traces: dict[str, Traces]  # "val" (calibration) and "test" (reporting)
     provenance: dict = field(default_factory=dict)
     # learned exit scorers (decision gates, support networks), added by `anytime exits`:
-    # policy -> split -> {"score": [N, depths, widths] float16, "prediction": [N, depths, widths] uint8}
+    # policy -> split -> {"score": [N, depths, widths] float16, and "prediction": [N, depths, widths] uint8
+    # when the scorer answers with its own class (decision gates); otherwise the head's answer stands}
     exit_scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     exit_extra_macs: dict[str, np.ndarray] = field(default_factory=dict)  # policy -> [depths, widths] scorer MACs
     # calibrated exit settings (thresholds tuned on val), the scheduler's options:
@@ -180,16 +181,19 @@ class Catalog:
         return path
 
     # ---- files ----------------------------------------------------------
-    def save(self, stem: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.json`` and ``<stem>.npz``; returns both paths."""
+    def save(self, stem: str | Path, exclude_policies: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """Write ``<stem>.json`` and ``<stem>.npz``; returns both paths.
+        ``exclude_policies`` leaves those learned exit scores out of the file."""
         stem = _stem(stem)
+        exit_scores = {p: v for p, v in self.exit_scores.items() if p not in exclude_policies}
         stem.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{split}/{name}": array for split, traces in self.traces.items()
                   for name, array in traces.arrays().items()}
-        for policy, by_split in self.exit_scores.items():
+        for policy, by_split in exit_scores.items():
             for split, fields in by_split.items():
                 arrays[f"{split}/exit/{policy}/score"] = fields["score"].astype(np.float16)
-                arrays[f"{split}/exit/{policy}/prediction"] = fields["prediction"].astype(np.uint8)
+                if "prediction" in fields:
+                    arrays[f"{split}/exit/{policy}/prediction"] = fields["prediction"].astype(np.uint8)
         if self.exit_settings is not None:
             settings = self.exit_settings
             arrays.update({"settings/subnet": settings.subnet.astype(np.int32),
@@ -209,7 +213,7 @@ class Catalog:
             "latency": {device: table.to_json() for device, table in self.latency.items()},
             "splits": {split: len(traces) for split, traces in self.traces.items()},
             "exit_policies": {policy: {"extra_macs": self.exit_extra_macs[policy].tolist(),
-                                       "splits": sorted(self.exit_scores[policy])} for policy in self.exit_scores},
+                                       "splits": sorted(exit_scores[policy])} for policy in exit_scores},
             "traces_sha256": _sha256(tmp_npz),
             "provenance": self.provenance,
         }
@@ -295,7 +299,10 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
                 _check_shape(f"exit_policies.{policy}.extra_macs", exit_extra_macs[policy], (depths, widths))
                 exit_scores[policy] = {}
                 for split in info["splits"]:
-                    fields = {k: arrays[f"{split}/exit/{policy}/{k}"] for k in ("score", "prediction")}
+                    fields = {k: arrays[f"{split}/exit/{policy}/{k}"] for k in ("score", "prediction")
+                              if f"{split}/exit/{policy}/{k}" in arrays.files}
+                    if "score" not in fields:
+                        raise CatalogError(f"catalog lacks {split} scores of exit policy {policy!r}")
                     for k, array in fields.items():
                         _check_shape(f"{split}/exit/{policy}/{k}", array, (len(traces[split]), depths, widths))
                     exit_scores[policy][split] = fields

@@ -97,7 +97,6 @@ def _cmd_exits(args: argparse.Namespace) -> int:
         data = load_cifar10(args.data, val_size=len(catalog.traces["val"]), seed=args.seed, cache_dir=args.cache_dir)
         fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=not args.quiet, seed=args.seed)
         calibrate_ladder(catalog, progress=not args.quiet)
-        catalog.save(args.out or args.catalog or _shipped_stem())
     spec = SubnetSpec.parse(args.subnet) if args.subnet else SubnetSpec(catalog.depths, catalog.widths)
     results = calibrate_policies(catalog, spec, tolerance=args.tolerance)
     curves = policy_curves(catalog, spec)
@@ -109,6 +108,8 @@ def _cmd_exits(args: argparse.Namespace) -> int:
         report["hinge_vs_cross_entropy"] = compare_at_equal_macs(curves, "gate", "gate_ce",
                                                                  full_macs=results[0].full_macs)
     (args.report / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
+    if args.fit:  # after the report: the cross-entropy gates serve only the comparison above
+        catalog.save(args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
     print(f"{'policy':10s} {'val acc':>8s} {'test acc':>9s} {'exp. MACs (M)':>14s} {'of full':>8s}")
     for r in results:
         print(f"{r.policy:10s} {100 * r.val_accuracy:8.2f} {100 * r.test_accuracy:9.2f} "
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the fitted catalog here instead of over the input")
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--train-subset", type=int, default=10000, help="training images the scorers learn from")
+    p.add_argument("--exclude", nargs="*", default=["gate_ce"],
+                   help="learned scores left out of the saved catalog (default: gate_ce, report-only)")
     p.add_argument("--subnet", help="sub-network of the report, e.g. d16w8 (default: the full one)")
     p.add_argument("--tolerance", type=float, default=0.003, help="accuracy drop allowed on val when calibrating")
     p.add_argument("--report", type=Path, default=Path("reports"), help="folder for the picture and table")

@@ -80,7 +80,8 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
         if extra is None:
             raise CatalogError(f"catalog has no {policy!r} exit scores on {split!r}; run 'anytime exits' first")
         score = extra["score"][:, :depth, w].astype(np.float32)
-        correct = extra["prediction"][:, :depth, w] == traces.labels[:, None]
+        if "prediction" in extra:  # the scorer answers with its own class (decision gates)
+            correct = extra["prediction"][:, :depth, w] == traces.labels[:, None]
     if cost == "macs":
         path_cost = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
         if policy in ("gate", "gate_ce", "support"):
