@@ -64,12 +64,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_plot_catalog(args: argparse.Namespace) -> int:
     from anytime.catalog import load_catalog
-    from anytime.plots import plot_budget, plot_heatmaps
+    from anytime.plots import accuracy_table_markdown, plot_budget, plot_heatmaps
 
     catalog = load_catalog(args.catalog)
     args.out.mkdir(parents=True, exist_ok=True)
+    table = args.out / "accuracy_grid.md"
+    table.write_text(accuracy_table_markdown(catalog))
     written = [plot_heatmaps(catalog, args.out / "catalog_heatmaps.png", device=args.device),
-               plot_budget(catalog, args.out / "catalog_mac_budget.png", args.mac_budget)]
+               plot_budget(catalog, args.out / "catalog_mac_budget.png", args.mac_budget), table]
     if args.csv:
         written.append(catalog.to_csv(args.out / "catalog.csv"))
     print("\n".join(str(p) for p in written))

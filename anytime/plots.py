@@ -120,3 +120,13 @@ def plot_exit_curves(curves: dict[str, np.ndarray], results: list, path: str | P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def accuracy_table_markdown(catalog: Catalog, split: str = "test") -> str:
+    """The depth x width accuracy grid as a Markdown table (percent)."""
+    accuracy = 100 * catalog.accuracy(split)
+    header = "| depth \\ width | " + " | ".join(str(w) for w in range(1, catalog.widths + 1)) + " |"
+    rule = "|---:|" + "---:|" * catalog.widths
+    rows = [f"| {d + 1} | " + " | ".join(f"{accuracy[d, w]:.1f}" for w in range(catalog.widths)) + " |"
+            for d in range(catalog.depths)]
+    return "\n".join([header, rule, *rows]) + "\n"
