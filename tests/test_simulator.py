@@ -132,3 +132,56 @@ def test_queueing_fidelity_long(rho):
     md1 = np.mean([_mean_response("fcfs", rho, True, 400_000, seed) for seed in range(3)])
     assert ps == pytest.approx(1 / (1 - rho), rel=0.03)
     assert md1 == pytest.approx(1 + rho / (2 * (1 - rho)), rel=0.03)
+
+
+# --- workloads -------------------------------------------------------------
+
+from itertools import islice  # noqa: E402
+
+from simulator.workloads import Arrivals  # noqa: E402
+
+
+@pytest.mark.parametrize("arrivals", [
+    Arrivals("periodic", rate_hz=30.0, jitter=0.2),
+    Arrivals("poisson", rate_hz=50.0),
+    Arrivals("gamma", rate_hz=20.0, cv=3.0),
+    Arrivals("onoff", rate_hz=100.0, on_s=0.5, off_s=1.5),
+])
+def test_arrival_rates(arrivals):
+    gaps = np.fromiter(islice(arrivals.gaps(seed=1), 60_000), dtype=float)
+    assert (gaps >= 0).all()
+    assert 1 / gaps.mean() == pytest.approx(arrivals.mean_rate_hz, rel=0.05)
+    again = np.fromiter(islice(arrivals.gaps(seed=1), 100), dtype=float)
+    np.testing.assert_array_equal(again, gaps[:100])  # seeded
+
+
+def test_gamma_burstiness():
+    gaps = np.fromiter(islice(Arrivals("gamma", rate_hz=10.0, cv=3.0).gaps(0), 100_000), dtype=float)
+    assert gaps.std() / gaps.mean() == pytest.approx(3.0, rel=0.1)
+
+
+def test_trace_replay(tmp_path):
+    timestamps = tmp_path / "t.csv"
+    timestamps.write_text("timestamp\n0.5\n1.0\n2.5\n")
+    assert list(Arrivals("trace", trace=str(timestamps)).gaps(0)) == pytest.approx([0.5, 0.5, 1.5])
+    counts = tmp_path / "c.csv"
+    counts.write_text("count_per_minute\n3\n0\n2\n")
+    gaps = list(Arrivals("trace", trace=str(counts)).gaps(0))
+    assert len(gaps) == 5 and sum(gaps) <= 180
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="weekly", rate_hz=1), dict(kind="poisson", rate_hz=-1),
+                                    dict(kind="periodic", rate_hz=1, jitter=1.5), dict(kind="trace"),
+                                    dict(kind="gamma", rate_hz=1, cv=0)])
+def test_bad_arrivals(kwargs):
+    with pytest.raises(ConfigError):
+        Arrivals(**kwargs)
+
+
+def test_bad_trace_file(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when\nsoon\n")
+    with pytest.raises(ConfigError, match="no column"):
+        list(Arrivals("trace", trace=str(bad), trace_column="timestamp").gaps(0))
+    with pytest.raises(ConfigError, match="cannot read"):
+        list(Arrivals("trace", trace=str(tmp_path / "missing.csv")).gaps(0))
