@@ -156,6 +156,14 @@ def _cmd_nets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the subcommands that run the network on data."""
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and scorer training")
+    p.add_argument("--cache-dir", default="data/cache", help="where decoded images are cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytime", description="Anytime inference with doubly nested networks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -194,11 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device to measure on (cpu, cuda, cuda:1)")
     p.add_argument("--large-batch", type=int, default=32, help="the larger batch size timed beside batch 1")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per sub-network at batch 1")
-    p.add_argument("--threads", type=int, default=0)
+    _add_run_options(p)
     p.add_argument("--val-size", type=int, default=5000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default="data/cache")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("plot-catalog", help="heat maps and the MAC-budget picture of a catalog")
@@ -222,10 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subnet", help="sub-network of the report, e.g. d16w8 (default: the full one)")
     p.add_argument("--tolerance", type=float, default=0.003, help="accuracy drop allowed on val when calibrating")
     p.add_argument("--report", type=Path, default=Path("reports"), help="folder for the picture and table")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default="data/cache")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_exits)
 
     p = sub.add_parser("select", help="select_subnet: the best sub-network and exits under budgets")

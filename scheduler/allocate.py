@@ -163,6 +163,22 @@ def _capacity(device: SharedDevice) -> int | None:
     return None if device.memory_bytes is None else int(device.memory_bytes // MEMORY_UNIT)
 
 
+def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add, exactly_one, maximize):
+    """The multiple-choice model, written once for both solver APIs: one
+    boolean per tenant and option, exactly one per tenant, a compute-and-
+    deadline row per tenant, a memory row, weighted accuracy to maximise."""
+    chosen = [[new_bool(f"x_{t}_{i}") for i in range(len(r.index))] for t, r in enumerate(rows)]
+    for variables in chosen:
+        exactly_one(variables)
+    load = sum(int(u) * x for r, xs in zip(rows, chosen) for u, x in zip(r.utilisation, xs))
+    for r, xs in zip(rows, chosen):
+        add(load + sum(int(d) * x for d, x in zip(r.deadline_term, xs)) <= SCALE)
+    if capacity is not None:
+        add(sum(int(m) * x for r, xs in zip(rows, chosen) for m, x in zip(r.memory, xs)) <= capacity)
+    maximize(sum(int(v) * x for r, xs in zip(rows, chosen) for v, x in zip(r.value, xs)))
+    return chosen
+
+
 def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 2.0, workers: int = 2,
              hints: Allocation | None = None) -> Allocation:
     """Choose one option per tenant, maximising weighted expected accuracy."""
@@ -174,16 +190,7 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
     started = time.perf_counter()
     rows = [tenant_options(t, device) for t in tenants]
     model = cp_model.CpModel()
-    chosen = [[model.NewBoolVar(f"x_{t}_{i}") for i in range(len(r.index))] for t, r in enumerate(rows)]
-    for variables in chosen:
-        model.AddExactlyOne(variables)
-    load = sum(int(u) * x for r, xs in zip(rows, chosen) for u, x in zip(r.utilisation, xs))
-    for r, xs in zip(rows, chosen):
-        model.Add(load + sum(int(d) * x for d, x in zip(r.deadline_term, xs)) <= SCALE)
-    capacity = _capacity(device)
-    if capacity is not None:
-        model.Add(sum(int(m) * x for r, xs in zip(rows, chosen) for m, x in zip(r.memory, xs)) <= capacity)
-    model.Maximize(sum(int(v) * x for r, xs in zip(rows, chosen) for v, x in zip(r.value, xs)))
+    chosen = _build_model(rows, _capacity(device), model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize)
     if hints is not None:
         for tenant, r, xs in zip(tenants, rows, chosen):
             previous = hints.choices.get(tenant.name)
@@ -251,16 +258,8 @@ def solve_with_scip(tenants: list[Tenant], device: SharedDevice) -> int | None:
 
     rows = [tenant_options(t, device) for t in tenants]
     solver = pywraplp.Solver.CreateSolver("SCIP")
-    xs = [[solver.BoolVar(f"x_{t}_{i}") for i in range(len(r.index))] for t, r in enumerate(rows)]
-    for variables in xs:
-        solver.Add(sum(variables) == 1)
-    load = sum(int(u) * x for r, v in zip(rows, xs) for u, x in zip(r.utilisation, v))
-    for r, v in zip(rows, xs):
-        solver.Add(load + sum(int(d) * x for d, x in zip(r.deadline_term, v)) <= SCALE)
-    capacity = _capacity(device)
-    if capacity is not None:
-        solver.Add(sum(int(m) * x for r, v in zip(rows, xs) for m, x in zip(r.memory, v)) <= capacity)
-    solver.Maximize(sum(int(val) * x for r, v in zip(rows, xs) for val, x in zip(r.value, v)))
+    _build_model(rows, _capacity(device), solver.BoolVar, solver.Add, lambda xs: solver.Add(sum(xs) == 1),
+                 solver.Maximize)
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
         return None
     return int(round(solver.Objective().Value()))
