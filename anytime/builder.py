@@ -27,8 +27,8 @@ from anytime.catalog import Catalog, LatencyTable
 from anytime.evaluate import collect_traces
 from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
 from anytime.macs import count_macs, count_params, op_profile, output_shape
-from anytime.profile import (LatencyStats, device_name, largest_feature_map_bytes,
-                             measured_peak_activation_bytes, time_model)
+from anytime.profile import (LatencyStats, device_name, largest_feature_map_bytes, latency_stats,
+                             measured_peak_activation_bytes, time_calls, time_model)
 from nets.data import Cifar10
 from nets.dnnet import DNNet
 from nets.spec import SubnetSpec
@@ -41,10 +41,12 @@ class ProfileConfig:
     """How much measuring a catalog build does."""
 
     large_batch: int = 32  # the one larger batch size timed beside batch 1
-    warmup: int = 5
+    warmup: int = 3  # calls before timing, per pass
     repeats_batch1: int = 30  # per-call timings of the whole sub-network at batch 1
     repeats_large: int = 10
     repeats_segment: int = 30  # per-call timings of each depth segment and head
+    passes: int = 3  # the repeats are split over this many round-robin passes over all sub-networks,
+    # so slow drifts of the machine (other load, clocks) spread over every sub-network alike
     eval_batch_size: int = 500
     device: str = "cpu"
     local_device_key: str = "cpu-local"  # the catalog's name for the device measured here
@@ -102,9 +104,10 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
     profiles: dict[SubnetSpec, list] = {}
     stats: dict[SubnetSpec, LatencyStats] = {}
 
-    for spec in tqdm(specs, desc="count and time sub-networks", disable=not progress):
+    extracted_models = {}
+    for spec in tqdm(specs, desc="count sub-networks", disable=not progress):
         d, w = spec.depth - 1, spec.width - 1
-        extracted = model.extract(spec).eval()
+        extracted = extracted_models[spec] = model.extract(spec).eval()
         costs["macs"][d, w] = count_macs(extracted)
         head = extracted[-1]
         costs["head_macs"][d, w] = head.in_features * head.out_features
@@ -114,8 +117,18 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
                                                                                        device=config.device)
         costs["feature_bytes"][d, w] = int(np.prod(output_shape(extracted[:-3], (1, 3, 32, 32)))) * 4
         profiles[spec] = op_profile(extracted)
-        for b, (batch, repeats) in enumerate(((1, config.repeats_batch1), (config.large_batch, config.repeats_large))):
-            result = time_model(extracted, batch, config.device, config.warmup, repeats)
+    calls = {(spec, b): [] for spec in specs for b in (0, 1)}
+    plan = ((0, 1, config.repeats_batch1), (1, config.large_batch, config.repeats_large))
+    for _ in tqdm(range(config.passes), desc="time sub-networks (passes)", disable=not progress):
+        for spec in specs:
+            for b, batch, repeats in plan:
+                calls[spec, b].append(time_calls(extracted_models[spec], batch, config.device, config.warmup,
+                                                 max(1, repeats // config.passes)))
+    for spec in specs:
+        d, w = spec.depth - 1, spec.width - 1
+        for b, batch, _ in plan:
+            result = latency_stats(np.concatenate(calls[spec, b]), config.device, batch, torch.float32,
+                                   config.warmup)
             p50[b, d, w], p90[b, d, w] = result.p50_ms, result.p90_ms
             if batch == 1:
                 stats[spec] = result
@@ -130,6 +143,7 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
     provenance = stats[specs[-1]].provenance.to_dict()
     provenance.pop("batch_size")
     provenance.update(batch_sizes=list(batch_sizes), repeats=[config.repeats_batch1, config.repeats_large],
+                      passes=config.passes,
                       segment_repeats=config.repeats_segment, timed="extracted standalone sub-network",
                       iqr_ms_batch1=np.round([[stats[SubnetSpec(d + 1, w + 1)].iqr_ms for w in range(widths)]
                                               for d in range(depths)], 4).tolist())

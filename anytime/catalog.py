@@ -42,6 +42,30 @@ COST_FIELDS = {
 WEIGHT_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 
 
+CODEBOOK_SIZE = 256  # float signals are stored as uint8 codes into a per-signal codebook
+
+
+def make_codebook(values: list[np.ndarray]) -> np.ndarray:
+    """A sorted codebook of at most 256 values at equally spaced quantiles of
+    ``values`` (all splits together, so val-calibrated thresholds mean the
+    same on test)."""
+    pooled = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in values])
+    return np.unique(np.quantile(pooled, np.linspace(0, 1, CODEBOOK_SIZE)).astype(np.float32))
+
+
+def encode(codebook: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """uint8 code of the largest codebook value <= each value (floor).  Rank
+    preserving, and exact for thresholds taken from the codebook:
+    ``value >= codebook[k]`` iff ``code >= k``."""
+    codes = np.searchsorted(codebook, np.asarray(values, dtype=np.float32), side="right") - 1
+    return np.clip(codes, 0, len(codebook) - 1).astype(np.uint8)
+
+
+def floor_to_codebook(codebook: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The value a stored signal takes after encoding and decoding."""
+    return codebook[encode(codebook, values)]
+
+
 class CatalogError(AnytimeError):
     """A catalog file is missing, corrupt, or does not match its schema."""
 
@@ -122,12 +146,14 @@ class Catalog:
     traces: dict[str, Traces]  # "val" (calibration) and "test" (reporting)
     provenance: dict = field(default_factory=dict)
     # learned exit scorers (decision gates, support networks), added by `anytime exits`:
-    # policy -> split -> {"score": [N, depths, widths] float16, and "prediction": [N, depths, widths] uint8
+    # policy -> split -> {"score": [N, depths, widths] float, and "prediction": [N, depths, widths] uint8
     # when the scorer answers with its own class (decision gates); otherwise the head's answer stands}
     exit_scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     exit_extra_macs: dict[str, np.ndarray] = field(default_factory=dict)  # policy -> [depths, widths] scorer MACs
     # calibrated exit settings (thresholds tuned on val), the scheduler's options:
     exit_settings: "ExitSettings | None" = None
+    # signal name ("top1_prob", "margin", "entropy", "exit/<policy>") -> codebook of its stored values
+    codebooks: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
@@ -181,19 +207,44 @@ class Catalog:
         return path
 
     # ---- files ----------------------------------------------------------
+    def quantize(self, exclude_policies: tuple[str, ...] = ()) -> None:
+        """Round every float signal to its codebook (built once), in memory,
+        so the catalog in hand is exactly what its file will hold."""
+        for name in SIGNALS:
+            if name not in self.codebooks:
+                self.codebooks[name] = make_codebook([getattr(t, name) for t in self.traces.values()])
+            for traces in self.traces.values():
+                setattr(traces, name, floor_to_codebook(self.codebooks[name], getattr(traces, name)))
+        for policy, by_split in self.exit_scores.items():
+            if policy in exclude_policies:
+                continue
+            key = f"exit/{policy}"
+            if key not in self.codebooks:
+                self.codebooks[key] = make_codebook([f["score"] for f in by_split.values()])
+            for fields in by_split.values():
+                fields["score"] = floor_to_codebook(self.codebooks[key], fields["score"])
+
     def save(self, stem: str | Path, exclude_policies: tuple[str, ...] = ()) -> tuple[Path, Path]:
         """Write ``<stem>.json`` and ``<stem>.npz``; returns both paths.
         ``exclude_policies`` leaves those learned exit scores out of the file."""
         stem = _stem(stem)
         exit_scores = {p: v for p, v in self.exit_scores.items() if p not in exclude_policies}
         stem.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"{split}/{name}": array for split, traces in self.traces.items()
-                  for name, array in traces.arrays().items()}
+        self.quantize(exclude_policies)
+        arrays: dict[str, np.ndarray] = {}
+        for split, traces in self.traces.items():
+            arrays[f"{split}/labels"] = traces.labels
+            arrays[f"{split}/prediction"] = traces.prediction
+            for name in SIGNALS:
+                arrays[f"{split}/{name}"] = encode(self.codebooks[name], getattr(traces, name))
         for policy, by_split in exit_scores.items():
             for split, fields in by_split.items():
-                arrays[f"{split}/exit/{policy}/score"] = fields["score"].astype(np.float16)
+                arrays[f"{split}/exit/{policy}/score"] = encode(self.codebooks[f"exit/{policy}"], fields["score"])
                 if "prediction" in fields:
                     arrays[f"{split}/exit/{policy}/prediction"] = fields["prediction"].astype(np.uint8)
+        for name, codebook in self.codebooks.items():
+            if not name.startswith("exit/") or name[5:] in exit_scores:
+                arrays[f"codebook/{name}"] = codebook
         if self.exit_settings is not None:
             settings = self.exit_settings
             arrays.update({"settings/subnet": settings.subnet.astype(np.int32),
@@ -223,6 +274,11 @@ class Catalog:
         tmp_npz.replace(npz_path)  # both written in full before either replaces an old file
         tmp_json.replace(json_path)
         return json_path, npz_path
+
+
+def _check_codes(name: str, codes: np.ndarray, codebook: np.ndarray) -> None:
+    if codes.dtype != np.uint8 or (codes.size and codes.max() >= len(codebook)):
+        raise CatalogError(f"catalog field {name} holds codes outside its codebook")
 
 
 def _stem(path: str | Path) -> Path:
@@ -286,8 +342,16 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     traces = {}
     try:
         with np.load(npz_path, allow_pickle=False) as arrays:
+            codebooks = {key[len("codebook/"):]: arrays[key].astype(np.float32)
+                         for key in arrays.files if key.startswith("codebook/")}
+            for name in SIGNALS:
+                if name not in codebooks:
+                    raise CatalogError(f"{npz_path} lacks the codebook of {name!r}")
             for split, count in meta["splits"].items():
                 fields = {name: arrays[f"{split}/{name}"] for name in ("labels", "prediction", *SIGNALS)}
+                for name in SIGNALS:
+                    _check_codes(f"{split}/{name}", fields[name], codebooks[name])
+                    fields[name] = codebooks[name][fields[name]]
                 _check_shape(f"{split}/labels", fields["labels"], (int(count),))
                 for name in ("prediction", *SIGNALS):
                     _check_shape(f"{split}/{name}", fields[name], (int(count), depths, widths))
@@ -301,8 +365,10 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
                 for split in info["splits"]:
                     fields = {k: arrays[f"{split}/exit/{policy}/{k}"] for k in ("score", "prediction")
                               if f"{split}/exit/{policy}/{k}" in arrays.files}
-                    if "score" not in fields:
+                    if "score" not in fields or f"exit/{policy}" not in codebooks:
                         raise CatalogError(f"catalog lacks {split} scores of exit policy {policy!r}")
+                    _check_codes(f"{split}/exit/{policy}/score", fields["score"], codebooks[f"exit/{policy}"])
+                    fields["score"] = codebooks[f"exit/{policy}"][fields["score"]]
                     for k, array in fields.items():
                         _check_shape(f"{split}/exit/{policy}/{k}", array, (len(traces[split]), depths, widths))
                     exit_scores[policy][split] = fields
@@ -324,4 +390,4 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
                    classes=list(meta["classes"]), depths=depths, widths=widths, costs=costs, latency=latency,
                    traces=traces, provenance=dict(meta.get("provenance", {})), exit_scores=exit_scores,
-                   exit_extra_macs=exit_extra_macs, exit_settings=exit_settings)
+                   exit_extra_macs=exit_extra_macs, exit_settings=exit_settings, codebooks=codebooks)

@@ -3,7 +3,7 @@
 
 For every sample and every (depth, width) a trace keeps the predicted class
 and the confidence signals that exit policies read: top-1 softmax probability,
-top-1 minus top-2 margin, and softmax entropy (float16).  Whether an answer is
+top-1 minus top-2 margin, and softmax entropy.  Whether an answer is
 right is ``prediction == label``, so it is never stored twice.
 """
 
@@ -27,9 +27,11 @@ class Traces:
 
     labels: np.ndarray  # [N] uint8
     prediction: np.ndarray  # [N, depths, widths] uint8
-    top1_prob: np.ndarray  # [N, depths, widths] float16
-    margin: np.ndarray  # [N, depths, widths] float16, top-1 minus top-2 probability
-    entropy: np.ndarray  # [N, depths, widths] float16, nats
+    # float signals [N, depths, widths]; stored as uint8 codes into a per-signal
+    # codebook (anytime.catalog), so a loaded catalog holds the codebook values
+    top1_prob: np.ndarray
+    margin: np.ndarray  # top-1 minus top-2 probability
+    entropy: np.ndarray  # nats
 
     @property
     def correct(self) -> np.ndarray:

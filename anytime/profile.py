@@ -74,10 +74,10 @@ class LatencyStats:
     provenance: Provenance
 
 
-def time_model(model: nn.Module, batch_size: int = 1, device: torch.device | str = "cpu",
-               warmup: int = 10, repeats: int = 50, input_shape: tuple[int, ...] = (3, 32, 32),
-               dtype: torch.dtype = torch.float32) -> LatencyStats:
-    """Time ``repeats`` single forward calls of ``model`` after ``warmup`` calls."""
+def time_calls(model: nn.Module, batch_size: int = 1, device: torch.device | str = "cpu", warmup: int = 10,
+               repeats: int = 50, input_shape: tuple[int, ...] = (3, 32, 32),
+               dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Milliseconds of each of ``repeats`` single forward calls after ``warmup``."""
     device = torch.device(device)
     model = model.to(device=device, dtype=dtype).eval()
     x = torch.rand((batch_size, *input_shape), device=device, dtype=dtype)
@@ -100,10 +100,25 @@ def time_model(model: nn.Module, batch_size: int = 1, device: torch.device | str
                 t0 = time.perf_counter_ns()
                 model(x)
                 times[i] = (time.perf_counter_ns() - t0) / 1e6
+    return times
+
+
+def latency_stats(times: np.ndarray, device: torch.device | str, batch_size: int, dtype: torch.dtype,
+                  warmup: int) -> LatencyStats:
+    """Median, tails and spread of per-call times, with their provenance."""
+    device = torch.device(device)
     p25, p50, p75, p90, p99 = np.percentile(times, [25, 50, 75, 90, 99])
     provenance = Provenance(device_name(device), device.type, torch.__version__, torch.get_num_threads(),
-                            batch_size, str(dtype).replace("torch.", ""), warmup, repeats)
-    return LatencyStats(float(p50), float(p90), float(p99), float(times.mean()), float(p75 - p25), provenance)
+                            batch_size, str(dtype).replace("torch.", ""), warmup, len(times))
+    return LatencyStats(float(p50), float(p90), float(p99), float(np.mean(times)), float(p75 - p25), provenance)
+
+
+def time_model(model: nn.Module, batch_size: int = 1, device: torch.device | str = "cpu",
+               warmup: int = 10, repeats: int = 50, input_shape: tuple[int, ...] = (3, 32, 32),
+               dtype: torch.dtype = torch.float32) -> LatencyStats:
+    """Time ``repeats`` single forward calls of ``model`` after ``warmup`` calls."""
+    times = time_calls(model, batch_size, device, warmup, repeats, input_shape, dtype)
+    return latency_stats(times, device, batch_size, dtype, warmup)
 
 
 def largest_feature_map_bytes(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:

@@ -4,9 +4,10 @@
 after each depth it evaluates that depth's head (and gate or support network)
 on the samples still running, and the samples whose score reaches the
 threshold leave the batch, so the batch shrinks as it goes deeper.  It returns
-each sample's prediction, exit depth and MACs spent.  Scores are compared at
-the catalog's float16 precision, so runtime decisions reproduce the traces the
-thresholds were calibrated on.
+each sample's prediction, exit depth and MACs spent.  Signals are rounded to
+the catalog's codebook before they are compared, exactly as the stored traces
+were, so runtime decisions reproduce the traces the thresholds were
+calibrated on.
 
 With a wall-clock ``deadline_s`` it is an anytime predictor: when time is up,
 each sample still running returns the answer of the last exit it passed
@@ -65,6 +66,18 @@ class AnytimeRunner:
         if policy in catalog.exit_extra_macs:
             cost = cost + np.cumsum(catalog.exit_extra_macs[policy][: spec.depth, w])
         self.path_macs = cost
+        signal = {"max_prob": "top1_prob", "entropy": "entropy", "margin": "margin"}.get(policy, f"exit/{policy}")
+        codebook = catalog.codebooks.get(signal)
+        self.codebook = None if codebook is None else torch.as_tensor(codebook)
+
+    def _stored(self, values: torch.Tensor) -> torch.Tensor:
+        """A signal as the catalog stores it: float16 as traced, then floored
+        to the codebook when the catalog has been stored."""
+        values = values.half().float()
+        if self.codebook is None:
+            return values
+        codes = torch.searchsorted(self.codebook, values.contiguous(), right=True) - 1
+        return self.codebook[codes.clamp(0, len(self.codebook) - 1)]
 
     def _score(self, depth: int, logits: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exit score and the answer given on exit, for the running samples."""
@@ -73,12 +86,12 @@ class AnytimeRunner:
             log_probs = logits.log_softmax(-1)
             probs = log_probs.exp()
             if self.policy == "max_prob":
-                score = probs.max(-1).values
+                score = self._stored(probs.max(-1).values)
             elif self.policy == "entropy":
-                score = (probs * log_probs).sum(-1)  # -entropy
+                score = -self._stored(-(probs * log_probs).sum(-1))
             else:
                 top2 = probs.topk(2, dim=-1).values
-                score = top2[:, 0] - top2[:, 1]
+                score = self._stored(top2[:, 0] - top2[:, 1])
         elif self.policy in ("gate", "gate_ce"):
             padded = torch.zeros(len(pooled), self.full_channels[depth])
             padded[:, : pooled.shape[1]] = pooled
@@ -87,12 +100,13 @@ class AnytimeRunner:
                 score, prediction = gate.distances(padded)[:, self.spec.width - 1].max(-1)
             else:
                 score, prediction = gate(padded)[:, self.spec.width - 1].softmax(-1).max(-1)
+            score = self._stored(score)
         else:  # support network of exit (depth, width)
             inputs = support_inputs(logits)
             e = depth * self.support.shape[1] + self.spec.width - 1
             hidden = torch.relu(inputs @ self.support.w1[e] + self.support.b1[e])
-            score = torch.sigmoid(hidden @ self.support.w2[e] + self.support.b2[e])
-        return score.half().float(), prediction  # the catalog's precision
+            score = self._stored(torch.sigmoid(hidden @ self.support.w2[e] + self.support.b2[e]))
+        return score, prediction
 
     @torch.inference_mode()
     def run(self, images: torch.Tensor, deadline_s: float | None = None) -> RunResult:

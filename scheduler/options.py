@@ -48,7 +48,7 @@ class OptionTable:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         depths = catalog.depths
-        specs = catalog.specs()
+        specs = self._specs = catalog.specs()
         n_specs = len(specs)
         classes = len(catalog.classes)
         # no-exit options: one per sub-network
@@ -134,7 +134,7 @@ class OptionTable:
         return len(self.subnet)
 
     def spec(self, i: int) -> SubnetSpec:
-        return self.catalog.specs()[self.subnet[i]]
+        return self._specs[self.subnet[i]]
 
     def thresholds_of(self, i: int) -> tuple[float, ...] | None:
         if self.policy[i] == NO_EXIT:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anytime.builder import ProfileConfig, build_catalog
-from anytime.catalog import SHIPPED_STEM, CatalogError, load_catalog
+from anytime.catalog import SHIPPED_STEM, CatalogError, encode, floor_to_codebook, load_catalog, make_codebook
 from anytime.evaluate import confidence_signals
 from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
 from anytime.macs import count_macs, op_profile
@@ -144,8 +144,15 @@ def test_traces_match_forward_all(tiny_catalog):
 
 def test_catalog_round_trip(tiny_catalog, tmp_path):
     _, catalog, _, _ = tiny_catalog
+    before = {split: {k: v.copy() for k, v in t.arrays().items()} for split, t in catalog.traces.items()}
     catalog.save(tmp_path / "cat")
     loaded = load_catalog(tmp_path / "cat.json")
+    for split in before:  # float signals are stored to their codebook: rank kept, at most one bin lower
+        for name in ("top1_prob", "margin", "entropy"):
+            original, stored = before[split][name].astype(np.float32), getattr(loaded.traces[split], name)
+            assert (stored <= original).all()
+            np.testing.assert_array_equal(stored, floor_to_codebook(loaded.codebooks[name], original))
+            assert len(loaded.codebooks[name]) <= 256
     for name, values in catalog.costs.items():
         np.testing.assert_array_equal(loaded.costs[name], values)
     for split in catalog.traces:
@@ -175,6 +182,16 @@ def test_corrupt_catalog_gives_clear_error(tiny_catalog, tmp_path, damage, messa
     damage(json_path, npz_path)
     with pytest.raises(CatalogError, match=message):
         load_catalog(tmp_path / "cat")
+
+
+def test_codebook_floor_is_exact_for_codebook_thresholds():
+    rng = np.random.default_rng(0)
+    values = rng.random(5000).astype(np.float32)
+    codebook = make_codebook([values])
+    codes = encode(codebook, values)
+    for k in (0, 10, 100, len(codebook) - 1):
+        np.testing.assert_array_equal(values >= codebook[k], codes >= k)
+        np.testing.assert_array_equal(floor_to_codebook(codebook, values) >= codebook[k], values >= codebook[k])
 
 
 def test_truncated_traces_with_matching_checksum(tiny_catalog, tmp_path):

@@ -125,6 +125,9 @@ def test_learned_scores_join_the_catalog(trained, tmp_path):
     np.testing.assert_array_equal(loaded.exit_scores["gate"]["test"]["prediction"],
                                   catalog.exit_scores["gate"]["test"]["prediction"])
     np.testing.assert_array_equal(loaded.exit_extra_macs["support"], catalog.exit_extra_macs["support"])
+    assert len(loaded.exit_settings) == len(catalog.exit_settings) > 0
+    np.testing.assert_array_equal(loaded.exit_settings.thresholds, catalog.exit_settings.thresholds)
+    assert list(loaded.exit_settings.policy) == list(catalog.exit_settings.policy)
 
 
 def test_policy_report(trained):
