@@ -79,22 +79,28 @@ class PolicyResult:
         return asdict(self)
 
 
+def available_policies(catalog: Catalog, candidates: tuple[str, ...] = ("max_prob", "entropy", "margin", "gate",
+                                                                        "gate_ce", "support")) -> list[str]:
+    """The candidate policies this catalog can evaluate: the confidence
+    signals always, learned scorers once their scores are in the catalog."""
+    return [p for p in candidates if p in ("max_prob", "entropy", "margin") or p in catalog.exit_scores]
+
+
 def calibrate_policies(catalog: Catalog, spec: SubnetSpec, tolerance: float = 0.003,
                        policies: tuple[str, ...] | None = None) -> list[PolicyResult]:
     """Calibrate every available policy on val for ``val_full - tolerance``;
     report each on test (the oracle needs no calibration)."""
-    available = ["max_prob", "entropy", "margin"] + [p for p in ("gate", "gate_ce", "support")
-                                                    if p in catalog.exit_scores]
     results = []
     full_val = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "val"), no_exit(spec.depth))[0]
-    full_test, full_macs = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "test"), no_exit(spec.depth))
+    full_test = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "test"), no_exit(spec.depth))[0]
     full_macs = float(catalog.cost("macs", spec))  # without exits no head but the last is evaluated
-    for policy in list(policies or available) + ["oracle"]:
+    for policy in list(policies or available_policies(catalog)) + ["oracle"]:
+        val_path = path_traces(catalog, spec, policy, "val")
         if policy == "oracle":
             thresholds = oracle_thresholds(spec.depth)
         else:
-            thresholds = calibrate_for_accuracy(path_traces(catalog, spec, policy, "val"), full_val - tolerance)
-        val_accuracy, _ = evaluate_thresholds(path_traces(catalog, spec, policy, "val"), thresholds)
+            thresholds = calibrate_for_accuracy(val_path, full_val - tolerance)
+        val_accuracy, _ = evaluate_thresholds(val_path, thresholds)
         test = outcome(path_traces(catalog, spec, policy, "test"), thresholds)
         results.append(PolicyResult(policy, str(spec), [float(t) for t in thresholds], val_accuracy, test.accuracy,
                                     test.expected_cost, full_test, full_macs, test.expected_cost / full_macs,
@@ -104,9 +110,7 @@ def calibrate_policies(catalog: Catalog, spec: SubnetSpec, tolerance: float = 0.
 
 def policy_curves(catalog: Catalog, spec: SubnetSpec, split: str = "test") -> dict[str, np.ndarray]:
     """Accuracy-vs-expected-MACs curve of every available policy."""
-    policies = ["max_prob", "entropy", "margin"] + [p for p in ("gate", "gate_ce", "support")
-                                                   if p in catalog.exit_scores]
-    return {p: tradeoff_curve(path_traces(catalog, spec, p, split)) for p in policies}
+    return {p: tradeoff_curve(path_traces(catalog, spec, p, split)) for p in available_policies(catalog)}
 
 
 LADDER_POLICIES = ("max_prob", "entropy", "margin", "gate", "support")
@@ -120,7 +124,7 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
     the result in ``catalog.exit_settings`` (the scheduler's exit options)."""
     from tqdm import tqdm
 
-    available = [p for p in policies if p in ("max_prob", "entropy", "margin") or p in catalog.exit_scores]
+    available = available_policies(catalog, policies)
     rows_subnet, rows_policy, rows_drop, rows_thresholds = [], [], [], []
     specs = catalog.specs()
     for index, spec in enumerate(tqdm(specs, desc="calibrate exits", disable=not progress)):

@@ -165,6 +165,11 @@ class SupportNetworks(torch.nn.Module):
         hidden = F.relu(torch.einsum("nei,eih->neh", flat, self.w1) + self.b1)
         return (torch.einsum("neh,eh->ne", hidden, self.w2) + self.b2).view(x.shape[0], *self.shape)
 
+    def exit_logits(self, x: torch.Tensor, depth: int, width: int) -> torch.Tensor:
+        """The MLP of one exit (0-based depth, 1-based width): ``x [N, inputs]`` -> ``[N]``."""
+        e = depth * self.shape[1] + width - 1
+        return F.relu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
+
 
 def train_support(logits: torch.Tensor, labels: torch.Tensor, steps: int = 300, lr: float = 0.02,
                   seed: int = 0) -> SupportNetworks:

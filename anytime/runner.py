@@ -102,10 +102,8 @@ class AnytimeRunner:
                 score, prediction = gate(padded)[:, self.spec.width - 1].softmax(-1).max(-1)
             score = self._stored(score)
         else:  # support network of exit (depth, width)
-            inputs = support_inputs(logits)
-            e = depth * self.support.shape[1] + self.spec.width - 1
-            hidden = torch.relu(inputs @ self.support.w1[e] + self.support.b1[e])
-            score = self._stored(torch.sigmoid(hidden @ self.support.w2[e] + self.support.b2[e]))
+            logit = self.support.exit_logits(support_inputs(logits), depth, self.spec.width)
+            score = self._stored(torch.sigmoid(logit))
         return score, prediction
 
     @torch.inference_mode()

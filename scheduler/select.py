@@ -20,7 +20,7 @@ import numpy as np
 from anytime.catalog import Catalog, load_catalog
 from nets.spec import SubnetSpec
 from scheduler.budget import Budget
-from scheduler.errors import InfeasibleBudget, UnknownDeviceError
+from scheduler.errors import BudgetError, InfeasibleBudget, UnknownDeviceError
 from scheduler.options import NO_EXIT, OptionTable, option_table
 
 RESOURCES = ("macs", "latency_ms", "memory_bytes", "energy_mj")
@@ -225,8 +225,6 @@ def select_subnet(budget: Budget, catalog: Catalog | None = None) -> Selection:
     (the shipped catalog when ``catalog`` is None).  Raises
     :class:`InfeasibleBudget` when nothing does."""
     if not isinstance(budget, Budget):
-        from scheduler.errors import BudgetError
-
         raise BudgetError(f"select_subnet takes a Budget, got {type(budget).__name__}")
     return scheduler_for(catalog).select(budget)
 
