@@ -149,6 +149,57 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import shutil
+
+    from tqdm import tqdm
+
+    from anytime.catalog import load_catalog
+    from simulator.engine import simulate
+    from simulator.report import draw_report, results_table, write_results
+    from simulator.scenario import load_scenario, parse_policies
+
+    scenario = load_scenario(args.scenario)
+    changes = {}
+    if args.policies:
+        changes["policies"] = parse_policies(args.policies.split(","), "--policies")
+    if args.duration_s is not None:
+        changes["duration_s"] = args.duration_s
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    scenario = scenario.with_overrides(**changes) if changes else scenario
+    catalog = load_catalog(args.catalog) if args.catalog else None
+    results = []
+    for policy in scenario.policies:
+        with tqdm(total=scenario.duration_s, desc=policy, unit="sim s", disable=args.quiet, leave=False,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}]") as bar:
+            results.append(simulate(scenario, policy, catalog, progress=bar.update))
+    # write beside the destination, then swap: a failed run never clobbers earlier results
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_results(results, scenario, partial)
+    if not args.no_report:
+        draw_report(partial)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    from simulator.report import load_results
+
+    print(results_table(load_results(out)[0]))
+    print(f"results in {out}/ (summary.json, results.csv{'' if args.no_report else ', figures/'})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from simulator.report import draw_report, load_results, results_table
+
+    paths = draw_report(args.results)
+    print(results_table(load_results(args.results)[0]))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
 def _cmd_nets(args: argparse.Namespace) -> int:
     from nets.registry import list_nets
 
@@ -242,6 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", type=float, default=1.0, help="fraction of the device available, (0, 1]")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("simulate", help="run a scenario under each of its policies and write results and pictures")
+    p.add_argument("scenario", help="scenario YAML (see scenarios/)")
+    p.add_argument("--out", required=True, help="results folder (replaced only when the run succeeds)")
+    p.add_argument("--policies", help="comma-separated policies instead of the scenario's, e.g. nested,superserve")
+    p.add_argument("--duration-s", type=float, help="simulated seconds instead of the scenario's")
+    p.add_argument("--seed", type=int, help="seed instead of the scenario's")
+    p.add_argument("--catalog", help="catalog stem or file (default: the scenario's, else the shipped one)")
+    p.add_argument("--no-report", action="store_true", help="write results only, no pictures")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("report", help="draw the pictures of a results folder written by 'simulate'")
+    p.add_argument("results", help="results folder")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -93,6 +93,14 @@ def dnnet_resnet32_cifar10(**config) -> DNNet:
     return DNNet(DNNetConfig(**config))
 
 
+@register_net("anytime_resnet32_cifar10")
+def anytime_resnet32_cifar10(**config) -> DNNet:
+    """Depth-only anytime ResNet-32 (BranchyNet / decision-gates baseline): dense
+    full-width convolutions (one width group, so the causal mask is all ones) and
+    an exit head after the stem and after every one of the 15 blocks."""
+    return DNNet(DNNetConfig(**{"width_groups": 1, **config}))
+
+
 @register_net("dnnet_tiny")
 def dnnet_tiny(**config) -> DNNet:
     """A tiny doubly nested net for tests: 2 stages of 1 block, widths 4/8, G = 2."""

@@ -30,8 +30,18 @@ from anytime.exits import exit_depths, path_traces
 from anytime.latency_model import load_active_power
 from nets.spec import SubnetSpec
 from scheduler.budget import QUANTILES
+from scheduler.errors import BudgetError
 
 NO_EXIT = "none"
+
+# Option families: the subsets of options a policy may choose from, so that the
+# nested scheduler and its restricted rivals are compared on one table.
+FAMILIES = {
+    "nested": "every (depth, width) and every calibrated exit setting",
+    "depth_only": "full width only, any depth, with exits (a conventional anytime network)",
+    "width_only": "full depth only, any width, no exits (a slimmable network)",
+    "no_exits": "every (depth, width), no early exits",
+}
 
 
 @dataclass
@@ -135,6 +145,18 @@ class OptionTable:
 
     def spec(self, i: int) -> SubnetSpec:
         return self._specs[self.subnet[i]]
+
+    def family_mask(self, family: str) -> np.ndarray:
+        """Which options belong to ``family`` (see ``FAMILIES``)."""
+        if family == "nested":
+            return np.ones(len(self), dtype=bool)
+        if family == "depth_only":
+            return self.width == self.catalog.widths
+        if family == "width_only":
+            return (self.depth == self.catalog.depths) & (self.policy == NO_EXIT)
+        if family == "no_exits":
+            return self.policy == NO_EXIT
+        raise BudgetError(f"unknown option family {family!r}; use one of {', '.join(FAMILIES)}")
 
     def thresholds_of(self, i: int) -> tuple[float, ...] | None:
         if self.policy[i] == NO_EXIT:

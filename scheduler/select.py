@@ -81,16 +81,16 @@ class Frontier:
     """The Pareto-optimal options for one device and latency quantile, sorted
     by accuracy descending, ties cheapest first."""
 
-    def __init__(self, table: OptionTable, device: str, quantile: float):
+    def __init__(self, table: OptionTable, device: str, quantile: float, family: str = "nested"):
         costs = table.devices[device]
         columns = np.stack([table.macs, costs.latency_ms[quantile], table.memory,
                             np.nan_to_num(costs.energy_mj, nan=0.0), -table.accuracy], axis=1)
-        keep = _pareto(columns)
-        index = np.flatnonzero(keep)
+        allowed = np.flatnonzero(table.family_mask(family))
+        index = allowed[_pareto(columns[allowed])]
         order = np.lexsort((columns[index, 3], columns[index, 2], columns[index, 1], columns[index, 0],
                             -table.accuracy[index]))
         self.rows = index[order]
-        self.table, self.device, self.quantile = table, device, quantile
+        self.table, self.device, self.quantile, self.family = table, device, quantile, family
         self.accuracy = table.accuracy[self.rows]
         self.macs = table.macs[self.rows]
         self.latency = costs.latency_ms[quantile][self.rows]
@@ -183,21 +183,22 @@ class Scheduler:
         self.catalog = catalog
         self.table = option_table(catalog)
         self.measured_device = next((d for d, t in catalog.latency.items() if t.measured), None)
-        self._frontiers: dict[tuple[str, float], Frontier] = {}
+        self._frontiers: dict[tuple[str, float, str], Frontier] = {}
 
-    def frontier(self, device: str | None, quantile: float) -> Frontier:
+    def frontier(self, device: str | None, quantile: float, family: str = "nested") -> Frontier:
         device = device or self.measured_device
-        key = (device, quantile)
+        key = (device, quantile, family)
         frontier = self._frontiers.get(key)
         if frontier is None:
             if device not in self.table.devices:
                 raise UnknownDeviceError(f"unknown device {device!r}; the catalog has latency for "
                                          f"{', '.join(sorted(self.table.devices))}")
-            frontier = self._frontiers[key] = Frontier(self.table, device, quantile)
+            frontier = self._frontiers[key] = Frontier(self.table, device, quantile, family)
         return frontier
 
-    def select(self, budget: Budget) -> Selection:
-        frontier = self.frontier(budget.device, budget.latency_quantile)
+    def select(self, budget: Budget, family: str = "nested") -> Selection:
+        """The best option of ``family`` (default: all of them) under ``budget``."""
+        frontier = self.frontier(budget.device, budget.latency_quantile, family)
         ok = frontier.feasible(budget)
         row = int(np.argmax(ok))
         if not ok[row]:

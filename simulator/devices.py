@@ -14,11 +14,21 @@ change during a run, so a device here is one object driven by SimPy events:
 
 Capacity = ``speed x (1 - background)``: ``speed`` is the clock scale
 (thermal throttling, battery saver) and ``background`` the share other
-programs take.  Changing either, an arrival and a departure all re-plan the
-next completion.  A re-planned completion is not cancelled (SimPy cannot);
-the stale timer carries an old generation number and does nothing.  The due
-job is completed explicitly, by identity, never by comparing float times
-against a tolerance (which can loop forever at one timestamp).
+programs take.  Changing either, an arrival and a departure all re-plan.
+
+Deadlines: a job may carry an absolute ``deadline`` and an ``on_deadline``
+callback; if it is still running then, the device stops it and reports the
+service it attained (anytime inference returns the last exit it passed).
+
+One timer at a time: the device arms a single SimPy timeout for its next
+event (the due completion or the earliest deadline).  A change that only
+delays the next event (an arrival under processor sharing) keeps the armed
+timer, which then wakes early and re-arms once; a change that brings it
+forward arms a new timer and the old one, its token stale, does nothing.
+When a timer fires unchanged since it was armed, the job it was armed for is
+completed by identity, never by comparing float times against a tolerance
+(which can loop forever at one timestamp); when things changed meanwhile it
+re-plans from the current state.
 
 Memory: a capacity in bytes that jobs' models must fit in beside what other
 programs hold (``reserve`` / ``release``).
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,13 +47,17 @@ import simpy
 
 from nets.errors import ConfigError
 
+_COMPLETE, _DEADLINE = 0, 1
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, slots=True)
 class Job:
-    """One inference on a device."""
+    """One inference (or one stage of it) on a device."""
 
     work: float  # seconds of service on this device alone at full speed
     on_done: Callable[["Job"], None] | None = None
+    deadline: float = math.inf  # absolute time; the device stops the job then (needs on_deadline)
+    on_deadline: Callable[["Job", float], None] | None = None  # called with the attained work
     arrival: float = 0.0
     finish_virtual: float = 0.0  # PS: virtual time at which it completes
     start_virtual: float = 0.0
@@ -59,41 +74,46 @@ class Device:
                  memory_bytes: float | None = None):
         if discipline not in ("ps", "fcfs"):
             raise ConfigError(f"device {name!r}: discipline must be 'ps' or 'fcfs', got {discipline!r}")
-        if speed <= 0:
+        if not speed > 0:
             raise ConfigError(f"device {name!r}: speed must be positive, got {speed}")
         self.env, self.name, self.discipline = env, name, discipline
+        self.ps = discipline == "ps"
         self.speed = speed
         self.background = 0.0
+        self.capacity = speed
         self.memory_bytes = memory_bytes
         self.memory_used = 0.0
         self._virtual = 0.0
         self._updated = 0.0
         self._heap: list[tuple[float, int, Job]] = []
         self._queue: deque[Job] = deque()  # FCFS
+        self._deadlines: list[tuple[float, int, Job]] = []
         self._running = 0
-        self._generation = 0
         self._sequence = itertools.count()
+        self._token = 0  # identifies the armed timer; older timers are stale
+        self._armed_at = math.inf  # when the armed timer fires (inf: none armed)
+        self._plan: tuple[int, Job] | None = None  # what the armed timer was planned for
+        self._changed = False  # state changed since the timer was armed
         self.busy_time = 0.0  # integral of (capacity used by our jobs) dt
         self.completed = 0
+        self.interrupted = 0
 
     # ---- capacity --------------------------------------------------------
-    @property
-    def capacity(self) -> float:
-        return self.speed * (1.0 - self.background)
-
     def set_background(self, share: float) -> None:
         if not 0 <= share < 1:
             raise ConfigError(f"device {self.name!r}: background share must be in [0, 1), got {share}")
         self._advance()
         self.background = share
-        self._replan()
+        self.capacity = self.speed * (1.0 - share)
+        self._replan(forward=True)
 
     def set_speed(self, speed: float) -> None:
-        if speed <= 0:
+        if not speed > 0:
             raise ConfigError(f"device {self.name!r}: speed must be positive, got {speed}")
         self._advance()
         self.speed = speed
-        self._replan()
+        self.capacity = speed * (1.0 - self.background)
+        self._replan(forward=True)
 
     @property
     def running(self) -> int:
@@ -113,14 +133,21 @@ class Device:
     def submit(self, job: Job) -> Job:
         self._advance()
         job.arrival = self.env.now
-        if self.discipline == "ps":
+        if self.ps:
             job.start_virtual = self._virtual
             job.finish_virtual = self._virtual + job.work
             heapq.heappush(self._heap, (job.finish_virtual, next(self._sequence), job))
         else:
             self._queue.append(job)
+        if job.on_deadline is not None and job.deadline < math.inf:
+            heapq.heappush(self._deadlines, (job.deadline, next(self._sequence), job))
         self._running += 1
-        self._replan()
+        if self.ps:
+            # an arrival only delays the others, so an armed timer stays valid (it
+            # wakes early), unless the new job is due first (shortest, or its deadline)
+            self._replan(forward=self._heap[0][2] is job or job.deadline < self._armed_at)
+        elif self._queue[0] is job or job.deadline < self._armed_at:
+            self._replan(forward=True)  # FCFS: a job behind the head changes nothing until it starts
         return job
 
     def attained(self, job: Job) -> float:
@@ -128,21 +155,17 @@ class Device:
         if job.done:
             return job.work
         self._advance()
-        if self.discipline == "ps":
+        if self.ps:
             return min(job.work, self._virtual - job.start_virtual)
         return min(job.work, job.attained_work)
 
     def cancel(self, job: Job) -> None:
-        """Stop ``job`` (e.g. interrupted at its deadline); frees its share."""
+        """Stop ``job``; frees its share of the device."""
         if job.done or job.cancelled:
             return
         self._advance()
-        job.cancelled = True
-        self._running -= 1
-        if self.discipline == "fcfs":
-            self._queue.remove(job)
-        # PS: the heap entry is dropped lazily when it reaches the top
-        self._replan()
+        self._remove(job)
+        self._replan(forward=True)
 
     # ---- internals -------------------------------------------------------
     def _advance(self) -> None:
@@ -151,41 +174,88 @@ class Device:
         elapsed = now - self._updated
         if elapsed > 0 and self._running:
             self.busy_time += elapsed * self.capacity
-            if self.discipline == "ps":
+            if self.ps:
                 self._virtual += elapsed * self.capacity / self._running
             else:
                 self._queue[0].attained_work += elapsed * self.capacity
         self._updated = now
 
-    def _pop_cancelled(self) -> None:
-        while self._heap and self._heap[0][2].cancelled:
-            heapq.heappop(self._heap)
+    def _remove(self, job: Job) -> None:
+        job.cancelled = True
+        self._running -= 1
+        if not self.ps:
+            self._queue.remove(job)
+        # PS heap and deadline heap entries are dropped lazily
 
-    def _replan(self) -> None:
-        self._generation += 1
-        if not self._running or self.capacity <= 0:
-            return
-        if self.discipline == "ps":
-            self._pop_cancelled()
-            due = self._heap[0][2]
-            delay = max(0.0, (due.finish_virtual - self._virtual) * self._running / self.capacity)
+    def _next_event(self) -> tuple[float, int, Job] | None:
+        """(delay, kind, job) of the next completion or deadline, or None."""
+        if not self._running:
+            return None
+        if self.ps:
+            heap = self._heap
+            while heap[0][2].cancelled:
+                heapq.heappop(heap)
+            due = heap[0][2]
+            delay = (due.finish_virtual - self._virtual) * self._running / self.capacity
         else:
             due = self._queue[0]
-            delay = max(0.0, (due.work - due.attained_work) / self.capacity)
-        timer = self.env.timeout(delay)
-        generation = self._generation
-        timer.callbacks.append(lambda _event: self._complete(due, generation))
+            delay = (due.work - due.attained_work) / self.capacity
+        event = (max(0.0, delay), _COMPLETE, due)
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][2].done or deadlines[0][2].cancelled):
+            heapq.heappop(deadlines)
+        if deadlines:
+            deadline, _, job = deadlines[0]
+            until = deadline - self.env.now
+            if until < event[0]:
+                event = (max(0.0, until), _DEADLINE, job)
+        return event
 
-    def _complete(self, job: Job, generation: int) -> None:
-        if generation != self._generation or job.done or job.cancelled:
-            return  # a stale plan: something changed since it was made
+    def _replan(self, forward: bool) -> None:
+        """Re-plan after a change; ``forward`` says the next event may have
+        moved earlier (otherwise an armed timer is kept and wakes early)."""
+        self._changed = True
+        if not forward and self._armed_at < math.inf:
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        self._token += 1
+        if not self._running:
+            self._armed_at, self._plan = math.inf, None
+            return
+        delay, kind, job = self._next_event()
+        self._armed_at = self.env.now + delay
+        self._plan = (kind, job)
+        self._changed = False
+        token = self._token
+        self.env.timeout(delay).callbacks.append(lambda _event: self._fire(token))
+
+    def _fire(self, token: int) -> None:
+        if token != self._token:
+            return  # a stale timer: a newer plan replaced it
         self._advance()
-        if self.discipline == "ps":
-            self._pop_cancelled()
-            if self._heap[0][2] is job:  # the due job is the top: complete it by identity
-                heapq.heappop(self._heap)
+        if self._changed:  # woke early or things moved: plan again from the current state
+            event = self._next_event()
+            if event is None or event[0] > 0:
+                self._arm()
+                return
+            _, kind, job = event
+        else:
+            kind, job = self._plan
+        self._armed_at, self._plan = math.inf, None
+        if kind == _COMPLETE:
+            self._finish(job)
+        else:
+            self._interrupt(job)
+
+    def _finish(self, job: Job) -> None:
+        if self.ps:
+            heap = self._heap
+            if heap[0][2] is job:  # the due job is the top: complete it by identity
+                heapq.heappop(heap)
             else:  # equal finish times with another job on top: remove this one explicitly
-                self._heap = [entry for entry in self._heap if entry[2] is not job]
+                self._heap = [entry for entry in heap if entry[2] is not job]
                 heapq.heapify(self._heap)
             self._virtual = max(self._virtual, job.finish_virtual)
         else:
@@ -193,6 +263,13 @@ class Device:
         job.done = True
         self._running -= 1
         self.completed += 1
-        self._replan()
+        self._arm()
         if job.on_done is not None:
             job.on_done(job)
+
+    def _interrupt(self, job: Job) -> None:
+        attained = self.attained(job)
+        self._remove(job)
+        self.interrupted += 1
+        self._arm()
+        job.on_deadline(job, attained)

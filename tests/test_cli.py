@@ -4,6 +4,7 @@ and exit status 2."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +84,9 @@ def test_train_profile_plot_select_exits(capsys, tmp_path, cifar_batches_dir):
 
 @pytest.mark.skipif(not SHIPPED, reason="shipped catalog not built yet")
 def test_main_job_on_shipped_catalog(capsys, tmp_path):
+    code, stdout, _ = run(capsys, "simulate", str(Path(__file__).resolve().parent.parent / "scenarios" / "phone.yaml"), "--out", str(tmp_path / "phone"), "--quiet",
+                          "--duration-s", "10")
+    assert code == 0 and "| nested |" in stdout and (tmp_path / "phone" / "figures" / "latency_cdf.png").exists()
     code, stdout, _ = run(capsys, "select", "--macs", "20e6", "--memory-bytes", "1.5e6", "--latency-ms", "4")
     assert code == 0 and "Run d" in stdout
     code, stdout, _ = run(capsys, "exits", "--report", str(tmp_path))

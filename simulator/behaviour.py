@@ -1,0 +1,101 @@
+"""What each option does to each test sample, from the catalog's traces.
+
+A simulated request carries a test-sample id; its exit depth, its cost (MACs
+and seconds of device time) and whether its answer is right are looked up
+here, so they are the real behaviour of that sample on that option, not draws
+from a distribution.  Work is the batch-1 latency on the device's profile
+(measured or predicted), which the simulated device stretches by contention.
+
+Lists rather than arrays: the engine reads one element per request, and
+indexing a Python list is several times faster than a numpy scalar lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anytime.catalog import Catalog
+from anytime.exits import exit_depths, path_traces
+from scheduler.options import NO_EXIT, OptionTable
+
+
+@dataclass
+class Behaviour:
+    """One option on one device profile, per test sample."""
+
+    exit_index: list[int]  # 0-based depth at which the sample answers
+    work_s: list[float]  # device seconds at full speed, alone
+    correct: list[bool]  # the answer at its exit is right
+    macs: list[float]  # MACs spent on the sample
+    cum_s: np.ndarray  # [depth] seconds to reach (and answer at) each depth; used when interrupted
+    cum_macs: np.ndarray  # [depth] MACs to reach each depth
+    correct_by_depth: np.ndarray  # [samples, depth] the answer at each depth is right
+    has_heads: bool  # the path computes intermediate answers (False: a plain sub-network without exits)
+    feature_bytes: np.ndarray  # [depth] bytes of the feature map leaving each depth at this width
+
+    def passed_exit(self, attained_s: float) -> int:
+        """0-based deepest exit fully computed within ``attained_s`` seconds of
+        work, or -1 when none (a plain sub-network has only its last)."""
+        last = len(self.cum_s) - 1
+        if not self.has_heads:
+            return last if attained_s >= self.cum_s[last] else -1
+        return int(np.searchsorted(self.cum_s, attained_s, side="right")) - 1
+
+
+class BehaviourCache:
+    """Behaviours built on demand and kept for the run."""
+
+    def __init__(self, catalog: Catalog, table: OptionTable):
+        self.catalog, self.table = catalog, table
+        self._cache: dict[tuple[int, str, bool], Behaviour] = {}
+
+    def get(self, row: int, profile: str, oracle: bool = False) -> Behaviour:
+        key = (row, profile, oracle)
+        behaviour = self._cache.get(key)
+        if behaviour is None:
+            behaviour = self._cache[key] = self._build(row, profile, oracle)
+        return behaviour
+
+    def _build(self, row: int, profile: str, oracle: bool) -> Behaviour:
+        catalog, table = self.catalog, self.table
+        spec = table.spec(row)
+        depth, w = spec.depth, spec.width - 1
+        policy = str(table.policy[row])
+        latency = catalog.latency_table(profile)
+        traces = catalog.traces["test"]
+        n = len(traces.labels)
+        macs_path = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
+        feature_bytes = catalog.costs["feature_bytes"][:depth, w].astype(np.float64)
+        if oracle or policy != NO_EXIT:
+            cum_ms = latency.exit_path_p50_ms()[:depth, w].copy()
+            if oracle:
+                correct_by_depth = traces.correct[:, :depth, w].astype(bool)
+                exits = np.where(correct_by_depth.any(1), correct_by_depth.argmax(1), depth - 1)
+            else:
+                path = path_traces(catalog, spec, policy, "test")
+                correct_by_depth = path.correct.astype(bool)
+                exits = exit_depths(path.score, table.thresholds[row, :depth])
+                scorer_macs = catalog.exit_extra_macs.get(policy)
+                if scorer_macs is not None:  # a gate or support net runs beside each head it judges
+                    macs_path = macs_path + np.cumsum(scorer_macs[:depth, w])
+                    cum_ms = cum_ms + np.cumsum(latency.head_p50_ms[:depth, w])
+            work_ms = cum_ms[exits]
+            macs = macs_path[exits]
+            has_heads = True
+        else:  # a plain sub-network: no heads on the way, the extracted model's measured latency
+            correct_by_depth = traces.correct[:, :depth, w].astype(bool)
+            exits = np.full(n, depth - 1)
+            # per-depth progress in proportion to the timed segments, scaled so the
+            # whole takes the extracted model's measured latency
+            segments = np.cumsum(latency.segment_p50_ms[:depth, w])
+            cum_ms = segments * (latency.p50_ms[0, depth - 1, w] / segments[-1])
+            work_ms = np.full(n, cum_ms[-1])
+            macs = np.full(n, float(catalog.costs["macs"][depth - 1, w]))
+            has_heads = False
+        correct = correct_by_depth[np.arange(n), exits]
+        # without heads, reaching depth d costs about the depth-d sub-network (one head included)
+        cum_macs = macs_path if has_heads else catalog.costs["macs"][:depth, w].astype(np.float64)
+        return Behaviour(exits.tolist(), (work_ms / 1000.0).tolist(), correct.tolist(), macs.tolist(),
+                         cum_ms / 1000.0, cum_macs, correct_by_depth, has_heads, feature_bytes)

@@ -1,0 +1,638 @@
+"""The simulation: a scenario's devices, links and applications in SimPy,
+one policy in the loop, and the metrics of the run.
+
+Every request carries a test-sample id (a seeded permutation of the test
+set, cycled), so its exit depth, its cost and whether its answer is right are
+that sample's real behaviour on the option it runs (``behaviour``).  Every
+policy of a scenario sees the same arrivals and the same samples: arrival
+gaps and sample order are seeded per application from the scenario's seed.
+
+A request ends in exactly one way: answered (on time or late; an interrupted
+request that passed an exit is answered on time with that exit's answer),
+unanswered (interrupted at its deadline before any exit), or dropped with a
+reason (queue full, model not in memory, no option); what is still running
+when the scenario ends is counted as in flight.  ``RunResult.conserved``
+checks that these add up to the arrivals.
+
+Memory stays flat however many requests run: requests are not kept after
+they end; latencies go to a fixed log-spaced histogram, device time to fixed
+time bins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from anytime.catalog import Catalog, load_catalog
+from anytime.latency_model import load_active_power
+from scheduler.budget import Budget
+from scheduler.options import NO_EXIT, OptionTable, option_table
+from simulator.behaviour import Behaviour, BehaviourCache
+from simulator.devices import Device, Job
+from simulator.policies import Policy, make_policy
+from simulator.scenario import AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError
+
+log = logging.getLogger(__name__)
+
+TIME_BINS = 200  # utilisation timeline resolution
+LATENCY_BINS = np.logspace(-5, 3, 801)  # 10 us .. 1000 s, 100 bins per decade (2.3% wide)
+_LOG_LO, _BINS_PER_DECADE = -5.0, 100.0
+_LAST_BIN = len(LATENCY_BINS)
+_log10 = math.log10
+DROP_REASONS = ("queue_full", "memory", "no_option")
+
+
+@dataclass
+class AppStats:
+    arrived: int = 0
+    answered: int = 0
+    on_time: int = 0
+    correct: int = 0
+    correct_on_time: int = 0
+    interrupted: int = 0  # answered from an earlier exit at the deadline
+    unanswered: int = 0  # interrupted before any exit
+    dropped: dict = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    macs: float = 0.0
+    energy_j: float = 0.0
+    switches: int = 0
+    # Python lists while running (an element update is several times faster
+    # than on a numpy array); arrays once the run ends
+    latency_hist: list | np.ndarray = field(default_factory=lambda: [0] * (len(LATENCY_BINS) + 1))
+    exit_depths: list | np.ndarray = field(default_factory=list)  # answered requests per exit depth
+
+
+class DeviceState:
+    """A device of the scenario: its SimPy device plus what the scheduler sees."""
+
+    def __init__(self, spec: DeviceSpec, sim_device: Device, power_w: float):
+        self.spec, self.sim_device, self.power_w = spec, sim_device, power_w
+        self.background = 0.0
+        self.speed = spec.speed
+        self.background_memory = 0.0
+        self.apps: list[AppState] = []
+
+    def share(self) -> float:
+        return float(min(1.0, max(1e-3, self.speed * (1.0 - self.background))))
+
+    def free_memory_for_apps(self) -> float | None:
+        if self.spec.memory_mb is None:
+            return None
+        return max(1.0, self.spec.memory_mb * 1e6 - self.background_memory)
+
+    def memory_of_others(self, app: "AppState") -> float:
+        return sum(a.memory for a in self.apps if a is not app)
+
+    def earliest_deadline(self, now: float) -> float:
+        earliest = math.inf
+        for app in self.apps:
+            pending = app.pending
+            while pending and pending[0].finished:
+                pending.popleft()
+            if pending and pending[0].deadline < earliest:
+                earliest = pending[0].deadline
+        return earliest
+
+
+class LinkState:
+    def __init__(self, spec: LinkSpec, sim_device: Device):
+        self.spec, self.sim_device = spec, sim_device
+        self.bandwidth_mbps = spec.bandwidth_mbps
+
+
+class AppState:
+    def __init__(self, spec: AppSpec, index: int, device: DeviceState, samples: np.ndarray, gaps: Iterator[float]):
+        self.spec, self.name, self.index, self.device = spec, spec.name, index, device
+        self.rate_hz = spec.arrivals.mean_rate_hz
+        self.base_rate_hz = self.rate_hz
+        self.macs_budget = spec.macs_budget
+        self.deadline_s = spec.deadline_ms / 1000.0
+        self.row: int | None = None
+        self.behaviour: Behaviour | None = None
+        self.server_behaviour: Behaviour | None = None
+        self.memory = 0.0
+        self.resident = True
+        self.loading_until = 0.0
+        self.in_flight = 0
+        self.pending: deque[Request] = deque()  # in arrival order = deadline order (per-request policies)
+        self.samples = samples.tolist()
+        self.next_sample = 0
+        self.gaps = gaps
+        self.gap_scale = 1.0  # base rate / current rate
+        self.stats = AppStats()
+        # set by the simulation, read on every request
+        self.max_in_flight = spec.max_in_flight
+        self.split = spec.split
+        self.sim_device = device.sim_device
+        self.arrive_callback: Callable | None = None
+        self.utilisation_row: list[float] | None = None
+
+
+class Request:
+    __slots__ = ("app", "sample", "arrival", "deadline", "behaviour", "server_behaviour", "stage", "finished",
+                 "row")
+
+    def __init__(self, app: AppState, sample: int, arrival: float, behaviour: Behaviour, row: int):
+        self.app, self.sample, self.arrival = app, sample, arrival
+        self.deadline = arrival + app.deadline_s
+        self.behaviour = behaviour
+        self.server_behaviour = None
+        self.stage = 0  # 0 edge (or the only device), 1 link, 2 server
+        self.finished = False
+        self.row = row
+
+
+@dataclass
+class RunResult:
+    policy: str
+    scenario: str
+    duration_s: float
+    apps: list[str]
+    stats: dict[str, AppStats]
+    in_flight: dict[str, int]
+    utilisation: dict[str, np.ndarray]  # device -> [apps + scheduler, bins], fraction of full-speed capacity
+    background: dict[str, list[tuple[float, float]]]  # device -> steps of (time, share taken by other programs)
+    memory: dict[str, list[tuple[float, list[float]]]]  # device -> steps of (time, bytes per app + background)
+    selections: list[dict]  # every switch: time, app, option, reason
+    budget_events: list[dict]
+    option_macs: dict[str, list[tuple[float, float]]]  # app -> steps of (time, expected MACs of its option)
+    wall_seconds: float
+    requests: int
+
+    def conserved(self) -> bool:
+        for name, s in self.stats.items():
+            if s.arrived != s.answered + s.unanswered + sum(s.dropped.values()) + self.in_flight[name]:
+                return False
+        return True
+
+
+class Simulation:
+    """One scenario under one policy."""
+
+    def __init__(self, scenario: Scenario, policy: str | Policy, catalog: Catalog | None = None,
+                 max_requests: int | None = None):
+        self.scenario = scenario
+        self.catalog = catalog if catalog is not None else _load_catalog(scenario)
+        self.table: OptionTable = option_table(self.catalog)
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.behaviours = _behaviour_cache(self.catalog, self.table)
+        self.max_requests = max_requests
+        for d in scenario.devices:
+            if d.profile not in self.table.devices:
+                raise ScenarioError(f"{scenario.source}: device {d.name!r}: profile {d.profile!r} is not in the "
+                                    f"catalog (has {', '.join(self.table.devices)})")
+        for a in scenario.apps:
+            if a.split is not None and a.split.at_depth > self.catalog.depths:
+                raise ScenarioError(f"{scenario.source}: app {a.name!r}: split.at_depth {a.split.at_depth} is deeper "
+                                    f"than the network ({self.catalog.depths})")
+        self.env = simpy.Environment()
+        power = load_active_power()
+        self.devices: dict[str, DeviceState] = {}
+        for d in scenario.devices:
+            memory = None if d.memory_mb is None else d.memory_mb * 1e6
+            self.devices[d.name] = DeviceState(d, Device(self.env, d.name, d.discipline, d.speed, memory),
+                                               float(power.get(d.profile, 0.0)))
+        self.links = {link.name: LinkState(link, Device(self.env, link.name, "fcfs")) for link in scenario.links}
+        n_samples = len(self.catalog.traces["test"].labels)
+        self.apps: list[AppState] = []
+        for i, a in enumerate(scenario.apps):
+            rng = np.random.default_rng([scenario.seed, i])
+            state = AppState(a, i, self.devices[a.device], rng.permutation(n_samples),
+                             a.arrivals.gaps(int(rng.integers(2 ** 31))))
+            state.stats.exit_depths = [0] * self.catalog.depths
+            self.devices[a.device].apps.append(state)
+            self.apps.append(state)
+        self.apps_by_device = {name: d.apps for name, d in self.devices.items() if d.apps}
+        for app in self.apps:
+            app.arrive_callback = lambda _event, app=app: self._arrive(app)
+        self.app_by_name = {a.name: a for a in self.apps}
+        self.bin_s = scenario.duration_s / TIME_BINS
+        self.utilisation = {name: [[0.0] * TIME_BINS for _ in range(len(self.apps) + 1)] for name in
+                            list(self.devices) + list(self.links)}
+        for app in self.apps:
+            app.utilisation_row = self.utilisation[app.device.spec.name][app.index]
+        self.background_steps = {name: [(0.0, 0.0)] for name in self.devices}
+        self.memory_steps: dict[str, list] = {name: [] for name in self.devices}
+        self.option_macs: dict[str, list] = {a.name: [] for a in self.apps}
+        self.selections: list[dict] = []
+        self.budget_events: list[dict] = []
+        self.requests = 0
+        self._stopped = False
+
+    # ---- what the policies see -------------------------------------------
+    def full_row(self) -> int:
+        table = self.table
+        return int(np.flatnonzero((table.policy == NO_EXIT) & (table.depth == self.catalog.depths)
+                                  & (table.width == self.catalog.widths))[0])
+
+    def fastest_row(self, app: AppState, family: str | None) -> int:
+        profile = self._decision_profile(app)
+        mask = self.table.family_mask(family or "nested")
+        expected = np.where(mask, self.table.devices[profile].expected_ms, np.inf)
+        return int(np.argmin(expected))
+
+    def _decision_profile(self, app: AppState) -> str:
+        return self.devices[app.spec.split.server].spec.profile if app.spec.split else app.device.spec.profile
+
+    def split_budget(self, app: AppState) -> Budget:
+        """Budget of a split application: the server's profile and share, the
+        deadline less the worst-case edge part and transfer (full width)."""
+        split = app.spec.split
+        link = self.links[split.link]
+        k, full = split.at_depth - 1, self.catalog.widths - 1
+        edge_ms = self.catalog.latency_table(app.device.spec.profile).exit_path_p50_ms()[k, full] \
+            / app.device.share()
+        transfer_ms = self.catalog.costs["feature_bytes"][k, full] * 8 / (link.bandwidth_mbps * 1e6) * 1000
+        remaining = app.spec.deadline_ms - edge_ms - transfer_ms - link.spec.delay_ms
+        server = self.devices[split.server]
+        return Budget(latency_ms=max(remaining, 1e-3), memory_bytes=app.device.free_memory_for_apps(),
+                      macs=app.macs_budget, device=server.spec.profile, share=server.share())
+
+    @contextlib.contextmanager
+    def tightest_state(self):
+        """Temporarily set what the scheduler sees to the tightest state the
+        scenario's events ever reach (for ``static_smallest``)."""
+        saved = [(d, d.background, d.speed, d.background_memory) for d in self.devices.values()]
+        saved_apps = [(a, a.rate_hz, a.macs_budget) for a in self.apps]
+        saved_links = [(link, link.bandwidth_mbps) for link in self.links.values()]
+        for event in self.scenario.events:
+            if event.kind == "background":
+                d = self.devices[event.target]
+                d.background = max(d.background, event.value)
+            elif event.kind == "speed":
+                d = self.devices[event.target]
+                d.speed = min(d.speed, event.value)
+            elif event.kind == "memory":
+                d = self.devices[event.target]
+                d.background_memory = max(d.background_memory, event.value * 1e6)
+            elif event.kind == "macs_budget" and event.value is not None:
+                a = self.app_by_name[event.target]
+                a.macs_budget = event.value if a.macs_budget is None else min(a.macs_budget, event.value)
+            elif event.kind == "rate":
+                a = self.app_by_name[event.target]
+                a.rate_hz = max(a.rate_hz, event.value)
+            elif event.kind == "bandwidth":
+                link = self.links[event.target]
+                link.bandwidth_mbps = min(link.bandwidth_mbps, event.value)
+        try:
+            yield
+        finally:
+            for d, background, speed, memory in saved:
+                d.background, d.speed, d.background_memory = background, speed, memory
+            for a, rate, macs in saved_apps:
+                a.rate_hz, a.macs_budget = rate, macs
+            for link, bandwidth in saved_links:
+                link.bandwidth_mbps = bandwidth
+
+    # ---- running ----------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None, chunks: int = 100) -> RunResult:
+        started = time.perf_counter()
+        self.policy.setup(self)
+        self._decide(0.0, "start")
+        for app in self.apps:
+            self._schedule_arrival(app)
+        moments: dict[float, list] = {}
+        for event in self.scenario.events:  # events at one instant are applied together, then decided once
+            moments.setdefault(event.at_s, []).append(event)
+        for at, events in moments.items():
+            timer = self.env.timeout(at)
+            timer.callbacks.append(lambda _e, events=events: self._apply_events(events))
+        duration = self.scenario.duration_s
+        for k in range(1, chunks + 1):
+            self.env.run(until=duration * k / chunks)
+            if progress is not None:
+                progress(duration / chunks)
+            if self._stopped:
+                break
+        end = self.env.now
+        for name, device in self.devices.items():
+            self.memory_steps[name].append((end, self._memory_row(device)))
+        for app in self.apps:
+            app.stats.latency_hist = np.asarray(app.stats.latency_hist, dtype=np.int64)
+            app.stats.exit_depths = np.asarray(app.stats.exit_depths, dtype=np.int64)
+        return RunResult(
+            policy=self.policy.label, scenario=self.scenario.name, duration_s=end, apps=[a.name for a in self.apps],
+            stats={a.name: a.stats for a in self.apps}, in_flight={a.name: a.in_flight for a in self.apps},
+            utilisation={name: np.asarray(u) / self.bin_s for name, u in self.utilisation.items()},
+            background=self.background_steps, memory=self.memory_steps, selections=self.selections,
+            budget_events=self.budget_events, option_macs=self.option_macs,
+            wall_seconds=time.perf_counter() - started, requests=self.requests)
+
+    def _schedule_arrival(self, app: AppState) -> None:
+        try:
+            gap = next(app.gaps) * app.gap_scale
+        except StopIteration:
+            return  # a finite trace ended
+        if self.env.now + gap <= self.scenario.duration_s:
+            self.env.timeout(gap).callbacks.append(app.arrive_callback)
+
+    def _arrive(self, app: AppState) -> None:
+        # the hot path: one call per request, kept free of repeated lookups
+        now = self.env.now
+        self.requests += 1
+        if self.max_requests is not None and self.requests >= self.max_requests:
+            self._stopped = True
+        else:
+            self._schedule_arrival(app)
+        stats = app.stats
+        stats.arrived += 1
+        if app.in_flight >= app.max_in_flight:
+            stats.dropped["queue_full"] += 1
+            return
+        policy = self.policy
+        if policy.per_request:
+            row = policy.request_row(app, self, now)
+            behaviour = self.behaviours.get(row, app.device.spec.profile, policy.oracle)
+            extra_work = self.scenario.decision_us * 1e-6
+            if app.device.spec.memory_mb is not None and \
+                    self.table.memory[row] > app.device.free_memory_for_apps() - app.device.memory_of_others(app):
+                stats.dropped["memory"] += 1
+                return
+        else:
+            row, behaviour, extra_work = app.row, app.behaviour, 0.0
+            if row is None:
+                stats.dropped["no_option"] += 1
+                return
+            if not app.resident:
+                stats.dropped["memory"] += 1
+                return
+        sample = app.samples[app.next_sample]
+        app.next_sample += 1
+        if app.next_sample == len(app.samples):
+            app.next_sample = 0
+        request = Request(app, sample, now, behaviour, row)
+        app.in_flight += 1
+        if policy.per_request:
+            app.pending.append(request)
+        split = app.split
+        if split is not None and behaviour.exit_index[sample] >= split.at_depth:
+            work = behaviour.cum_s[split.at_depth - 1]
+            request.server_behaviour = app.server_behaviour if not policy.per_request else \
+                self.behaviours.get(row, self.devices[split.server].spec.profile, policy.oracle)
+        else:
+            work = behaviour.work_s[sample]
+        if policy.interrupt:
+            job = Job(work + extra_work, self._stage_done, request.deadline, self._interrupted, payload=request)
+        else:
+            job = Job(work + extra_work, self._stage_done, payload=request)
+        if app.loading_until > now:  # a zoo model still loading: start when it is in memory
+            timer = self.env.timeout(app.loading_until - now)
+            timer.callbacks.append(lambda _e: app.sim_device.submit(job))
+        else:
+            app.sim_device.submit(job)
+
+    def _stage_done(self, job: Job) -> None:
+        request: Request = job.payload
+        app = request.app
+        now = self.env.now
+        if request.stage == 0:
+            app.stats.energy_j += job.work * app.device.power_w
+            first, last = int(job.arrival / self.bin_s), int(now / self.bin_s)
+            if first == last and last < TIME_BINS:  # the usual case: within one time bin
+                app.utilisation_row[first] += job.work
+            else:
+                self._spread(app.utilisation_row, job.arrival, now, job.work)
+        if request.server_behaviour is None:
+            self._answer(request, request.behaviour.exit_index[request.sample])
+            return
+        split = app.spec.split
+        if request.stage == 0:  # ship the feature map
+            request.stage = 1
+            link = self.links[split.link]
+            nbytes = request.behaviour.feature_bytes[split.at_depth - 1]
+            transfer = Job(nbytes * 8 / (link.spec.bandwidth_mbps * 1e6), on_done=self._stage_done, payload=request)
+            if self.policy.interrupt:
+                transfer.deadline, transfer.on_deadline = request.deadline, self._interrupted
+            link.sim_device.submit(transfer)
+        elif request.stage == 1:
+            link = self.links[split.link]
+            self._account_link(link, app.index, job.arrival, now, job.work)
+            delay = link.spec.delay_ms / 1000.0
+            self.env.timeout(delay).callbacks.append(lambda _e: self._start_server(request))
+        else:
+            server = self.devices[split.server]
+            self._account(server, app.index, job.arrival, now, job.work, server.power_w)
+            self._answer(request, request.behaviour.exit_index[request.sample])
+
+    def _start_server(self, request: Request) -> None:
+        app = request.app
+        split = app.spec.split
+        if self.policy.interrupt and self.env.now >= request.deadline:
+            self._answer_interrupted(request, split.at_depth - 1 if request.behaviour.has_heads else -1)
+            return
+        request.stage = 2
+        server = self.devices[split.server]
+        cum = request.server_behaviour.cum_s
+        exit_index = request.behaviour.exit_index[request.sample]
+        job = Job(max(0.0, cum[exit_index] - cum[split.at_depth - 1]), on_done=self._stage_done, payload=request)
+        if self.policy.interrupt:
+            job.deadline, job.on_deadline = request.deadline, self._interrupted
+        server.sim_device.submit(job)
+
+    def _interrupted(self, job: Job, attained: float) -> None:
+        request: Request = job.payload
+        app = request.app
+        now = self.env.now
+        split = app.spec.split
+        if request.stage == 0:
+            self._account(app.device, app.index, job.arrival, now, attained, app.device.power_w)
+            passed = request.behaviour.passed_exit(attained)
+        elif request.stage == 1:
+            self._account_link(self.links[split.link], app.index, job.arrival, now, attained)
+            passed = split.at_depth - 1 if request.behaviour.has_heads else -1
+        else:
+            server = self.devices[split.server]
+            self._account(server, app.index, job.arrival, now, attained, server.power_w)
+            base = request.server_behaviour.cum_s[split.at_depth - 1]
+            passed = request.server_behaviour.passed_exit(base + attained)
+            if passed < split.at_depth - 1 and request.behaviour.has_heads:
+                passed = split.at_depth - 1
+        self._answer_interrupted(request, passed)
+
+    def _answer_interrupted(self, request: Request, passed: int) -> None:
+        app = request.app
+        stats = app.stats
+        if passed < 0:
+            stats.unanswered += 1
+            self._end(request)
+            return
+        stats.interrupted += 1
+        self._answer(request, passed, correct=bool(request.behaviour.correct_by_depth[request.sample,
+                                                                                                     passed]))
+
+    def _answer(self, request: Request, exit_index: int, correct: bool | None = None) -> None:
+        """Record an answer from ``exit_index``: the sample's own exit when
+        ``correct`` is None, else an earlier exit reached by the deadline."""
+        app = request.app
+        stats = app.stats
+        latency = self.env.now - request.arrival
+        if correct is None:
+            correct = request.behaviour.correct[request.sample]
+            stats.macs += request.behaviour.macs[request.sample]
+        else:
+            stats.macs += request.behaviour.cum_macs[exit_index]
+        stats.answered += 1
+        stats.exit_depths[exit_index] += 1
+        on_time = latency <= app.deadline_s + 1e-12
+        if on_time:
+            stats.on_time += 1
+        if correct:
+            stats.correct += 1
+            if on_time:
+                stats.correct_on_time += 1
+        bin_index = int((_log10(latency) - _LOG_LO) * _BINS_PER_DECADE) + 1 if latency > 0 else 0
+        stats.latency_hist[0 if bin_index < 0 else (_LAST_BIN if bin_index > _LAST_BIN else bin_index)] += 1
+        request.finished = True
+        app.in_flight -= 1
+
+    def _end(self, request: Request) -> None:
+        request.finished = True
+        request.app.in_flight -= 1
+
+    def _account(self, device: DeviceState, app_index: int, start: float, end: float, work: float,
+                 power_w: float) -> None:
+        self.apps[app_index].stats.energy_j += work * power_w
+        self._spread(self.utilisation[device.spec.name][app_index], start, end, work)
+
+    def _account_link(self, link: LinkState, app_index: int, start: float, end: float, work: float) -> None:
+        self._spread(self.utilisation[link.spec.name][app_index], start, end, work)
+
+    def _spread(self, row: list[float], start: float, end: float, work: float) -> None:
+        """Add ``work`` to the time bins overlapping [start, end], in proportion."""
+        first, last = int(start / self.bin_s), int(end / self.bin_s)
+        if last >= TIME_BINS:
+            last = TIME_BINS - 1
+        if first >= last:
+            row[min(first, TIME_BINS - 1)] += work
+            return
+        span = end - start
+        for b in range(first, last + 1):
+            lo, hi = max(start, b * self.bin_s), min(end, (b + 1) * self.bin_s)
+            row[b] += work * max(0.0, hi - lo) / span
+
+    # ---- budget changes and decisions --------------------------------------
+    def _apply_events(self, events: list) -> None:
+        for event in events:
+            self._apply_event(event)
+        self._decide(self.env.now, "; ".join(f"{e.kind} {e.target} -> {e.value}" for e in events))
+
+    def _apply_event(self, event) -> None:
+        now = self.env.now
+        value = event.value
+        if event.kind == "background":
+            d = self.devices[event.target]
+            d.background = value
+            d.sim_device.set_background(value)
+            self.background_steps[d.spec.name].append((now, value))
+        elif event.kind == "speed":
+            d = self.devices[event.target]
+            d.speed = value
+            d.sim_device.set_speed(value)
+        elif event.kind == "memory":
+            d = self.devices[event.target]
+            d.background_memory = value * 1e6
+        elif event.kind == "macs_budget":
+            self.app_by_name[event.target].macs_budget = value
+        elif event.kind == "rate":
+            app = self.app_by_name[event.target]
+            app.rate_hz = value
+            app.gap_scale = app.base_rate_hz / value
+        elif event.kind == "bandwidth":
+            link = self.links[event.target]
+            link.bandwidth_mbps = value
+            link.sim_device.set_speed(value / link.spec.bandwidth_mbps)
+        self.budget_events.append({"t": round(now, 6), "kind": event.kind, "target": event.target, "value": value})
+
+    def _decide(self, now: float, reason: str) -> None:
+        changes = self.policy.decide(self, now, reason)
+        touched = set()
+        for name, (row, why) in sorted(changes.items()):
+            app = self.app_by_name[name]
+            self._switch(app, row, now, why)
+            touched.add(app.device.spec.name)
+        for device in self.devices.values():
+            self._check_residency(device, now)
+        if now > 0 and self.scenario.reallocation_ms > 0 and not self.policy.per_request:
+            # the scheduler's own time runs on the device whose apps it re-decided
+            for name in sorted(touched or {a.device.spec.name for a in self.apps}):
+                device = self.devices[name]
+                job = Job(self.scenario.reallocation_ms / 1000.0, payload=None)
+                job.on_done = lambda j, device=device: self._spread(
+                    self.utilisation[device.spec.name][len(self.apps)], j.arrival, self.env.now, j.work)
+                device.sim_device.submit(job)
+
+    def _switch(self, app: AppState, row: int, now: float, reason: str) -> None:
+        table = self.table
+        old = app.row
+        profile = app.device.spec.profile
+        app.row = row
+        app.behaviour = self.behaviours.get(row, profile, self.policy.oracle)
+        if app.spec.split is not None:
+            app.server_behaviour = self.behaviours.get(row, self.devices[app.spec.split.server].spec.profile,
+                                                       self.policy.oracle)
+        app.memory = float(table.memory[row])
+        if old is not None:
+            app.stats.switches += 1
+            cost = self.policy.switch_cost
+            if getattr(cost, "bandwidth_bytes_per_s", None) and table.spec(old) != table.spec(row):
+                app.loading_until = now + app.memory / cost.bandwidth_bytes_per_s
+        expected_macs = float(table.macs[row])
+        self.option_macs[app.name].append((round(now, 6), expected_macs))
+        self.selections.append({"t": round(now, 6), "app": app.name, "option": str(table.spec(row)),
+                                "exits": str(table.policy[row]), "expected_accuracy": round(float(table.accuracy[row]), 4),
+                                "expected_macs": round(expected_macs), "reason": reason})
+
+    def _check_residency(self, device: DeviceState, now: float) -> None:
+        """Models that no longer fit beside other programs are evicted, the
+        largest first; their requests are dropped until they fit again."""
+        free = device.free_memory_for_apps()
+        apps = sorted(device.apps, key=lambda a: -a.memory)
+        total = sum(a.memory for a in apps)
+        for a in apps:
+            a.resident = True
+        if free is not None:
+            for a in apps:
+                if total <= free:
+                    break
+                a.resident = False
+                total -= a.memory
+        self.memory_steps[device.spec.name].append((round(now, 6), self._memory_row(device)))
+
+    def _memory_row(self, device: DeviceState) -> list[float]:
+        row = [0.0] * (len(self.apps) + 1)
+        for a in device.apps:
+            row[a.index] = a.memory if a.resident else 0.0
+        row[-1] = device.background_memory
+        return row
+
+
+_CATALOGS: dict[str, Catalog] = {}
+_BEHAVIOURS: dict[int, BehaviourCache] = {}
+
+
+def _load_catalog(scenario: Scenario) -> Catalog:
+    key = scenario.catalog or ""
+    if key not in _CATALOGS:
+        _CATALOGS[key] = load_catalog(scenario.catalog or None)
+    return _CATALOGS[key]
+
+
+def _behaviour_cache(catalog: Catalog, table: OptionTable) -> BehaviourCache:
+    cache = _BEHAVIOURS.get(id(catalog))
+    if cache is None or cache.catalog is not catalog:
+        cache = _BEHAVIOURS[id(catalog)] = BehaviourCache(catalog, table)
+    return cache
+
+
+def simulate(scenario: Scenario, policy: str, catalog: Catalog | None = None,
+             progress: Callable[[float], None] | None = None, max_requests: int | None = None) -> RunResult:
+    """Run ``scenario`` under one policy (see ``simulator.scenario.POLICIES``)."""
+    return Simulation(scenario, policy, catalog, max_requests=max_requests).run(progress)

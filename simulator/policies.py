@@ -1,0 +1,285 @@
+"""The policies a scenario compares, all on the same arrivals and samples.
+
+Each policy answers two questions: which option (sub-network + exit setting,
+a row of the catalog's option table) every application runs after a budget
+change, and, for per-request policies, which option this request runs.
+
+* ``nested``, ``depth_only``, ``width_only``, ``zoo``, ``oracle``: the same
+  multi-tenant allocator (``scheduler.allocate``: CP-SAT, compute, memory and
+  deadlines with M/G/1-PS queueing) restricted to an option family, with the
+  hysteresis and dwell time of ``scheduler.switching``.  The zoo pays to load
+  a model on every switch; the oracle takes the nested choice and lets every
+  sample exit at its first right answer (DL-gleaning's ideal).
+* ``static_largest``: the full sub-network, always.
+* ``static_smallest``: chosen once, for the tightest state the scenario ever
+  reaches (lowest share, least memory, highest rates, lowest compute budget).
+* ``superserve``: per request, the most accurate plain sub-network whose
+  latency, stretched by the jobs already running, fits the earliest deadline
+  among the device's requests in flight (SuperServe, NSDI 2025).
+
+A split application (edge + server) is decided alone with ``select_subnet``
+on the server's profile, its deadline reduced by the worst-case edge time and
+feature transfer at the current bandwidth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from scheduler.allocate import SharedDevice, Tenant, allocate, allocation_fits
+from scheduler.budget import Budget
+from scheduler.errors import InfeasibleBudget
+from scheduler.options import NO_EXIT, OptionTable
+from scheduler.select import scheduler_for
+from scheduler.switching import NESTED_SWITCH, ZooSwitchCost
+from simulator.scenario import INTERRUPT_SUFFIX, POLICIES
+
+if TYPE_CHECKING:
+    from simulator.engine import AppState, Simulation
+
+log = logging.getLogger(__name__)
+
+ALLOCATE_TIME_LIMIT = 5.0  # CP-SAT deterministic work units per decision (about a second here)
+_ALLOCATIONS: "OrderedDict[tuple, object]" = OrderedDict()  # (tenants, device) -> Allocation or None
+_ALLOCATIONS_KEPT = 512
+
+
+class Policy:
+    name: str = ""
+    family: str | None = None
+    oracle: bool = False
+    per_request: bool = False
+
+    def __init__(self, interrupt: bool):
+        self.interrupt = interrupt
+        self.switch_cost = NESTED_SWITCH
+        self.label = self.name + (INTERRUPT_SUFFIX if interrupt else "")
+
+    def setup(self, sim: "Simulation") -> None:
+        """Called once before the first decision."""
+
+    def decide(self, sim: "Simulation", now: float, reason: str) -> dict[str, tuple[int, str]]:
+        """New option rows per application name, with a reason for the log;
+        applications left out keep what they run."""
+        raise NotImplementedError
+
+    def request_row(self, app: "AppState", sim: "Simulation", now: float) -> int:
+        return app.row
+
+
+class AllocatingPolicy(Policy):
+    """The allocator over one option family, with hysteresis and dwell."""
+
+    def __init__(self, interrupt: bool, family: str):
+        self.family = family
+        super().__init__(interrupt)
+        self._cache = _ALLOCATIONS  # shared: the deterministic solver gives the same answer to the same question
+        self.solved = 0
+        self._since: dict[str, float] = {}
+
+    def decide(self, sim, now, reason):
+        changes = {}
+        for device_name, apps in sim.apps_by_device.items():
+            local = [a for a in apps if a.spec.split is None]
+            if local:
+                changes.update(self._allocate_device(sim, device_name, local, now, reason))
+        for app in sim.apps:
+            if app.spec.split is not None:
+                row = self._select_split(sim, app)
+                if row != app.row:
+                    changes[app.name] = (row, reason)
+        return changes
+
+    def _tenants(self, sim, apps) -> list[Tenant]:
+        return [Tenant(a.name, sim.catalog, rate_hz=a.rate_hz, deadline_ms=a.spec.deadline_ms, weight=a.spec.weight,
+                       family=self.family, max_macs=a.macs_budget) for a in apps]
+
+    def _allocate_device(self, sim, device_name, apps, now, reason):
+        state = sim.devices[device_name]
+        tenants = self._tenants(sim, apps)
+        shared = SharedDevice(state.spec.profile, share=state.share(), memory_bytes=state.free_memory_for_apps())
+        current = {a.name: a.row for a in apps if a.row is not None}
+        keep = len(current) == len(apps) and allocation_fits(current, tenants, shared)
+        allocation = self._solve(tenants, shared)
+        if allocation is None:
+            if keep:
+                return {}
+            return {a.name: (sim.fastest_row(a, self.family), f"{reason}: infeasible, fastest option") for a in apps}
+        rows = {name: choice.option_row for name, choice in allocation.choices.items()}
+        if rows == current:
+            return {}
+        if keep:
+            table = sim.table
+            gain = sum(a.spec.weight * (table.accuracy[rows[a.name]] - table.accuracy[current[a.name]]) for a in apps)
+            dwell_over = all(now - self._since.get(a.name, -np.inf) >= sim.scenario.min_dwell_s for a in apps)
+            if gain <= sim.scenario.hysteresis or not dwell_over:
+                return {}
+        for a in apps:
+            if rows[a.name] != current.get(a.name):
+                self._since[a.name] = now
+        return {name: (row, reason) for name, row in rows.items() if row != current.get(name)}
+
+    def _solve(self, tenants, shared):
+        key = (tuple(tenants), shared)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            self.solved += 1
+            if len(self._cache) >= _ALLOCATIONS_KEPT:
+                self._cache.popitem(last=False)
+            try:
+                self._cache[key] = allocate(tenants, shared, time_limit_s=ALLOCATE_TIME_LIMIT, deterministic=True)
+            except InfeasibleBudget as exc:
+                log.debug("allocation infeasible: %s", exc)
+                self._cache[key] = None
+        return self._cache[key]
+
+    def _select_split(self, sim, app) -> int:
+        """The more accurate of: the best option that stays on the edge (depth
+        up to the split point, the whole deadline), and the best split option
+        (the server's share, the deadline less edge time and transfer)."""
+        scheduler = scheduler_for(sim.catalog)
+        candidates = []
+        edge_budget = Budget(latency_ms=app.spec.deadline_ms, memory_bytes=app.device.free_memory_for_apps(),
+                             macs=app.macs_budget, device=app.device.spec.profile, share=app.device.share())
+        edge = scheduler.frontier(edge_budget.device, edge_budget.latency_quantile, self.family)
+        ok = edge.feasible(edge_budget) & (edge.table.depth[edge.rows] <= app.spec.split.at_depth)
+        if ok.any():
+            candidates.append(int(edge.rows[np.argmax(ok)]))
+        try:
+            selection = scheduler.select(sim.split_budget(app), family=self.family)
+            candidates.append(int(selection._frontier.rows[selection._row]))
+        except InfeasibleBudget:
+            pass
+        if not candidates:
+            return sim.fastest_row(app, self.family)
+        return max(candidates, key=lambda row: (sim.table.accuracy[row], -sim.table.macs[row]))
+
+
+class NestedPolicy(AllocatingPolicy):
+    name = "nested"
+
+    def __init__(self, interrupt: bool):
+        super().__init__(interrupt, "nested")
+
+
+class DepthOnlyPolicy(AllocatingPolicy):
+    name = "depth_only"
+
+    def __init__(self, interrupt: bool):
+        super().__init__(interrupt, "depth_only")
+
+
+class WidthOnlyPolicy(AllocatingPolicy):
+    name = "width_only"
+
+    def __init__(self, interrupt: bool):
+        super().__init__(interrupt, "width_only")
+
+
+class ZooPolicy(AllocatingPolicy):
+    """Separately trained models at each width: the same choices as a
+    slimmable network, but every switch loads the new model's weights from
+    storage (``ZooSwitchCost``) while requests wait.  Its accuracies are the
+    nested net's full-depth slices: separately trained plain models come with
+    the baselines issue."""
+
+    name = "zoo"
+
+    def __init__(self, interrupt: bool):
+        super().__init__(interrupt, "width_only")
+
+    def setup(self, sim):
+        self.switch_cost = ZooSwitchCost(bandwidth_bytes_per_s=min(d.spec.storage_mb_per_s for d in
+                                                                   sim.devices.values()) * 1e6)
+
+
+class OraclePolicy(AllocatingPolicy):
+    name = "oracle"
+    oracle = True
+
+    def __init__(self, interrupt: bool):
+        super().__init__(interrupt, "nested")
+
+
+class StaticLargestPolicy(Policy):
+    name = "static_largest"
+
+    def decide(self, sim, now, reason):
+        if now > 0:
+            return {}
+        row = sim.full_row()
+        return {a.name: (row, "static") for a in sim.apps}
+
+
+class StaticSmallestPolicy(AllocatingPolicy):
+    """The best plain sub-network for the tightest state of the whole
+    scenario, chosen at the start and never changed."""
+
+    name = "static_smallest"
+
+    def __init__(self, interrupt: bool):
+        super().__init__(interrupt, "no_exits")
+
+    def decide(self, sim, now, reason):
+        if now > 0:
+            return {}
+        with sim.tightest_state():
+            changes = super().decide(sim, now, "tightest budget of the scenario")
+        return changes
+
+
+class SuperServePolicy(Policy):
+    name = "superserve"
+    per_request = True
+
+    def setup(self, sim):
+        table: OptionTable = sim.table
+        self._ladders = {}
+        for device_name, state in sim.devices.items():
+            costs = table.devices[state.spec.profile]
+            rows = np.flatnonzero(table.policy == NO_EXIT)
+            # the accuracy-latency staircase: sorted by latency, keep rows that raise accuracy
+            order = rows[np.lexsort((-table.accuracy[rows], costs.expected_ms[rows]))]
+            ladder, best = [], -1.0
+            for r in order:
+                if table.accuracy[r] > best:
+                    ladder.append(int(r))
+                    best = table.accuracy[r]
+            ladder = np.array(ladder)
+            self._ladders[device_name] = (ladder, costs.expected_ms[ladder] / 1000.0, table.memory[ladder])
+
+    def decide(self, sim, now, reason):
+        if now > 0:
+            return {}
+        return {a.name: (int(self._ladders[a.device.spec.name][0][-1]), "initial") for a in sim.apps}
+
+    def request_row(self, app, sim, now):
+        device = app.device
+        ladder, seconds, memory = self._ladders[device.spec.name]
+        slack = min(device.earliest_deadline(now), now + app.deadline_s) - now
+        stretch = (device.sim_device.running + 1) / device.sim_device.capacity
+        fits = int(np.searchsorted(seconds * stretch, slack, side="right")) - 1
+        memory_ok = memory <= device.free_memory_for_apps() - device.memory_of_others(app)
+        if fits >= 0:
+            candidates = np.flatnonzero(memory_ok[: fits + 1])
+        else:
+            candidates = np.flatnonzero(memory_ok[:1])
+        return int(ladder[candidates[-1]]) if len(candidates) else int(ladder[0])
+
+
+_POLICY_CLASSES = {cls.name: cls for cls in (NestedPolicy, DepthOnlyPolicy, WidthOnlyPolicy, StaticLargestPolicy,
+                                               StaticSmallestPolicy, ZooPolicy, SuperServePolicy, OraclePolicy)}
+assert set(_POLICY_CLASSES) == set(POLICIES)
+
+
+def make_policy(label: str) -> Policy:
+    """``"nested"`` runs each request to its end; ``"nested+interrupt"``
+    answers from the last exit passed when the deadline comes."""
+    interrupt = label.endswith(INTERRUPT_SUFFIX)
+    base = label[: -len(INTERRUPT_SUFFIX)] if interrupt else label
+    return _POLICY_CLASSES[base](interrupt)

@@ -1,0 +1,223 @@
+"""Tests of the simulation engine, scenarios, policies and reports on the
+shipped catalog: conservation, determinism, validation, interruption, split
+execution, and that budget changes move the selection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simpy
+
+from anytime.catalog import SHIPPED_STEM, load_catalog
+from anytime.cli import main
+from scheduler.options import option_table
+from simulator.behaviour import BehaviourCache
+from simulator.devices import Device, Job
+from simulator.engine import simulate
+from simulator.report import draw_report, load_results, write_results
+from simulator.scenario import POLICIES, ScenarioError, load_scenario, parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+pytestmark = pytest.mark.skipif(not Path(str(SHIPPED_STEM) + ".json").exists(), reason="no shipped catalog")
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def _short(name: str, seconds: float = 20.0, **changes):
+    scenario = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
+    return scenario.with_overrides(duration_s=seconds, events=tuple(e for e in scenario.events if e.at_s <= seconds),
+                                   **changes)
+
+
+# ---- the device's deadlines -------------------------------------------------
+
+def test_deadline_interrupts_with_attained_service():
+    env = simpy.Environment()
+    device = Device(env, "d", "ps")
+    seen = {}
+    device.submit(Job(4.0, deadline=3.0, on_deadline=lambda job, attained: seen.update(a=(env.now, attained)),
+                      on_done=lambda job: seen.update(a_done=env.now)))
+    device.submit(Job(1.0, on_done=lambda job: seen.update(b=env.now)))
+    env.run()
+    # two jobs share: b finishes at 2 (1 s of work at half speed); a has 1 s at t = 2, then alone: 2 s by t = 3
+    assert seen["b"] == pytest.approx(2.0)
+    assert seen["a"][0] == pytest.approx(3.0) and seen["a"][1] == pytest.approx(2.0)
+    assert "a_done" not in seen and device.running == 0
+
+
+# ---- scenarios ------------------------------------------------------------
+
+def test_every_shipped_scenario_loads_and_has_the_required_kinds():
+    names = {load_scenario(path).name for path in SCENARIOS}
+    assert {"phone", "edge_box", "vehicle", "edge_server"} <= names
+    edge_box = load_scenario(ROOT / "scenarios" / "edge_box.yaml")
+    assert len(edge_box.apps) >= 4
+    vehicle = load_scenario(ROOT / "scenarios" / "vehicle.yaml")
+    assert any(e.kind == "speed" for e in vehicle.events)
+    edge_server = load_scenario(ROOT / "scenarios" / "edge_server.yaml")
+    assert edge_server.apps[0].split is not None and any(e.kind == "bandwidth" for e in edge_server.events)
+
+
+BASE = {"name": "t", "duration_s": 5, "devices": [{"name": "d", "profile": "cpu-local"}],
+        "apps": [{"name": "a", "device": "d", "arrivals": {"kind": "poisson", "rate_hz": 10}, "deadline_ms": 20}]}
+
+
+def _with(path: str, value):
+    data = json.loads(json.dumps(BASE))
+    keys = path.split(".")
+    target = data
+    for key in keys[:-1]:
+        target = target[int(key)] if key.isdigit() else target[key]
+    target[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("data, message", [
+    (_with("apps.0.deadline_s", 0.02), "apps[0].deadline_s: unknown key (did you mean 'deadline_ms'?)"),
+    (_with("apps.0.deadline_ms", "20 ms"), "apps[0].deadline_ms: expected a number of milliseconds, got '20 ms'"),
+    (_with("apps.0.arrivals.rate_hz", -3), "apps[0].arrivals.rate_hz: must be positive, got -3"),
+    (_with("apps.0.device", "gpu"), "apps[0].device: unknown device 'gpu'"),
+    (_with("duration_s", 0), "duration_s: must be positive"),
+    (_with("policies", ["nested", "fastest"]), "unknown policy 'fastest'"),
+    (_with("events", [{"at_s": 9, "background": {"device": "d", "share": 0.5}}]), "is after the end"),
+    (_with("events", [{"at_s": 1, "background": {"device": "d", "share": 1.5}}]), "share: must be <= 0.95"),
+    (_with("events", [{"at_s": 1}]), "an event sets exactly one of"),
+    (_with("colour", "red"), "colour: unknown key"),
+])
+def test_scenario_errors_name_the_file_and_key(data, message):
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario(data, "scenarios/x.yaml")
+    assert str(error.value).startswith("scenarios/x.yaml: ")
+    assert message in str(error.value)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        load_scenario(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_scenario(bad)
+
+
+def test_unknown_profile_is_a_scenario_error(catalog):
+    scenario = parse_scenario(_with("devices.0.profile", "tpu-v9"), "x.yaml")
+    with pytest.raises(ScenarioError, match="profile 'tpu-v9' is not in the catalog"):
+        simulate(scenario, "nested", catalog)
+
+
+# ---- behaviour is the catalog's, per sample ---------------------------------
+
+def test_behaviour_reproduces_the_option_tables_accuracy(catalog):
+    table = option_table(catalog)
+    cache = BehaviourCache(catalog, table)
+    rng = np.random.default_rng(0)
+    rows = list(rng.choice(np.flatnonzero(table.policy != "none"), 6, replace=False)) + [0, 127]
+    for row in rows:
+        behaviour = cache.get(int(row), "cpu-local")
+        assert np.mean(behaviour.correct) == pytest.approx(table.accuracy[row], abs=1e-9)
+        assert np.mean(behaviour.macs) == pytest.approx(table.macs[row], rel=1e-9)
+        # interrupted with all the work done: the answer is the last exit's
+        assert behaviour.passed_exit(behaviour.cum_s[-1]) == len(behaviour.cum_s) - 1
+        assert behaviour.passed_exit(0.0) == (-1 if behaviour.cum_s[0] > 0 else 0)
+    oracle = cache.get(127, "cpu-local", oracle=True)
+    assert np.mean(oracle.correct) >= table.accuracy[127]
+
+
+# ---- runs ----------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", sorted(POLICIES) + ["nested+interrupt"])
+def test_every_policy_conserves_requests(catalog, policy):
+    result = simulate(_short("phone", 45.0), policy, catalog)
+    assert result.conserved()
+    stats = list(result.stats.values())
+    assert sum(s.arrived for s in stats) > 1000
+    assert all(s.answered > 0 for s in stats)
+
+
+def test_same_seed_same_summary_bytes(catalog, tmp_path):
+    scenario = _short("edge_box", 12.0, policies=("nested", "superserve", "nested+interrupt"))
+    outputs = []
+    for k in range(2):
+        results = [simulate(scenario, p, catalog) for p in scenario.policies]
+        out = write_results(results, scenario, tmp_path / f"run{k}")
+        outputs.append(((out / "summary.json").read_bytes(), (out / "results.csv").read_bytes()))
+    assert outputs[0] == outputs[1]
+    other = [simulate(replace(scenario, seed=scenario.seed + 1), p, catalog) for p in scenario.policies]
+    out = write_results(other, scenario, tmp_path / "other")
+    assert (out / "summary.json").read_bytes() != outputs[0][0]
+
+
+def test_budget_change_changes_the_selection(catalog):
+    result = simulate(_short("phone", 50.0), "nested", catalog)
+    at_start = {s["app"]: s["option"] for s in result.selections if s["t"] == 0}
+    after_game = [s for s in result.selections if s["t"] == 40.0]
+    assert after_game, result.selections
+    assert all("background phone -> 0.85" in s["reason"] for s in after_game)
+    assert any(at_start[s["app"]] != s["option"] for s in after_game)
+    assert any(e["kind"] == "background" and e["t"] == 40.0 for e in result.budget_events)
+
+
+def test_static_policies_never_switch(catalog):
+    for policy in ("static_largest", "static_smallest"):
+        result = simulate(_short("phone", 50.0), policy, catalog)
+        assert all(s["t"] == 0 for s in result.selections)
+
+
+def test_interrupting_answers_on_time_or_not_at_all(catalog):
+    scenario = _short("vehicle", 60.0)
+    ran = simulate(scenario, "static_largest", catalog)
+    cut = simulate(scenario, "static_largest+interrupt", catalog)
+    late = sum(s.answered - s.on_time for s in ran.stats.values())
+    assert late > 0
+    assert all(s.answered == s.on_time for s in cut.stats.values())  # interrupted answers are on time
+    assert sum(s.unanswered for s in cut.stats.values()) > 0  # a plain network passed no exit
+    anytime = simulate(scenario, "depth_only+interrupt", catalog)
+    assert sum(s.interrupted for s in anytime.stats.values()) >= 0
+    assert all(s.answered == s.on_time for s in anytime.stats.values())
+
+
+def test_split_execution_uses_the_link_and_the_server(catalog):
+    scenario = _short("edge_server", 29.0)
+    result = simulate(scenario, "static_largest", catalog)
+    assert result.utilisation["uplink"].sum() > 0 and result.utilisation["server"].sum() > 0
+    assert result.conserved()
+    slow = replace(scenario, links=(replace(scenario.links[0], bandwidth_mbps=1.0),))
+    chosen = simulate(slow, "nested", catalog).selections[0]
+    assert int(chosen["option"][1:].split("w")[0]) <= scenario.apps[0].split.at_depth  # stays on the phone
+
+
+def test_report_pictures_and_errors(catalog, tmp_path):
+    scenario = _short("phone", 10.0, policies=("nested", "static_largest"))
+    out = write_results([simulate(scenario, p, catalog) for p in scenario.policies], scenario, tmp_path / "r")
+    paths = draw_report(out)
+    assert {p.name for p in paths} >= {"utilisation_phone.png", "latency_cdf.png", "accuracy_vs_cost.png",
+                                       "selection_timeline.png"}
+    summary, timelines = load_results(out)
+    assert set(timelines) == {"nested", "static_largest"}
+    assert summary["policies"]["nested"]["conserved"] is True
+
+
+def test_cli_simulate_and_report(capsys, tmp_path):
+    out = tmp_path / "phone"
+    assert main(["simulate", str(ROOT / "scenarios/phone.yaml"), "--out", str(out), "--duration-s", "5",
+                 "--policies", "nested,superserve", "--quiet"]) == 0
+    assert "| nested |" in capsys.readouterr().out
+    before = (out / "summary.json").read_bytes()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nduration_s: -1\n")
+    assert main(["simulate", str(bad), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.yaml: devices: is required" in err
+    assert (out / "summary.json").read_bytes() == before  # a failed run loses nothing
+    assert main(["report", str(out)]) == 0
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no summary.json" in capsys.readouterr().err
