@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from anytime.catalog import Catalog, LatencyTable
 from anytime.evaluate import collect_traces
-from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
+from anytime.latency_model import (DeviceModel, fit_device_model, load_device_models, relative_errors,
+                                   simd_channel_block)
 from anytime.macs import count_macs, count_params, op_profile, output_shape
 from anytime.profile import (LatencyStats, device_name, largest_feature_map_bytes, latency_stats,
                              measured_peak_activation_bytes, time_calls, time_model)
@@ -149,20 +150,9 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
                                               for d in range(depths)], 4).tolist())
     local = LatencyTable(config.local_device_key, True, batch_sizes, p50, p90, segment_ms, head_ms, provenance)
 
-    # fit the roofline model on part of the measured sub-networks, test it on the rest
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(specs))
-    n_holdout = int(round(config.holdout_fraction * len(specs)))
-    held_out = [specs[i] for i in order[:n_holdout]]
-    fitted_on = [specs[i] for i in order[n_holdout:]]
-    measured_s = {s: p50[0, s.depth - 1, s.width - 1] / 1e3 for s in specs}
-    local_model = fit_device_model(config.local_device_key, [profiles[s] for s in fitted_on],
-                                   np.array([measured_s[s] for s in fitted_on]),
-                                   source=f"fitted to {len(fitted_on)} measured sub-networks on {device_name()}")
-    errors = relative_errors(local_model, [profiles[s] for s in held_out], np.array([measured_s[s] for s in held_out]))
-    fit_report = {"device_model": local_model.to_dict(), "fitted_on": len(fitted_on), "held_out": len(held_out),
-                  "median_abs_rel_error": float(np.median(errors)), "p90_abs_rel_error": float(np.percentile(errors, 90)),
-                  "max_abs_rel_error": float(errors.max())}
+    block = simd_channel_block() if config.device == "cpu" else 8  # CUDA: tensor-core tiles of 8
+    _, fit_report = fit_local_latency_model(
+        specs, profiles, p50[0], config.local_device_key, config.seed, config.holdout_fraction, block)
     log.info("latency model held-out error: median %.1f%%, p90 %.1f%%", 100 * fit_report["median_abs_rel_error"],
              100 * fit_report["p90_abs_rel_error"])
 
@@ -186,6 +176,28 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
                     "latency_model_fit": fit_report},
     )
     return catalog, fit_report
+
+
+def fit_local_latency_model(specs: list[SubnetSpec], profiles: dict[SubnetSpec, list], p50_ms: np.ndarray,
+                            device_key: str, seed: int, holdout_fraction: float,
+                            channel_block: int) -> tuple[DeviceModel, dict]:
+    """Fit the roofline model to part of the measured sub-networks (batch-1
+    p50 ``[depths, widths]`` in ms) and test it on the rest; returns the model
+    and a report of its held-out errors."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(specs))
+    n_holdout = int(round(holdout_fraction * len(specs)))
+    held_out = [specs[i] for i in order[:n_holdout]]
+    fitted_on = [specs[i] for i in order[n_holdout:]]
+    measured_s = {s: p50_ms[s.depth - 1, s.width - 1] / 1e3 for s in specs}
+    model = fit_device_model(device_key, [profiles[s] for s in fitted_on], np.array([measured_s[s] for s in fitted_on]),
+                             source=f"fitted to {len(fitted_on)} measured sub-networks on {device_name()}",
+                             channel_block=channel_block)
+    errors = relative_errors(model, [profiles[s] for s in held_out], np.array([measured_s[s] for s in held_out]))
+    report = {"device_model": model.to_dict(), "fitted_on": len(fitted_on), "held_out": len(held_out),
+              "median_abs_rel_error": float(np.median(errors)), "p90_abs_rel_error": float(np.percentile(errors, 90)),
+              "max_abs_rel_error": float(errors.max())}
+    return model, report
 
 
 def predicted_table(model: DNNet, device: DeviceModel, profiles: dict[SubnetSpec, list],

@@ -6,7 +6,15 @@ For one forward pass made of operations ``i`` with ``macs_i`` and ``bytes_i``
     t = fixed + sum_i [ overhead_i + max(macs_i / mac_rate, bytes_i / bandwidth) ]
 
 where ``overhead_i`` is one constant for compute operations (convolutions and
-matrix products, which set up a kernel) and another for element-wise ones
+matrix products, which set up a kernel) and another for element-wise ones.
+On a fitted device two more terms price *misaligned* compute operations, whose
+output channels are not a multiple of the SIMD width in float32 lanes
+(``channel_block``: 16 with AVX-512, 8 with AVX2): kernels pad or fall back to
+slower paths there, which made odd widths (10, 20, 40 channels) slower than
+wider aligned ones on this CPU.  Each such operation pays an extra overhead
+and its compute time grows by a fitted fraction:
+
+    + n_misaligned x misaligned_overhead + slowdown x sum_misaligned macs_i / mac_rate
 
 (Williams et al., "Roofline", CACM 2009, applied per layer, plus the dispatch
 overhead that dominates small layers in eager frameworks).  On a measured
@@ -42,6 +50,9 @@ class DeviceModel:
     measured: bool = False  # True when fitted to measurements on this device
     memory_bytes: int = 0  # memory the device offers to models (0 = unknown)
     source: str = ""  # where the numbers come from
+    channel_block: int = 0  # SIMD width in float32 lanes; 0 = no alignment terms (spec-sheet devices)
+    misaligned_op_overhead_s: float = 0.0  # extra cost of a compute op with misaligned channels
+    misaligned_slowdown: float = 0.0  # extra fraction of such an op's compute time
 
     def predict(self, ops: list[OpRecord], batch_size: int = 1) -> float:
         """Predicted latency in seconds of a forward pass profiled at batch 1,
@@ -49,8 +60,13 @@ class DeviceModel:
         macs, data_bytes = _features(ops)
         heavy = int((macs > 0).sum())
         compute_overhead = self.per_op_overhead_s if self.compute_op_overhead_s is None else self.compute_op_overhead_s
-        return float(self.fixed_s + (len(ops) - heavy) * self.per_op_overhead_s + heavy * compute_overhead
-                     + np.maximum(macs * batch_size / self.mac_rate, data_bytes * batch_size / self.bandwidth).sum())
+        total = (self.fixed_s + (len(ops) - heavy) * self.per_op_overhead_s + heavy * compute_overhead
+                 + np.maximum(macs * batch_size / self.mac_rate, data_bytes * batch_size / self.bandwidth).sum())
+        if self.channel_block:
+            count, misaligned_macs = _misaligned(ops, self.channel_block)
+            total += count * self.misaligned_op_overhead_s \
+                + self.misaligned_slowdown * misaligned_macs * batch_size / self.mac_rate
+        return float(total)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,12 +78,28 @@ def _features(ops: list[OpRecord]) -> tuple[np.ndarray, np.ndarray]:
     return macs, data_bytes
 
 
+def _misaligned(ops: list[OpRecord], block: int) -> tuple[int, float]:
+    """Number and total MACs of the compute ops whose output channels are not
+    a multiple of ``block``."""
+    chosen = [op for op in ops if op.macs > 0 and op.channels and op.channels % block]
+    return len(chosen), float(sum(op.macs for op in chosen))
+
+
+def simd_channel_block() -> int:
+    """float32 lanes of the CPU's widest vector unit as torch uses it."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": 16, "AVX2": 8}.get(capability, 4)
+
+
 def fit_device_model(name: str, profiles: list[list[OpRecord]], latencies_s: np.ndarray,
-                     source: str = "fitted to measurements") -> DeviceModel:
+                     source: str = "fitted to measurements", channel_block: int = 0) -> DeviceModel:
     """Fit the roofline parameters to measured latencies (seconds), minimising
     the squared relative error.  The two rates are searched on a log grid
-    (the max() makes the model non-linear in them); for each pair the overhead
-    and fixed cost follow from non-negative linear least squares."""
+    (the max() makes the model non-linear in them); for each pair the overheads,
+    fixed cost and (with ``channel_block``) the misalignment terms follow from
+    non-negative linear least squares."""
     latencies_s = np.asarray(latencies_s, dtype=np.float64)
     if len(profiles) != len(latencies_s) or len(profiles) < 3:
         raise ConfigError("fitting a latency model needs at least 3 profiled, measured models")
@@ -75,24 +107,32 @@ def fit_device_model(name: str, profiles: list[list[OpRecord]], latencies_s: np.
     heavy_counts = np.array([(m > 0).sum() for m, _ in features], dtype=np.float64)
     light_counts = np.array([len(ops) for ops in profiles], dtype=np.float64) - heavy_counts
     weights = 1.0 / latencies_s  # relative error
+    columns = [light_counts, heavy_counts, np.ones_like(light_counts)]
+    if channel_block:
+        misaligned = np.array([_misaligned(ops, channel_block) for ops in profiles])
+        columns.append(misaligned[:, 0])
     best = None
     for mac_rate in np.logspace(8, 13, 41):
         for bandwidth in np.logspace(8, 12, 33):
             roof = np.array([np.maximum(m / mac_rate, b / bandwidth).sum() for m, b in features])
             residual = latencies_s - roof
-            design = np.stack([light_counts, heavy_counts, np.ones_like(light_counts)], axis=1) * weights[:, None]
+            extra = [misaligned[:, 1] / mac_rate] if channel_block else []
+            design = np.stack(columns + extra, axis=1) * weights[:, None]
             coef = _nonnegative_lstsq(design, residual * weights)  # costs cannot be negative
             error = ((design @ coef - residual * weights) ** 2).sum()
             if best is None or error < best[0]:
                 best = (error, mac_rate, bandwidth, coef)
-    _, mac_rate, bandwidth, (light, heavy, fixed) = best
+    _, mac_rate, bandwidth, coef = best
+    light, heavy, fixed = coef[:3]
     return DeviceModel(name, float(mac_rate), float(bandwidth), float(light), float(fixed), measured=True,
-                       source=source, compute_op_overhead_s=float(heavy))
+                       source=source, compute_op_overhead_s=float(heavy), channel_block=channel_block,
+                       misaligned_op_overhead_s=float(coef[3]) if channel_block else 0.0,
+                       misaligned_slowdown=float(coef[4]) if channel_block else 0.0)
 
 
 def _nonnegative_lstsq(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Least squares with non-negative coefficients, by trying every subset of
-    free columns (three columns: eight small solves)."""
+    free columns (at most five columns: 31 small solves)."""
     columns = design.shape[1]
     best, best_error = np.zeros(columns), float(((target) ** 2).sum())
     for mask in range(1, 2 ** columns):

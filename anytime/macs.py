@@ -63,6 +63,7 @@ class OpRecord:
     bytes_read: int
     bytes_written: int
     largest_output_bytes: int  # the biggest single tensor it produced
+    channels: int = 0  # channels of its output when that is a feature map (NCHW), else 0
 
 
 def _tensor_bytes(values) -> int:
@@ -85,7 +86,9 @@ class _OpRecorder(TorchDispatchMode):
         if name not in ("detach", "view", "_unsafe_view", "t", "alias", "expand", "reshape", "empty"):
             outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
             largest = max((t.numel() * t.element_size() for t in outputs), default=0)
-            self.records.append(OpRecord(name, macs, _tensor_bytes((args, kwargs)), _tensor_bytes(out), largest))
+            channels = int(outputs[0].shape[1]) if outputs and outputs[0].dim() == 4 else 0
+            self.records.append(OpRecord(name, macs, _tensor_bytes((args, kwargs)), _tensor_bytes(out), largest,
+                                         channels))
         return out
 
 

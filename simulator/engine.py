@@ -553,16 +553,13 @@ class Simulation:
 
     def _decide(self, now: float, reason: str) -> None:
         changes = self.policy.decide(self, now, reason)
-        touched = set()
         for name, (row, why) in sorted(changes.items()):
-            app = self.app_by_name[name]
-            self._switch(app, row, now, why)
-            touched.add(app.device.spec.name)
+            self._switch(self.app_by_name[name], row, now, why)
         for device in self.devices.values():
             self._check_residency(device, now)
-        if now > 0 and self.scenario.reallocation_ms > 0 and not self.policy.per_request:
-            # the scheduler's own time runs on the device whose apps it re-decided
-            for name in sorted(touched or {a.device.spec.name for a in self.apps}):
+        if now > 0 and self.scenario.reallocation_ms > 0 and self.policy.reacts_to_events:
+            # the scheduler's own time runs on every device whose apps it re-decided
+            for name in sorted({a.device.spec.name for a in self.apps}):
                 device = self.devices[name]
                 job = Job(self.scenario.reallocation_ms / 1000.0, payload=None)
                 job.on_done = lambda j, device=device: self._spread(

@@ -10,6 +10,9 @@ change, and, for per-request policies, which option this request runs.
   hysteresis and dwell time of ``scheduler.switching``.  The zoo pays to load
   a model on every switch; the oracle takes the nested choice and lets every
   sample exit at its first right answer (DL-gleaning's ideal).
+* ``nested_reactive``: the nested allocation, and per request a smaller
+  option inside the resident slice when the requests in flight leave too
+  little slack for the allocated one.
 * ``static_largest``: the full sub-network, always.
 * ``static_smallest``: chosen once, for the tightest state the scenario ever
   reaches (lowest share, least memory, highest rates, lowest compute budget).
@@ -52,7 +55,8 @@ class Policy:
     name: str = ""
     family: str | None = None
     oracle: bool = False
-    per_request: bool = False
+    per_request: bool = False  # decides every request (its time is charged to the request)
+    reacts_to_events: bool = False  # re-decides on budget events (its time is charged to the device)
 
     def __init__(self, interrupt: bool):
         self.interrupt = interrupt
@@ -73,6 +77,8 @@ class Policy:
 
 class AllocatingPolicy(Policy):
     """The allocator over one option family, with hysteresis and dwell."""
+
+    reacts_to_events = True
 
     def __init__(self, interrupt: bool, family: str):
         self.family = family
@@ -167,6 +173,42 @@ class NestedPolicy(AllocatingPolicy):
         super().__init__(interrupt, "nested")
 
 
+class NestedReactivePolicy(NestedPolicy):
+    """The nested allocation, plus a per-request guard: when the requests
+    already running would stretch the allocated option past the earliest
+    deadline in flight, this request runs the most accurate option inside the
+    resident slice (depth and width no larger, so nothing is loaded) whose
+    stretched expected latency fits the slack."""
+
+    name = "nested_reactive"
+    per_request = True
+
+    def setup(self, sim):
+        super().setup(sim)
+        self._ladders: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _ladder(self, sim, row: int, profile: str) -> tuple[np.ndarray, np.ndarray]:
+        key = (row, profile)
+        if key not in self._ladders:
+            table = sim.table
+            inside = np.flatnonzero((table.depth <= table.depth[row]) & (table.width <= table.width[row]))
+            expected = table.devices[profile].expected_ms
+            ladder = _staircase(inside, expected, table.accuracy)
+            self._ladders[key] = (ladder, expected[ladder] / 1000.0)
+        return self._ladders[key]
+
+    def request_row(self, app, sim, now):
+        device = app.device
+        profile = device.spec.profile
+        slack = min(device.earliest_deadline(now), now + app.deadline_s) - now
+        stretch = (device.sim_device.running + 1) / device.sim_device.capacity
+        if sim.table.devices[profile].expected_ms[app.row] / 1000.0 * stretch <= slack:
+            return app.row
+        ladder, seconds = self._ladder(sim, app.row, profile)
+        fits = int(np.searchsorted(seconds * stretch, slack, side="right")) - 1
+        return int(ladder[max(fits, 0)])
+
+
 class DepthOnlyPolicy(AllocatingPolicy):
     name = "depth_only"
 
@@ -221,6 +263,7 @@ class StaticSmallestPolicy(AllocatingPolicy):
     scenario, chosen at the start and never changed."""
 
     name = "static_smallest"
+    reacts_to_events = False
 
     def __init__(self, interrupt: bool):
         super().__init__(interrupt, "no_exits")
@@ -242,15 +285,7 @@ class SuperServePolicy(Policy):
         self._ladders = {}
         for device_name, state in sim.devices.items():
             costs = table.devices[state.spec.profile]
-            rows = np.flatnonzero(table.policy == NO_EXIT)
-            # the accuracy-latency staircase: sorted by latency, keep rows that raise accuracy
-            order = rows[np.lexsort((-table.accuracy[rows], costs.expected_ms[rows]))]
-            ladder, best = [], -1.0
-            for r in order:
-                if table.accuracy[r] > best:
-                    ladder.append(int(r))
-                    best = table.accuracy[r]
-            ladder = np.array(ladder)
+            ladder = _staircase(np.flatnonzero(table.policy == NO_EXIT), costs.expected_ms, table.accuracy)
             self._ladders[device_name] = (ladder, costs.expected_ms[ladder] / 1000.0, table.memory[ladder])
 
     def decide(self, sim, now, reason):
@@ -272,7 +307,19 @@ class SuperServePolicy(Policy):
         return int(ladder[candidates[-1]]) if len(candidates) else int(ladder[0])
 
 
-_POLICY_CLASSES = {cls.name: cls for cls in (NestedPolicy, DepthOnlyPolicy, WidthOnlyPolicy, StaticLargestPolicy,
+def _staircase(rows: np.ndarray, expected_ms: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """The accuracy-latency staircase of ``rows``: sorted by expected latency,
+    keeping each row that is more accurate than every faster one."""
+    order = rows[np.lexsort((-accuracy[rows], expected_ms[rows]))]
+    ladder, best = [], -1.0
+    for r in order:
+        if accuracy[r] > best:
+            ladder.append(int(r))
+            best = accuracy[r]
+    return np.array(ladder, dtype=np.int64)
+
+
+_POLICY_CLASSES = {cls.name: cls for cls in (NestedPolicy, NestedReactivePolicy, DepthOnlyPolicy, WidthOnlyPolicy, StaticLargestPolicy,
                                                StaticSmallestPolicy, ZooPolicy, SuperServePolicy, OraclePolicy)}
 assert set(_POLICY_CLASSES) == set(POLICIES)
 

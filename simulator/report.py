@@ -166,25 +166,47 @@ def draw_report(out_dir: str | Path) -> list[Path]:
         written.append(_save(fig, figures / f"utilisation_{device}.png"))
         plt.close(fig)
 
-    # 2. budget vs the chosen option over time (adaptive policies)
-    adaptive = [p for p in policies if timelines[p]["selections"] and len(timelines[p]["option_macs"][apps[0]]) > 1]
-    adaptive = adaptive or policies[:1]
-    fig, axes = plt.subplots(len(apps), 1, figsize=(10, 2.4 * len(apps)), sharex=True, squeeze=False)
+    # 2. budget vs the chosen option over time: the adaptive policies' choices
+    # per app, over the budget they answer to (capacity left, memory, MAC caps)
+    adaptive = [p for p in policies if "+" not in p and p != "oracle"
+                and any(len(timelines[p]["option_macs"][a]) > 1 for a in apps)] or policies[:1]
+    fig, axes = plt.subplots(len(apps) + 1, 1, figsize=(10, 2.2 * (len(apps) + 1)), sharex=True, squeeze=False)
+    end = first["duration_s"]
     for ax, app in zip(axes[:, 0], apps):
         for k, policy in enumerate(adaptive):
             steps = timelines[policy]["option_macs"][app]
             if steps:
-                st, sv = _steps(steps, timelines[policy]["duration_s"])
-                ax.step(st, np.asarray(sv) / 1e6, where="post", label=policy, color=colours[k % 10])
-        for event in first["budget_events"]:
-            ax.axvline(event["t"], color="grey", lw=0.6, ls=":")
-            if event.get("target") == app or event["kind"] in ("background", "speed", "memory", "bandwidth"):
-                ax.text(event["t"], ax.get_ylim()[1] if ax.lines else 1, f" {event['kind']}", fontsize=6,
-                        rotation=90, va="top", color="grey")
+                st, sv = _steps(steps, end)
+                ax.step(st, np.asarray(sv) / 1e6, where="post", label=policy, color=colours[k % 10],
+                        lw=2.4 if policy == "nested" else 1.2, ls="-" if policy.startswith("nested") else "--")
+        caps = [(e["t"], e["value"]) for e in first["budget_events"] if e["kind"] == "macs_budget" and
+                e["target"] == app]
+        if caps:
+            ct = [0.0] + [t for t, _ in caps] + [end]
+            cv = [np.nan] + [np.nan if v is None else v / 1e6 for _, v in caps]
+            ax.step(ct, cv + [cv[-1]], where="post", color="k", lw=1, ls=":", label="MAC budget")
         ax.set_ylabel(f"{app}\nexpected MMACs")
-    axes[0, 0].legend(fontsize=7, ncol=3)
-    axes[-1, 0].set_xlabel("simulated time (s); dotted: budget events")
-    fig.suptitle(f"{summary['scenario']}: the chosen sub-network's expected cost as budgets change")
+    axes[0, 0].legend(fontsize=7, ncol=4)
+    budget_ax = axes[-1, 0]
+    for k, (device, steps) in enumerate(first["background"].items()):
+        bt, bv = _steps(steps, end)
+        budget_ax.step(bt, 1 - np.asarray(bv), where="post", color=colours[k % 10], label=f"{device}: share left")
+    speed = {}
+    for e in first["budget_events"]:
+        if e["kind"] in ("speed", "bandwidth", "memory"):
+            speed.setdefault((e["kind"], e["target"]), []).append((e["t"], e["value"]))
+    for k, ((kind, target), steps) in enumerate(sorted(speed.items())):
+        initial = {"speed": 1.0, "memory": 0.0}.get(kind, steps[0][1])
+        values = [initial] + [v for _, v in steps]
+        scale = max(values) or 1.0
+        st = [0.0] + [t for t, _ in steps] + [end]
+        budget_ax.step(st, np.asarray(values + [values[-1]]) / scale, where="post", ls="--", color=colours[(k + 3) % 10],
+                       label=f"{target} {'memory used by others' if kind == 'memory' else kind} (/ {scale:g})")
+    budget_ax.set_ylabel("budget\n(fraction)")
+    budget_ax.set_ylim(0, 1.05)
+    budget_ax.legend(fontsize=7, ncol=3)
+    budget_ax.set_xlabel("simulated time (s)")
+    fig.suptitle(f"{summary['scenario']}: budgets (bottom) and the sub-network each policy chose (expected cost)")
     fig.tight_layout()
     written.append(_save(fig, figures / "selection_timeline.png"))
     plt.close(fig)

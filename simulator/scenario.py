@@ -37,6 +37,7 @@ from simulator.workloads import Arrivals
 
 POLICIES = {
     "nested": "the nested scheduler: any depth, width and calibrated exits (allocate / select_subnet)",
+    "nested_reactive": "the nested allocation, downgraded per request inside the resident slice when slack is short",
     "depth_only": "a conventional anytime network: full width, any depth, exits",
     "width_only": "a slimmable network: full depth, any width, no exits",
     "static_largest": "the full sub-network, always",

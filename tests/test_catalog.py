@@ -119,6 +119,23 @@ def test_latency_model_recovers_known_device():
     assert fitted.measured
 
 
+def test_latency_model_prices_misaligned_channels():
+    """A device where compute ops with channels not a multiple of 4 pay extra:
+    the plain roofline cannot see it, the alignment terms recover it."""
+    model = create_net("dnnet_resnet32_cifar10", stage_widths=(8, 16, 32), blocks_per_stage=1)
+    profiles = [op_profile(model.extract(s)) for s in model.specs()]
+    assert any(op.channels % 4 for ops in profiles for op in ops if op.macs and op.channels)
+    truth = DeviceModel("truth", mac_rate=2e10, bandwidth=5e9, per_op_overhead_s=2e-5, fixed_s=1e-4,
+                        channel_block=4, misaligned_op_overhead_s=3e-4, misaligned_slowdown=0.5)
+    latencies = np.array([truth.predict(p) for p in profiles])
+    plain = fit_device_model("plain", profiles, latencies)
+    aligned = fit_device_model("aligned", profiles, latencies, channel_block=4)
+    plain_error = np.median(relative_errors(plain, profiles, latencies))
+    aligned_error = np.median(relative_errors(aligned, profiles, latencies))
+    assert aligned_error < 0.05 < plain_error
+    assert aligned.misaligned_op_overhead_s > 0
+
+
 def test_device_descriptions(tmp_path):
     devices = load_device_models()
     assert {"phone-npu", "jetson-orin-nano", "datacenter-gpu"} <= set(devices)
