@@ -109,6 +109,14 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     if "gate" in curves and "gate_ce" in curves:
         report["hinge_vs_cross_entropy"] = compare_at_equal_macs(curves, "gate", "gate_ce",
                                                                  full_macs=results[0].full_macs)
+    refinement = None
+    if spec.width > 1:
+        from dataclasses import asdict
+
+        from anytime.exits import calibrate_width_refinement
+
+        refinement = calibrate_width_refinement(catalog, spec, args.tolerance)
+        report["width_refinement"] = {**asdict(refinement), "macs_fraction": refinement.macs_fraction}
     (args.report / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
     if args.fit:  # after the report: the cross-entropy gates serve only the comparison above
         catalog.save(args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
@@ -116,6 +124,10 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r.policy:10s} {100 * r.val_accuracy:8.2f} {100 * r.test_accuracy:9.2f} "
               f"{r.test_expected_macs / 1e6:14.2f} {100 * r.macs_fraction:7.1f}%")
+    if refinement is not None:
+        print(f"{'widen ' + refinement.narrow + '>w' + str(refinement.wider):10s} {100 * refinement.val_accuracy:8.2f} "
+              f"{100 * refinement.test_accuracy:9.2f} {refinement.test_expected_macs / 1e6:14.2f} "
+              f"{100 * refinement.macs_fraction:7.1f}%   (width refinement, margin < {refinement.margin_threshold:.3f})")
     print(f"full {spec}: test accuracy {100 * results[0].full_test_accuracy:.2f}%, {results[0].full_macs / 1e6:.2f} M MACs")
     if "hinge_vs_cross_entropy" in report:
         print("decision gates at equal expected MACs (test accuracy %): hinge vs cross-entropy")

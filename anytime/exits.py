@@ -219,16 +219,75 @@ def width_refinement(catalog: Catalog, spec: SubnetSpec, wider: int, margin_thre
                      split: str = "val") -> tuple[float, float]:
     """Flexible-ensemble width refinement at the last depth: a sample whose
     margin at ``spec`` is below ``margin_threshold`` is widened to ``wider``
-    groups, computing only the new groups (the narrower ones are reused) and
-    averaging the heads.  Returns (accuracy, expected MACs)."""
+    groups, computing only the new groups (the narrower ones are reused), and
+    answered by the wider head, which reads every group: the nested net's
+    trained combination of the members, where the paper averages separate
+    models.  Returns (accuracy, expected MACs)."""
     if not spec.width < wider <= catalog.widths:
         raise CatalogError(f"refinement width {wider} must exceed {spec.width} and be at most {catalog.widths}")
     traces = catalog.traces[split]
     d = spec.depth - 1
     narrow_right = traces.correct[:, d, spec.width - 1]
     wide_right = traces.correct[:, d, wider - 1]
-    widen = traces.margin[:, d, spec.width - 1] < margin_threshold
+    # in float64: a Python float against the float16 margins would be rounded to float16
+    widen = traces.margin[:, d, spec.width - 1].astype(np.float64) < margin_threshold
     base = catalog.costs["macs"][d, spec.width - 1]
     extra = catalog.costs["macs"][d, wider - 1] - base  # the new groups' layers and head only
     accuracy = np.where(widen, wide_right, narrow_right).mean()
     return float(accuracy), float(base + extra * widen.mean())
+
+
+@dataclass(frozen=True)
+class RefinementResult:
+    """Width refinement calibrated on val (the cheapest narrow width and
+    margin threshold within the tolerance), reported on test."""
+
+    narrow: str  # e.g. "d16w4"
+    wider: int
+    margin_threshold: float
+    val_accuracy: float
+    test_accuracy: float
+    test_expected_macs: float
+    full_test_accuracy: float
+    full_macs: float
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.test_expected_macs / self.full_macs
+
+
+def calibrate_width_refinement(catalog: Catalog, spec: SubnetSpec, tolerance: float) -> RefinementResult:
+    """For every narrower width c at ``spec``'s depth, the margin threshold
+    (searched over the observed val margins) whose val accuracy is at least
+    the full width's minus ``tolerance`` at the least expected MACs; the
+    cheapest (c, threshold) is reported on test."""
+    d, wider = spec.depth - 1, spec.width
+    full_val = float(catalog.traces["val"].correct[:, d, wider - 1].mean())
+    best = None
+    traces = catalog.traces["val"]
+    for width in range(1, wider):
+        # widening the k least confident samples: accuracy for every k at once (exact, O(n log n));
+        # MACs grow with k, so the first k that meets the target is the cheapest
+        margin = traces.margin[:, d, width - 1].astype(np.float64)
+        order = np.argsort(margin, kind="stable")
+        narrow_right = traces.correct[order, d, width - 1].astype(np.int64)
+        gain = traces.correct[order, d, wider - 1].astype(np.int64) - narrow_right
+        accuracy = (narrow_right.sum() + np.concatenate([[0], np.cumsum(gain)])) / len(order)
+        # k samples widened <=> threshold just above the k-th smallest margin; ties widen together
+        sorted_margin = margin[order]
+        thresholds = np.concatenate([[-np.inf], sorted_margin]) + 1e-9
+        valid = np.concatenate([[True], sorted_margin[:-1] < sorted_margin[1:], [True]])
+        ok = np.flatnonzero((accuracy >= full_val - tolerance) & valid)
+        if len(ok) == 0:
+            continue
+        threshold = float(thresholds[ok[0]])
+        val_accuracy, macs = width_refinement(catalog, SubnetSpec(spec.depth, width), wider, threshold, "val")
+        if best is None or macs < best[2]:
+            best = (width, threshold, macs, val_accuracy)
+    if best is None:
+        raise CatalogError(f"no width refinement of {spec} meets the tolerance {tolerance}")
+    width, threshold, _, val_accuracy = best
+    test_accuracy, test_macs = width_refinement(catalog, SubnetSpec(spec.depth, width), wider, threshold, "test")
+    return RefinementResult(f"d{spec.depth}w{width}", wider, threshold, val_accuracy, test_accuracy, test_macs,
+                            float(catalog.traces["test"].correct[:, d, wider - 1].mean()),
+                            float(catalog.costs["macs"][d, wider - 1]))

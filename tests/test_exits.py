@@ -8,8 +8,8 @@ import torch
 
 from anytime.calibrate import calibrate_policies
 from anytime.catalog import CatalogError, load_catalog
-from anytime.exits import (ALWAYS, PathTraces, calibrate_for_accuracy, calibrate_for_budget,
-                           calibrate_weighted, evaluate_thresholds, exit_depths, no_exit, oracle_thresholds,
+from anytime.exits import (ALWAYS, PathTraces, calibrate_for_accuracy, calibrate_for_budget, calibrate_weighted,
+                           calibrate_width_refinement, evaluate_thresholds, exit_depths, no_exit, oracle_thresholds,
                            path_traces, width_refinement)
 from anytime.gates import train_gates
 from anytime.runner import AnytimeRunner
@@ -95,6 +95,27 @@ def test_width_refinement_costs_between(trained):
     assert always_accuracy == pytest.approx(catalog.accuracy("val")[-1, 1])
     with pytest.raises(CatalogError):
         width_refinement(catalog, spec, 1, 0.5)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02, 0.1])
+def test_width_refinement_calibration_is_the_cheapest_that_meets_the_target(trained, tolerance):
+    _, _, catalog, _ = trained
+    full = SubnetSpec(catalog.depths, catalog.widths)
+    result = calibrate_width_refinement(catalog, full, tolerance)
+    full_val = catalog.accuracy("val")[-1, -1]
+    assert result.val_accuracy >= full_val - tolerance - 1e-12
+    # brute force over every narrow width and every observed margin
+    best = np.inf
+    for width in range(1, catalog.widths):
+        narrow = SubnetSpec(catalog.depths, width)
+        margins = np.unique(catalog.traces["val"].margin[:, -1, width - 1].astype(np.float64))
+        for threshold in list(margins + 1e-9) + [-np.inf]:
+            accuracy, macs = width_refinement(catalog, narrow, catalog.widths, float(threshold))
+            if accuracy >= full_val - tolerance - 1e-12:
+                best = min(best, macs)
+    _, chosen_macs = width_refinement(catalog, SubnetSpec(catalog.depths, int(result.narrow.split("w")[1])),
+                                      catalog.widths, result.margin_threshold)
+    assert chosen_macs == pytest.approx(best)
 
 
 def test_hinge_gates_lower_their_loss_and_beat_chance():
