@@ -50,6 +50,32 @@ def test_tiny_catalog_entries_match_extracted_models(tiny_catalog):
     _check_entries_against_extracted(model, catalog)
 
 
+def test_depth_only_family_builds_a_catalog(cifar_batches_dir, tmp_path):
+    """The depth-only anytime baseline (one width group) goes through the same
+    pipeline: a catalog of one width, every entry checked against its model."""
+    torch.manual_seed(0)
+    model = create_net("anytime_resnet32_cifar10", stage_widths=(4, 8), blocks_per_stage=2)
+    assert model.widths == 1 and model.depths == 5
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    catalog, _ = build_catalog(model, "anytime_resnet32_cifar10", weights, data, FAST, progress=False)
+    assert catalog.widths == 1 and [str(s) for s in catalog.specs()] == [f"d{d}w1" for d in range(1, 6)]
+    _check_entries_against_extracted(model, catalog)
+    from anytime.calibrate import calibrate_ladder, calibrate_policies, fit_scorers
+    from scheduler import Budget
+    from scheduler.select import Scheduler
+
+    fit_scorers(model, data, catalog, train_subset=60, progress=False)
+    calibrate_ladder(catalog)
+    results = calibrate_policies(catalog, catalog.specs()[-1])
+    assert {r.policy for r in results} >= {"max_prob", "entropy", "gate", "support", "oracle"}
+    catalog.save(tmp_path / "c")
+    loaded = load_catalog(tmp_path / "c")
+    assert loaded.widths == 1
+    assert Scheduler(loaded).select(Budget()).spec.width == 1
+
+
 def test_shipped_catalog_entries_match_extracted_models():
     if not SHIPPED_STEM.with_name(SHIPPED_STEM.name + ".json").exists():
         pytest.skip("shipped catalog not built yet")

@@ -1,0 +1,84 @@
+"""The papers' comparisons between the shipped nested network and the
+baselines whose catalogs exist (issue 7), as Markdown tables and pictures.
+
+* doubly nested paper, Figure 5: every sub-network within a MAC budget
+  (24 M by default), nested vs the depth-only anytime ResNet, and the best of
+  each;
+* BranchyNet and decision gates on both networks: every exit policy
+  calibrated on val (same tolerance) and reported on test at its full
+  sub-network, with the oracle bound;
+* flexible ensemble's width refinement on the nested one.
+
+    python scripts/baseline_report.py [--budget 24e6] [--tolerance 0.003] [--out docs/figures/baselines]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from anytime.calibrate import calibrate_policies
+from anytime.catalog import SHIPPED_STEM, load_catalog
+from anytime.exits import calibrate_width_refinement
+from anytime.plots import plot_budget
+
+DATA = Path(SHIPPED_STEM).parent
+BASELINES = {"anytime_resnet32_cifar10": "depth-only anytime ResNet-32 (dense, 16 exits)"}
+
+
+def best_within(catalog, budget: float) -> tuple[str, float, float, int]:
+    macs = catalog.costs["macs"]
+    accuracy = catalog.accuracy("test")
+    feasible = macs <= budget
+    if not feasible.any():
+        return "-", float("nan"), float("nan"), 0
+    flat = np.flatnonzero(feasible.ravel())
+    best = flat[np.argmax(accuracy.ravel()[flat])]
+    return str(catalog.specs()[best]), float(accuracy.ravel()[best]), float(macs.ravel()[best]), int(feasible.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=24e6)
+    parser.add_argument("--tolerance", type=float, default=0.003)
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/baselines"))
+    args = parser.parse_args()
+    nested = load_catalog()
+    others = {}
+    for name, label in BASELINES.items():
+        stem = DATA / f"{name}.catalog"
+        if stem.with_suffix(".json").exists():
+            others[name] = load_catalog(stem)
+        else:
+            print(f"(no catalog for {label} yet: {stem}.json)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure = plot_budget(nested, args.out / "mac_budget_nested_vs_depth_only.png", args.budget, others=others)
+
+    print(f"### Sub-networks within {args.budget / 1e6:.0f} M MACs (test accuracy)\n")
+    print("| network | full accuracy | full MMACs | feasible sub-networks | best feasible | its accuracy | its MMACs |")
+    print("|---|---:|---:|---:|---|---:|---:|")
+    for name, catalog in {nested.net: nested, **others}.items():
+        spec, accuracy, macs, count = best_within(catalog, args.budget)
+        print(f"| {name} | {100 * catalog.accuracy('test')[-1, -1]:.2f}% | {catalog.costs['macs'][-1, -1] / 1e6:.2f} "
+              f"| {count} of {catalog.depths * catalog.widths} | {spec} | {100 * accuracy:.2f}% | {macs / 1e6:.2f} |")
+    print(f"\npicture: {figure}\n")
+
+    print(f"### Exit policies at the full sub-network, calibrated on val (tolerance {100 * args.tolerance:.1f} points)\n")
+    print("| network | policy | test accuracy | expected MMACs | of full |")
+    print("|---|---|---:|---:|---:|")
+    for name, catalog in {nested.net: nested, **others}.items():
+        full = catalog.specs()[-1]
+        for result in calibrate_policies(catalog, full, tolerance=args.tolerance):
+            print(f"| {name} | {result.policy} | {100 * result.test_accuracy:.2f}% | "
+                  f"{result.test_expected_macs / 1e6:.2f} | {100 * result.macs_fraction:.1f}% |")
+        if catalog.widths > 1:
+            refinement = calibrate_width_refinement(catalog, full, args.tolerance)
+            print(f"| {name} | width refinement {refinement.narrow} -> w{refinement.wider} | "
+                  f"{100 * refinement.test_accuracy:.2f}% | {refinement.test_expected_macs / 1e6:.2f} | "
+                  f"{100 * refinement.macs_fraction:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
