@@ -40,6 +40,7 @@ from simulator.behaviour import Behaviour, BehaviourCache
 from simulator.devices import Device, Job
 from simulator.policies import Policy, make_policy
 from simulator.scenario import AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError
+from simulator.topology import build_topology, transfer_seconds
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class LinkState:
     def __init__(self, spec: LinkSpec, sim_device: Device):
         self.spec, self.sim_device = spec, sim_device
         self.bandwidth_mbps = spec.bandwidth_mbps
+        self.delay_ms = spec.delay_ms
 
 
 class AppState:
@@ -201,6 +203,8 @@ class Simulation:
             self.devices[d.name] = DeviceState(d, Device(self.env, d.name, d.discipline, d.speed, memory),
                                                float(power.get(d.profile, 0.0)))
         self.links = {link.name: LinkState(link, Device(self.env, link.name, "fcfs")) for link in scenario.links}
+        self.topology = build_topology(scenario)
+        self._tightening = False
         n_samples = len(self.catalog.traces["test"].labels)
         self.apps: list[AppState] = []
         for i, a in enumerate(scenario.apps):
@@ -250,8 +254,12 @@ class Simulation:
         k, full = split.at_depth - 1, self.catalog.widths - 1
         edge_ms = self.catalog.latency_table(app.device.spec.profile).exit_path_p50_ms()[k, full] \
             / app.device.share()
-        transfer_ms = self.catalog.costs["feature_bytes"][k, full] * 8 / (link.bandwidth_mbps * 1e6) * 1000
-        remaining = app.spec.deadline_ms - edge_ms - transfer_ms - link.spec.delay_ms
+        if self._tightening:  # static_smallest plans for the worst link the scenario reaches
+            transfer_ms = self.catalog.costs["feature_bytes"][k, full] * 8 / (link.bandwidth_mbps * 1e6) * 1000 \
+                + link.delay_ms
+        else:
+            transfer_ms = 1000 * transfer_seconds(self.topology, [split.link], self.catalog.costs["feature_bytes"][k, full])
+        remaining = app.spec.deadline_ms - edge_ms - transfer_ms
         server = self.devices[split.server]
         return Budget(latency_ms=max(remaining, 1e-3), memory_bytes=app.device.free_memory_for_apps(),
                       macs=app.macs_budget, device=server.spec.profile, share=server.share())
@@ -262,7 +270,8 @@ class Simulation:
         scenario's events ever reach (for ``static_smallest``)."""
         saved = [(d, d.background, d.speed, d.background_memory) for d in self.devices.values()]
         saved_apps = [(a, a.rate_hz, a.macs_budget) for a in self.apps]
-        saved_links = [(link, link.bandwidth_mbps) for link in self.links.values()]
+        saved_links = [(link, link.bandwidth_mbps, link.delay_ms) for link in self.links.values()]
+        self._tightening = True
         for event in self.scenario.events:
             if event.kind == "background":
                 d = self.devices[event.target]
@@ -282,6 +291,9 @@ class Simulation:
             elif event.kind == "bandwidth":
                 link = self.links[event.target]
                 link.bandwidth_mbps = min(link.bandwidth_mbps, event.value)
+            elif event.kind == "delay":
+                link = self.links[event.target]
+                link.delay_ms = max(link.delay_ms, event.value)
         try:
             yield
         finally:
@@ -289,8 +301,9 @@ class Simulation:
                 d.background, d.speed, d.background_memory = background, speed, memory
             for a, rate, macs in saved_apps:
                 a.rate_hz, a.macs_budget = rate, macs
-            for link, bandwidth in saved_links:
-                link.bandwidth_mbps = bandwidth
+            for link, bandwidth, delay in saved_links:
+                link.bandwidth_mbps, link.delay_ms = bandwidth, delay
+            self._tightening = False
 
     # ---- running ----------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None, chunks: int = 100) -> RunResult:
@@ -415,7 +428,7 @@ class Simulation:
         elif request.stage == 1:
             link = self.links[split.link]
             self._account_link(link, app.index, job.arrival, now, job.work)
-            delay = link.spec.delay_ms / 1000.0
+            delay = link.delay_ms / 1000.0
             self.env.timeout(delay).callbacks.append(lambda _e: self._start_server(request))
         else:
             server = self.devices[split.server]
@@ -549,6 +562,11 @@ class Simulation:
             link = self.links[event.target]
             link.bandwidth_mbps = value
             link.sim_device.set_speed(value / link.spec.bandwidth_mbps)
+            self.topology.edges[link.spec.source, link.spec.target]["bandwidth_mbps"] = value
+        elif event.kind == "delay":
+            link = self.links[event.target]
+            link.delay_ms = value
+            self.topology.edges[link.spec.source, link.spec.target]["delay_ms"] = value
         self.budget_events.append({"t": round(now, 6), "kind": event.kind, "target": event.target, "value": value})
 
     def _decide(self, now: float, reason: str) -> None:

@@ -48,7 +48,7 @@ POLICIES = {
 }
 INTERRUPT_SUFFIX = "+interrupt"  # e.g. "nested+interrupt": answer from the last exit passed at the deadline
 
-EVENT_KINDS = ("background", "speed", "memory", "macs_budget", "bandwidth", "rate")
+EVENT_KINDS = ("background", "speed", "memory", "macs_budget", "bandwidth", "delay", "rate")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -247,12 +247,19 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
     link_names = _unique([link.name for link in links], "links", top)
     apps = tuple(_app(item, f"apps[{i}]", source, device_names, link_names)
                  for i, item in enumerate(top.sequence("apps")))
+    links_by_name = {link.name: link for link in links}
+    for i, app in enumerate(apps):
+        if app.split is not None:
+            link = links_by_name[app.split.link]
+            if (link.source, link.target) != (app.device, app.split.server):
+                top.fail(f"link {link.name!r} goes {link.source} -> {link.target}, not from the app's device "
+                         f"{app.device!r} to the server {app.split.server!r}", f"apps[{i}].split.link")
     if not apps:
         top.fail("needs at least one app", "apps")
     app_names = _unique([a.name for a in apps], "apps", top)
     duration = top.number("duration_s", positive=True)
     targets = {"background": device_names, "speed": device_names, "memory": device_names,
-               "macs_budget": app_names, "bandwidth": link_names, "rate": app_names}
+               "macs_budget": app_names, "bandwidth": link_names, "delay": link_names, "rate": app_names}
     events = tuple(sorted((_event(item, f"events[{i}]", source, targets, duration)
                            for i, item in enumerate(top.sequence("events", required=False))),
                           key=lambda e: e.at_s))
@@ -357,9 +364,9 @@ def _event(data: object, where: str, source: str, targets: dict[str, set], durat
         r.fail(f"an event sets exactly one of {', '.join(EVENT_KINDS)}, got {kinds or 'none'}")
     kind = kinds[0]
     target_key = {"background": "device", "speed": "device", "memory": "device", "macs_budget": "app",
-                  "bandwidth": "link", "rate": "app"}[kind]
+                  "bandwidth": "link", "delay": "link", "rate": "app"}[kind]
     value_key = {"background": "share", "speed": "scale", "memory": "used_mb", "macs_budget": "macs",
-                 "bandwidth": "bandwidth_mbps", "rate": "rate_hz"}[kind]
+                 "bandwidth": "bandwidth_mbps", "delay": "delay_ms", "rate": "rate_hz"}[kind]
     body = _Reader(r.data[kind], f"{where}.{kind}", source, (target_key, value_key))
     target = body.string(target_key)
     if target not in targets[kind]:
@@ -370,6 +377,8 @@ def _event(data: object, where: str, source: str, targets: dict[str, set], durat
         value = body.number(value_key, minimum=0)
     elif kind == "macs_budget":
         value = body.number(value_key, optional=True, positive=True)
+    elif kind == "delay":
+        value = body.number(value_key, minimum=0)
     else:
         value = body.number(value_key, positive=True)
     return Event(at, kind, target, value)

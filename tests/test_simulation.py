@@ -195,6 +195,39 @@ def test_split_execution_uses_the_link_and_the_server(catalog):
     assert int(chosen["option"][1:].split("w")[0]) <= scenario.apps[0].split.at_depth  # stays on the phone
 
 
+def test_topology_routes_and_prices_transfers():
+    from simulator.topology import build_topology, route, transfer_seconds
+
+    scenario = load_scenario(ROOT / "scenarios" / "edge_server.yaml")
+    graph = build_topology(scenario)
+    assert set(graph.nodes) == {"phone", "server"} and graph.nodes["server"]["profile"] == "datacenter-gpu"
+    links = route(graph, "phone", "server")
+    assert links == ["uplink"]
+    assert transfer_seconds(graph, links, 125_000) == pytest.approx(125_000 * 8 / 100e6 + 0.008)
+    with pytest.raises(ScenarioError, match="no network path"):
+        route(graph, "server", "phone")
+
+
+def test_split_link_must_join_device_and_server():
+    data = {**BASE, "devices": BASE["devices"] + [{"name": "s", "profile": "datacenter-gpu"}],
+            "links": [{"name": "up", "source": "s", "target": "d", "bandwidth_mbps": 10}],
+            "apps": [{**BASE["apps"][0], "split": {"server": "s", "link": "up", "at_depth": 4}}]}
+    with pytest.raises(ScenarioError, match="apps\\[0\\].split.link: link 'up' goes s -> d"):
+        parse_scenario(data, "x.yaml")
+
+
+def test_delay_event_slows_the_split_path(catalog):
+    scenario = _short("edge_server", 20.0)
+    from simulator.scenario import Event
+
+    slow = replace(scenario, events=(Event(1.0, "delay", "uplink", 500.0),))
+    fast_p99 = simulate(scenario, "static_largest", catalog)
+    slow_run = simulate(slow, "static_largest", catalog)
+    late = lambda r: sum(s.answered - s.on_time for s in r.stats.values())  # noqa: E731
+    assert late(slow_run) > late(fast_p99)
+    assert slow_run.budget_events[0]["kind"] == "delay"
+
+
 def test_report_pictures_and_errors(catalog, tmp_path):
     scenario = _short("phone", 10.0, policies=("nested", "static_largest"))
     out = write_results([simulate(scenario, p, catalog) for p in scenario.policies], scenario, tmp_path / "r")
