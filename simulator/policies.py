@@ -13,6 +13,8 @@ change, and, for per-request policies, which option this request runs.
 * ``nested_reactive``: the nested allocation, and per request a smaller
   option inside the resident slice when the requests in flight leave too
   little slack for the allocated one.
+* ``nested_per_request``: SuperServe's per-request rule below, over every
+  option of the nested family instead of the plain sub-networks.
 * ``static_largest``: the full sub-network, always.
 * ``static_smallest``: chosen once, for the tightest state the scenario ever
   reaches (lowest share, least memory, highest rates, lowest compute budget).
@@ -36,7 +38,7 @@ import numpy as np
 from scheduler.allocate import SharedDevice, Tenant, allocate, allocation_fits
 from scheduler.budget import Budget
 from scheduler.errors import InfeasibleBudget
-from scheduler.options import NO_EXIT, OptionTable
+from scheduler.options import OptionTable
 from scheduler.select import scheduler_for
 from scheduler.switching import NESTED_SWITCH, ZooSwitchCost
 from simulator.scenario import INTERRUPT_SUFFIX, POLICIES
@@ -279,13 +281,15 @@ class StaticSmallestPolicy(AllocatingPolicy):
 class SuperServePolicy(Policy):
     name = "superserve"
     per_request = True
+    ladder_family = "no_exits"  # SuperServe serves weight-shared sub-networks without exits
 
     def setup(self, sim):
         table: OptionTable = sim.table
         self._ladders = {}
         for device_name, state in sim.devices.items():
             costs = table.devices[state.spec.profile]
-            ladder = _staircase(np.flatnonzero(table.policy == NO_EXIT), costs.expected_ms, table.accuracy)
+            ladder = _staircase(np.flatnonzero(table.family_mask(self.ladder_family)), costs.expected_ms,
+                                table.accuracy)
             self._ladders[device_name] = (ladder, costs.expected_ms[ladder] / 1000.0, table.memory[ladder])
 
     def decide(self, sim, now, reason):
@@ -319,7 +323,17 @@ def _staircase(rows: np.ndarray, expected_ms: np.ndarray, accuracy: np.ndarray) 
     return np.array(ladder, dtype=np.int64)
 
 
-_POLICY_CLASSES = {cls.name: cls for cls in (NestedPolicy, NestedReactivePolicy, DepthOnlyPolicy, WidthOnlyPolicy, StaticLargestPolicy,
+class NestedPerRequestPolicy(SuperServePolicy):
+    """SuperServe's per-request rule over the whole nested family (every depth,
+    width and exit setting, ranked by expected latency): the same rule on a
+    larger option set, to isolate what the family adds."""
+
+    name = "nested_per_request"
+    ladder_family = "nested"
+
+
+_POLICY_CLASSES = {cls.name: cls for cls in (NestedPolicy, NestedReactivePolicy, NestedPerRequestPolicy,
+                                               DepthOnlyPolicy, WidthOnlyPolicy, StaticLargestPolicy,
                                                StaticSmallestPolicy, ZooPolicy, SuperServePolicy, OraclePolicy)}
 assert set(_POLICY_CLASSES) == set(POLICIES)
 

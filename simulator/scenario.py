@@ -38,6 +38,7 @@ from simulator.workloads import Arrivals
 POLICIES = {
     "nested": "the nested scheduler: any depth, width and calibrated exits (allocate / select_subnet)",
     "nested_reactive": "the nested allocation, downgraded per request inside the resident slice when slack is short",
+    "nested_per_request": "SuperServe's per-request rule over the whole nested family (depths, widths, exits)",
     "depth_only": "a conventional anytime network: full width, any depth, exits",
     "width_only": "a slimmable network: full depth, any width, no exits",
     "static_largest": "the full sub-network, always",
