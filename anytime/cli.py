@@ -125,9 +125,9 @@ def _cmd_exits(args: argparse.Namespace) -> int:
         print(f"{r.policy:10s} {100 * r.val_accuracy:8.2f} {100 * r.test_accuracy:9.2f} "
               f"{r.test_expected_macs / 1e6:14.2f} {100 * r.macs_fraction:7.1f}%")
     if refinement is not None:
-        print(f"{'widen ' + refinement.narrow + '>w' + str(refinement.wider):10s} {100 * refinement.val_accuracy:8.2f} "
-              f"{100 * refinement.test_accuracy:9.2f} {refinement.test_expected_macs / 1e6:14.2f} "
-              f"{100 * refinement.macs_fraction:7.1f}%   (width refinement, margin < {refinement.margin_threshold:.3f})")
+        print(f"{'widths':10s} {100 * refinement.val_accuracy:8.2f} {100 * refinement.test_accuracy:9.2f} "
+              f"{refinement.test_expected_macs / 1e6:14.2f} {100 * refinement.macs_fraction:7.1f}%   (width refinement "
+              f"{refinement.name}: widen while the margin < {refinement.margin_threshold:.3f})")
     print(f"full {spec}: test accuracy {100 * results[0].full_test_accuracy:.2f}%, {results[0].full_macs / 1e6:.2f} M MACs")
     if "hinge_vs_cross_entropy" in report:
         print("decision gates at equal expected MACs (test accuracy %): hinge vs cross-entropy")

@@ -225,26 +225,90 @@ def width_refinement(catalog: Catalog, spec: SubnetSpec, wider: int, margin_thre
     models.  Returns (accuracy, expected MACs)."""
     if not spec.width < wider <= catalog.widths:
         raise CatalogError(f"refinement width {wider} must exceed {spec.width} and be at most {catalog.widths}")
+    return width_ladder(catalog, spec.depth, (spec.width, wider), margin_threshold, split)
+
+
+def _ladder_arrays(catalog: Catalog, depth: int, widths: tuple[int, ...], split: str):
+    """Per-step margins and correctness ``[N, K]`` and the MACs of stopping at
+    each step ``[K]``: the widest slice computed so far plus every narrower
+    head evaluated on the way."""
     traces = catalog.traces[split]
-    d = spec.depth - 1
-    narrow_right = traces.correct[:, d, spec.width - 1]
-    wide_right = traces.correct[:, d, wider - 1]
-    # in float64: a Python float against the float16 margins would be rounded to float16
-    widen = traces.margin[:, d, spec.width - 1].astype(np.float64) < margin_threshold
-    base = catalog.costs["macs"][d, spec.width - 1]
-    extra = catalog.costs["macs"][d, wider - 1] - base  # the new groups' layers and head only
-    accuracy = np.where(widen, wide_right, narrow_right).mean()
-    return float(accuracy), float(base + extra * widen.mean())
+    d, w = depth - 1, np.asarray(widths) - 1
+    margin = traces.margin[:, d, w].astype(np.float64)  # float64: a Python float vs float16 would round
+    correct = traces.correct[:, d, w]
+    head = catalog.costs["head_macs"][d, w].astype(np.float64)
+    cost = catalog.costs["macs"][d, w].astype(np.float64) + np.concatenate([[0.0], np.cumsum(head[:-1])])
+    return margin, correct, cost
+
+
+def _check_ladder(catalog: Catalog, widths: tuple[int, ...]) -> None:
+    if len(widths) < 2 or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 \
+            or widths[-1] > catalog.widths:
+        raise CatalogError(f"a width ladder is 2 or more increasing widths within 1..{catalog.widths}, got {widths}")
+
+
+def width_ladder(catalog: Catalog, depth: int, widths: tuple[int, ...], margin_threshold: float,
+                 split: str = "val") -> tuple[float, float]:
+    """Flexible ensemble's metareasoner over width groups: run the slice of
+    ``widths[0]`` groups at ``depth``; while the answer's margin is below
+    ``margin_threshold``, add groups up to the next width of the ladder (only
+    the new groups are computed); the last width always answers.  Returns
+    (accuracy, expected MACs) on ``split``."""
+    _check_ladder(catalog, widths)
+    margin, correct, cost = _ladder_arrays(catalog, depth, widths, split)
+    confident = margin >= margin_threshold
+    confident[:, -1] = True
+    stop = confident.argmax(axis=1)
+    rows = np.arange(len(stop))
+    return float(correct[rows, stop].mean()), float(cost[stop].mean())
+
+
+def _ladder_sweep(margin: np.ndarray, correct: np.ndarray, cost: np.ndarray):
+    """Accuracy and expected cost for every distinct threshold, exactly.
+
+    A sample stops at the first step whose running-maximum margin reaches the
+    threshold.  Lowering the threshold past a sample's running maximum at
+    step k moves its stop to k; processing those events in descending order
+    keeps the totals up to date in O(NK log NK).  Returns the thresholds
+    (+inf, never stop early, then each event value, descending) with the
+    accuracy and expected cost at each."""
+    n, k = margin.shape
+    running = np.maximum.accumulate(margin[:, :-1], axis=1) if k > 1 else np.empty((n, 0))
+    rises = np.ones_like(running, dtype=bool)
+    rises[:, 1:] = running[:, 1:] > running[:, :-1]
+    sample, step = np.nonzero(rises)
+    value = running[sample, step]
+    order = np.lexsort((step, -value))  # descending value; ties: the earlier step last wins
+    sample, step, value = sample[order], step[order], value[order]
+    stop = np.full(n, k - 1)
+    right = int(correct[:, -1].sum())
+    total = cost[-1] * n
+    thresholds, accuracy, expected = [np.inf], [right / n], [total / n]
+    i = 0
+    while i < len(value):
+        j = i
+        while j < len(value) and value[j] == value[i]:
+            s_, k_ = sample[j], step[j]
+            if k_ < stop[s_]:
+                right += int(correct[s_, k_]) - int(correct[s_, stop[s_]])
+                total += cost[k_] - cost[stop[s_]]
+                stop[s_] = k_
+            j += 1
+        thresholds.append(value[i])
+        accuracy.append(right / n)
+        expected.append(total / n)
+        i = j
+    return np.asarray(thresholds), np.asarray(accuracy), np.asarray(expected)
 
 
 @dataclass(frozen=True)
 class RefinementResult:
-    """Width refinement calibrated on val (the cheapest narrow width and
-    margin threshold within the tolerance), reported on test."""
+    """A width ladder calibrated on val (the cheapest ladder and margin
+    threshold within the tolerance), reported on test."""
 
-    narrow: str  # e.g. "d16w4"
-    wider: int
-    margin_threshold: float
+    depth: int
+    ladder: tuple[int, ...]  # widths, narrowest first
+    margin_threshold: float  # continue widening while the margin is below it
     val_accuracy: float
     test_accuracy: float
     test_expected_macs: float
@@ -255,39 +319,39 @@ class RefinementResult:
     def macs_fraction(self) -> float:
         return self.test_expected_macs / self.full_macs
 
+    @property
+    def name(self) -> str:
+        return f"d{self.depth}w" + ">".join(str(w) for w in self.ladder)
 
-def calibrate_width_refinement(catalog: Catalog, spec: SubnetSpec, tolerance: float) -> RefinementResult:
-    """For every narrower width c at ``spec``'s depth, the margin threshold
-    (searched over the observed val margins) whose val accuracy is at least
-    the full width's minus ``tolerance`` at the least expected MACs; the
-    cheapest (c, threshold) is reported on test."""
-    d, wider = spec.depth - 1, spec.width
-    full_val = float(catalog.traces["val"].correct[:, d, wider - 1].mean())
+
+def calibrate_width_refinement(catalog: Catalog, spec: SubnetSpec, tolerance: float,
+                               max_steps: int | None = None) -> RefinementResult:
+    """Every ladder of increasing widths ending at ``spec``'s width (up to
+    ``max_steps`` widths; all by default), each with its exact best margin
+    threshold on val (val accuracy at least the full width's minus
+    ``tolerance``, least expected MACs); the cheapest is reported on test."""
+    from itertools import combinations
+
+    d, top = spec.depth - 1, spec.width
+    if top < 2:
+        raise CatalogError(f"{spec} has a single width: nothing to refine")
+    full_val = float(catalog.traces["val"].correct[:, d, top - 1].mean())
     best = None
-    traces = catalog.traces["val"]
-    for width in range(1, wider):
-        # widening the k least confident samples: accuracy for every k at once (exact, O(n log n));
-        # MACs grow with k, so the first k that meets the target is the cheapest
-        margin = traces.margin[:, d, width - 1].astype(np.float64)
-        order = np.argsort(margin, kind="stable")
-        narrow_right = traces.correct[order, d, width - 1].astype(np.int64)
-        gain = traces.correct[order, d, wider - 1].astype(np.int64) - narrow_right
-        accuracy = (narrow_right.sum() + np.concatenate([[0], np.cumsum(gain)])) / len(order)
-        # k samples widened <=> threshold just above the k-th smallest margin; ties widen together
-        sorted_margin = margin[order]
-        thresholds = np.concatenate([[-np.inf], sorted_margin]) + 1e-9
-        valid = np.concatenate([[True], sorted_margin[:-1] < sorted_margin[1:], [True]])
-        ok = np.flatnonzero((accuracy >= full_val - tolerance) & valid)
-        if len(ok) == 0:
-            continue
-        threshold = float(thresholds[ok[0]])
-        val_accuracy, macs = width_refinement(catalog, SubnetSpec(spec.depth, width), wider, threshold, "val")
-        if best is None or macs < best[2]:
-            best = (width, threshold, macs, val_accuracy)
+    longest = min(max_steps or top, top)
+    for size in range(1, longest):
+        for narrower in combinations(range(1, top), size):
+            ladder = narrower + (top,)
+            thresholds, accuracy, cost = _ladder_sweep(*_ladder_arrays(catalog, spec.depth, ladder, "val"))
+            ok = np.flatnonzero(accuracy >= full_val - tolerance)
+            if len(ok) == 0:
+                continue
+            i = ok[np.argmin(cost[ok])]
+            if best is None or cost[i] < best[2]:
+                best = (ladder, float(thresholds[i]), float(cost[i]), float(accuracy[i]))
     if best is None:
-        raise CatalogError(f"no width refinement of {spec} meets the tolerance {tolerance}")
-    width, threshold, _, val_accuracy = best
-    test_accuracy, test_macs = width_refinement(catalog, SubnetSpec(spec.depth, width), wider, threshold, "test")
-    return RefinementResult(f"d{spec.depth}w{width}", wider, threshold, val_accuracy, test_accuracy, test_macs,
-                            float(catalog.traces["test"].correct[:, d, wider - 1].mean()),
-                            float(catalog.costs["macs"][d, wider - 1]))
+        raise CatalogError(f"no width ladder of {spec} meets the tolerance {tolerance}")
+    ladder, threshold, _, val_accuracy = best
+    test_accuracy, test_macs = width_ladder(catalog, spec.depth, ladder, threshold, "test")
+    return RefinementResult(spec.depth, ladder, threshold, val_accuracy, test_accuracy, test_macs,
+                            float(catalog.traces["test"].correct[:, d, top - 1].mean()),
+                            float(catalog.costs["macs"][d, top - 1]))

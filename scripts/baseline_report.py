@@ -75,7 +75,7 @@ def main() -> None:
                   f"{result.test_expected_macs / 1e6:.2f} | {100 * result.macs_fraction:.1f}% |")
         if catalog.widths > 1:
             refinement = calibrate_width_refinement(catalog, full, args.tolerance)
-            print(f"| {name} | width refinement {refinement.narrow} -> w{refinement.wider} | "
+            print(f"| {name} | width refinement {refinement.name} | "
                   f"{100 * refinement.test_accuracy:.2f}% | {refinement.test_expected_macs / 1e6:.2f} | "
                   f"{100 * refinement.macs_fraction:.1f}% |")
 

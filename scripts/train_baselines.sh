@@ -2,14 +2,18 @@
 # Train the baselines of issue 7 one after another, each resumable (rerun this
 # script after an interruption: finished runs are skipped, the current one
 # resumes from its last epoch).  Same epochs, seed, data and augmentation as the
-# shipped nested net (32 epochs, seed 0).  THREADS=1 leaves a core free.
+# shipped nested net (32 epochs, seed 0; the ensemble members use seeds 1-3).
+# THREADS=1 leaves a core free.  With arguments, only the runs named.
+# Usage: scripts/train_baselines.sh [NAME ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-1}
 epochs=${EPOCHS:-32}
 root=${ROOT:-runs/baselines}
+wanted=("$@")
 run() {  # run NAME NET [extra args...]
   local name=$1 net=$2; shift 2
+  if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then return 0; fi
   local out="$root/$name"
   if [ -f "$out/$name.pt" ]; then echo "done: $name"; return 0; fi
   local resume=(); [ -f "$out/checkpoint.pt" ] && resume=(--resume)

@@ -91,7 +91,8 @@ def test_width_refinement_costs_between(trained):
     never_accuracy, never_macs = width_refinement(catalog, spec, 2, margin_threshold=-1.0)
     always_accuracy, always_macs = width_refinement(catalog, spec, 2, margin_threshold=2.0)
     assert never_macs == catalog.cost("macs", spec)
-    assert always_macs == catalog.cost("macs", SubnetSpec(catalog.depths, 2))
+    # widened: the wide slice plus the narrow head evaluated first
+    assert always_macs == catalog.cost("macs", SubnetSpec(catalog.depths, 2)) + catalog.cost("head_macs", spec)
     assert always_accuracy == pytest.approx(catalog.accuracy("val")[-1, 1])
     with pytest.raises(CatalogError):
         width_refinement(catalog, spec, 1, 0.5)
@@ -113,9 +114,28 @@ def test_width_refinement_calibration_is_the_cheapest_that_meets_the_target(trai
             accuracy, macs = width_refinement(catalog, narrow, catalog.widths, float(threshold))
             if accuracy >= full_val - tolerance - 1e-12:
                 best = min(best, macs)
-    _, chosen_macs = width_refinement(catalog, SubnetSpec(catalog.depths, int(result.narrow.split("w")[1])),
-                                      catalog.widths, result.margin_threshold)
+    assert result.ladder == (1, 2)  # the only ladder of a 2-width net
+    _, chosen_macs = width_refinement(catalog, SubnetSpec(catalog.depths, 1), catalog.widths,
+                                      result.margin_threshold)
     assert chosen_macs == pytest.approx(best)
+
+
+def test_ladder_sweep_matches_direct_evaluation():
+    """The incremental sweep gives, at every threshold, what evaluating the
+    ladder directly gives (random margins, 3 steps)."""
+    from anytime.exits import _ladder_sweep
+
+    rng = np.random.default_rng(1)
+    margin = np.round(rng.random((300, 3)), 2)  # rounded: many ties
+    correct = rng.random((300, 3)) < np.array([0.5, 0.7, 0.9])
+    cost = np.array([1.0, 2.5, 4.0])
+    thresholds, accuracy, expected = _ladder_sweep(margin, correct, cost)
+    for t, a, c in zip(thresholds, accuracy, expected):
+        confident = margin >= t
+        confident[:, -1] = True
+        stop = confident.argmax(1)
+        assert a == pytest.approx(correct[np.arange(300), stop].mean())
+        assert c == pytest.approx(cost[stop].mean())
 
 
 def test_hinge_gates_lower_their_loss_and_beat_chance():
