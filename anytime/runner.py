@@ -12,6 +12,11 @@ calibrated on.
 With a wall-clock ``deadline_s`` it is an anytime predictor: when time is up,
 each sample still running returns the answer of the last exit it passed
 (``answered`` is False only for a sample that passed none).
+
+``WidthLadderRunner`` executes flexible ensemble's metareasoner on the width
+groups: the narrow slice for the whole batch, then, for the samples whose
+margin stays below the threshold, only the next groups (``DNNet.widen``),
+until the last width of the ladder answers.
 """
 
 from __future__ import annotations
@@ -140,3 +145,58 @@ class AnytimeRunner:
         depth_index = (exit_depth - 1).clamp_min(0).numpy()
         macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
         return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy())
+
+
+@dataclass
+class LadderResult:
+    prediction: np.ndarray  # [B] int64
+    width: np.ndarray  # [B] the width that answered
+    macs: np.ndarray  # [B] MACs spent on each sample
+
+
+class WidthLadderRunner:
+    """Executes a width ladder (``anytime.exits.width_ladder``) at one depth."""
+
+    def __init__(self, model: DNNet, depth: int, ladder: tuple[int, ...], margin_threshold: float,
+                 catalog: Catalog):
+        from anytime.exits import _ladder_arrays, _check_ladder
+
+        _check_ladder(catalog, ladder)
+        SubnetSpec(depth, ladder[-1]).check_within(model.depths, model.widths)
+        self.model, self.depth, self.ladder = model.eval(), depth, tuple(ladder)
+        self.threshold = float(margin_threshold)
+        self.step_macs = _ladder_arrays(catalog, depth, ladder, "test")[2]
+        self.codebook = torch.as_tensor(catalog.codebooks["margin"]) if "margin" in catalog.codebooks else None
+        self._weights: dict = {}  # sliced weights, built on first use
+
+    def _margin(self, logits: torch.Tensor) -> torch.Tensor:
+        top2 = logits.softmax(-1).topk(2, dim=-1).values
+        margin = (top2[:, 0] - top2[:, 1]).half().float()  # as traced, then as stored
+        if self.codebook is None:
+            return margin
+        codes = torch.searchsorted(self.codebook, margin.contiguous(), right=True) - 1
+        return self.codebook[codes.clamp(0, len(self.codebook) - 1)]
+
+    @torch.inference_mode()
+    def run(self, images: torch.Tensor) -> LadderResult:
+        """Classify a batch of float images in [0, 1]."""
+        batch = len(images)
+        prediction = torch.zeros(batch, dtype=torch.long)
+        step = torch.zeros(batch, dtype=torch.long)
+        running = torch.arange(batch)
+        state = self.model.width_state(images, self.depth, self.ladder[0])
+        for k, width in enumerate(self.ladder):
+            if k:
+                state = self.model.widen(state, width, cache=self._weights)
+            logits = self.model.state_logits(state)
+            prediction[running] = logits.argmax(-1)
+            step[running] = k
+            if k == len(self.ladder) - 1:
+                break
+            unsure = self._margin(logits) < self.threshold
+            if not unsure.any():
+                break
+            running = running[unsure]
+            state = state.select(unsure.nonzero().squeeze(1))
+        steps = step.numpy()
+        return LadderResult(prediction.numpy(), np.asarray(self.ladder)[steps], self.step_macs[steps])

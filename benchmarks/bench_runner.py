@@ -9,6 +9,7 @@ MAC saving the catalog predicts for the same images, to show how close time
 comes to MACs.
 
     python benchmarks/bench_runner.py [--policy margin] [--images 1024] [--threads 2]
+    python benchmarks/bench_runner.py --widths [--tolerance 0.005]   # the calibrated width ladder
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from _common import report, side_by_side  # noqa: E402
 
 from anytime.calibrate import fit_scorers  # noqa: E402
 from anytime.catalog import load_catalog  # noqa: E402
-from anytime.exits import calibrate_for_accuracy, evaluate_thresholds, no_exit, path_traces  # noqa: E402
-from anytime.runner import AnytimeRunner  # noqa: E402
+from anytime.exits import (calibrate_for_accuracy, calibrate_width_refinement, evaluate_thresholds,  # noqa: E402
+                           no_exit, path_traces)
+from anytime.runner import AnytimeRunner, WidthLadderRunner  # noqa: E402
 from nets import SubnetSpec, create_net  # noqa: E402
 from nets.data import load_cifar10, to_float  # noqa: E402
 
@@ -40,17 +42,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip")
+    parser.add_argument("--widths", action="store_true", help="time the calibrated width ladder instead of exits")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     catalog = load_catalog(args.catalog)
     model = create_net(catalog.net, pretrained=True)
     data = load_cifar10(args.data, cache_dir="data/cache")
-    scorers = fit_scorers(model, data, catalog, progress=False) if args.policy in ("gate", "support") else None
     spec = SubnetSpec(catalog.depths, catalog.widths)
-    val_path = path_traces(catalog, spec, args.policy, "val")
-    thresholds = calibrate_for_accuracy(val_path, evaluate_thresholds(val_path, no_exit(spec.depth))[0] - args.tolerance)
-    runner = AnytimeRunner(model, spec, args.policy, thresholds, catalog,
-                           gates=scorers.gates if scorers else None, support=scorers.support if scorers else None)
+    if args.widths:
+        ladder = calibrate_width_refinement(catalog, spec, args.tolerance)
+        runner = WidthLadderRunner(model, spec.depth, ladder.ladder, ladder.margin_threshold, catalog)
+        thresholds, label = [ladder.margin_threshold], f"width ladder {ladder.name}"
+    else:
+        scorers = fit_scorers(model, data, catalog, progress=False) if args.policy in ("gate", "support") else None
+        val_path = path_traces(catalog, spec, args.policy, "val")
+        thresholds = calibrate_for_accuracy(val_path,
+                                            evaluate_thresholds(val_path, no_exit(spec.depth))[0] - args.tolerance)
+        runner = AnytimeRunner(model, spec, args.policy, thresholds, catalog,
+                               gates=scorers.gates if scorers else None, support=scorers.support if scorers else None)
+        label = f"exits ({args.policy})"
     full = model.extract(spec).eval()
     images = to_float(data.test_images[: args.images])
     result = {}
@@ -68,11 +78,11 @@ def main() -> None:
 
         side_by_side({"a": with_exits, "b": without_exits}, 1)
         times = side_by_side({"runner_with_exits": with_exits, "full_without_exits": without_exits}, args.rounds)
-        result[f"batch{batch}"] = report(f"runner vs full sub-network, batch {batch}, {args.images} images", times,
-                                         "full_without_exits")
+        result[f"batch{batch}"] = report(f"{label} vs full sub-network, batch {batch}, {args.images} images",
+                                         times, "full_without_exits")
     macs = np.concatenate([runner.run(x).macs for x in images.split(64)])
     full_macs = catalog.cost("macs", spec)
-    print({"policy": args.policy, "thresholds": [round(float(t), 4) for t in thresholds],
+    print({"runner": label, "thresholds": [round(float(t), 4) for t in thresholds],
            "mac_fraction_of_full": round(float(macs.mean() / full_macs), 4),
            "time_fraction_batch1": round(result["batch1"]["ratio_to_full_without_exits"]["runner_with_exits"], 4),
            "time_fraction_batch64": round(result["batch64"]["ratio_to_full_without_exits"]["runner_with_exits"], 4)})

@@ -241,3 +241,81 @@ class DNNet(nn.Module):
 
     def config_dict(self) -> dict:
         return {"family": "dnnet", **self.config.to_dict()}
+
+    # ---- widening: add width groups to a computed slice ------------------------
+    def width_state(self, x: torch.Tensor, depth: int, width: int) -> "WidthState":
+        """Run the (depth, width) slice, keeping every activation that wider
+        groups will read (flexible ensemble's first member)."""
+        SubnetSpec(depth, width).check_within(self.depths, self.widths)
+        state = WidthState(depth, 0, self.normalize(x), None, [], [])
+        return self.widen(state, width)
+
+    def widen(self, state: "WidthState", width: int, cache: dict | None = None) -> "WidthState":
+        """Add the groups ``state.width + 1 .. width`` to every layer of the
+        slice: only the new output channels are computed (causality: they
+        read the old and new input channels), the old ones are reused.  The
+        result equals running the (depth, width) slice from scratch."""
+        if not state.width < width <= self.widths:
+            raise ValueError(f"cannot widen from {state.width} to {width} groups")
+        old, new = state.width, width
+
+        def weight(conv: CausalConv2d, out_lo: int, out_hi: int, in_hi: int) -> torch.Tensor:
+            key = (id(conv), out_lo, out_hi, in_hi)
+            if cache is not None and key in cache:
+                return cache[key]
+            w = conv.masked_weight(out_hi, in_hi)[out_lo:].contiguous()
+            if cache is not None:
+                cache[key] = w
+            return w
+
+        def bn(layer: nn.BatchNorm2d, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+            return F.batch_norm(h, layer.running_mean[lo:hi], layer.running_var[lo:hi], layer.weight[lo:hi],
+                                layer.bias[lo:hi], False, 0.0, layer.eps)
+
+        c_lo, c_hi = self.channels_at(0, old), self.channels_at(0, new)
+        stem_new = F.relu(bn(self.stem_bn, F.conv2d(state.inputs, weight(self.stem, c_lo, c_hi, None),
+                                                    None, self.stem.stride, self.stem.padding), c_lo, c_hi))
+        h = stem_new if state.stem is None else torch.cat([state.stem, stem_new], dim=1)
+        stem_out = h
+        mids, outs = [], []
+        for index in range(state.depth - 1):
+            block = self.blocks[index]
+            in_hi = h.shape[1]
+            lo, hi = self.channels_at(index + 1, old), self.channels_at(index + 1, new)
+            mid_new = F.relu(bn(block.bn1, F.conv2d(h, weight(block.conv1, lo, hi, in_hi), None, block.conv1.stride,
+                                                    block.conv1.padding), lo, hi))
+            mid = mid_new if old == 0 else torch.cat([state.mids[index], mid_new], dim=1)
+            out_new = bn(block.bn2, F.conv2d(mid, weight(block.conv2, lo, hi, hi), None, block.conv2.stride,
+                                             block.conv2.padding), lo, hi)
+            if block.proj is None:
+                shortcut = h[:, lo:hi]
+            else:
+                shortcut = bn(block.proj_bn, F.conv2d(h, weight(block.proj, lo, hi, in_hi), None, block.proj.stride,
+                                                      block.proj.padding), lo, hi)
+            out_new = F.relu(out_new + shortcut)
+            h = out_new if old == 0 else torch.cat([state.outs[index], out_new], dim=1)
+            mids.append(mid)
+            outs.append(h)
+        return WidthState(state.depth, new, state.inputs, stem_out, mids, outs)
+
+    def state_logits(self, state: "WidthState") -> torch.Tensor:
+        """Logits of the state's slice (the average of its group heads)."""
+        h = state.outs[-1] if state.outs else state.stem
+        return self.heads[state.depth - 1](h.mean(dim=(2, 3)), state.width)
+
+
+@dataclass
+class WidthState:
+    """Activations of a computed (depth, width) slice, for widening."""
+
+    depth: int
+    width: int
+    inputs: torch.Tensor  # normalised images
+    stem: torch.Tensor | None  # stem output, all computed channels
+    mids: list[torch.Tensor]  # per block: the first convolution's activated output
+    outs: list[torch.Tensor]  # per block: the block's output
+
+    def select(self, index: torch.Tensor) -> "WidthState":
+        """The same state for a subset of the batch."""
+        return WidthState(self.depth, self.width, self.inputs[index], self.stem[index],
+                          [m[index] for m in self.mids], [o[index] for o in self.outs])

@@ -203,6 +203,28 @@ def test_runner_reproduces_traces(trained, policy):
                                   path.cost[expected_exits][result.exit_depth - 1 == expected_exits])
 
 
+def test_width_ladder_runner_reproduces_traces(trained):
+    """Really widening (only the new groups computed) answers like the traces
+    say the calibrated ladder does: same widths, same predictions, same MACs."""
+    from anytime.exits import _ladder_arrays
+    from anytime.runner import WidthLadderRunner
+
+    model, data, catalog, _ = trained
+    depth, ladder = catalog.depths, (1, 2)
+    margin, _, cost = _ladder_arrays(catalog, depth, ladder, "test")
+    threshold = float(np.quantile(margin[:, 0], 0.5))
+    confident = margin >= threshold
+    confident[:, -1] = True
+    expected_step = confident.argmax(1)
+    result = WidthLadderRunner(model, depth, ladder, threshold, catalog).run(to_float(data.test_images))
+    same = result.width == np.asarray(ladder)[expected_step]
+    assert same.mean() >= 0.98, same.mean()
+    expected_prediction = catalog.traces["test"].prediction[np.arange(len(same)), depth - 1,
+                                                              np.asarray(ladder)[expected_step] - 1]
+    assert (result.prediction == expected_prediction).mean() >= 0.98
+    np.testing.assert_array_equal(result.macs[same], cost[expected_step][same])
+
+
 def test_runner_anytime_deadline(trained):
     model, data, catalog, _ = trained
     spec = SubnetSpec(catalog.depths, catalog.widths)

@@ -139,6 +139,31 @@ def test_batch_norm_statistics_are_width_independent():
             assert torch.equal(bn.running_mean[c:], torch.zeros(bn.num_features - c))
 
 
+@pytest.mark.parametrize("ladder", [(1, 2), (1, 3), (2, 3), (1, 2, 3)])
+def test_widening_equals_running_the_wider_slice(ladder):
+    """Adding groups to a computed slice (only the new channels computed)
+    gives the wider slice's logits exactly, at every depth, incl. the
+    projection shortcuts."""
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny", width_groups=3, stage_widths=(6, 12), blocks_per_stage=2)
+    _randomise_batch_norm(model)
+    model.eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        for depth in range(1, model.depths + 1):
+            state = model.width_state(x, depth, ladder[0])
+            torch.testing.assert_close(model.state_logits(state), model(x, SubnetSpec(depth, ladder[0])))
+            for width in ladder[1:]:
+                state = model.widen(state, width, cache={})
+                torch.testing.assert_close(model.state_logits(state), model(x, SubnetSpec(depth, width)),
+                                           atol=1e-5, rtol=1e-4)
+            subset = state.select(torch.tensor([0, 2]))
+            torch.testing.assert_close(model.state_logits(subset), model(x[[0, 2]], SubnetSpec(depth, ladder[-1])),
+                                       atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError):
+        model.widen(state, 1)
+
+
 def test_extract_is_plain_and_minimal(tiny):
     spec = SubnetSpec(2, 1)
     model = tiny.extract(spec)
