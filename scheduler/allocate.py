@@ -125,7 +125,8 @@ class Allocation:
     solve_seconds: float  # pruning, model building and solving
     solver_seconds: float  # CP-SAT's own wall time
     options_before_pruning: int
-    options_after_pruning: int
+    options_after_pruning: int  # after removing infeasible and dominated options
+    options_solved: int = 0  # left for CP-SAT after reduced-cost fixing
 
 
 _OPTION_CACHE: "OrderedDict[tuple[Tenant, SharedDevice], TenantOptions]" = OrderedDict()
@@ -176,25 +177,42 @@ def _capacity(device: SharedDevice) -> int | None:
     return None if device.memory_bytes is None else int(device.memory_bytes // MEMORY_UNIT)
 
 
-def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add, exactly_one, maximize):
+def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add, exactly_one, maximize,
+                 weighted_sum=None):
     """The multiple-choice model, written once for both solver APIs: one
     boolean per tenant and option, exactly one per tenant, a compute-and-
-    deadline row per tenant, a memory row, weighted accuracy to maximise."""
+    deadline row per tenant, a memory row, weighted accuracy to maximise.
+    ``weighted_sum(variables, coefficients)`` builds a linear expression in
+    one call where the API has it (CP-SAT's ``LinearExpr.WeightedSum`` is
+    several times faster than summing Python products)."""
+    if weighted_sum is None:
+        def weighted_sum(variables, coefficients):
+            return sum(int(c) * x for c, x in zip(coefficients, variables))
     chosen = [[new_bool(f"x_{t}_{i}") for i in range(len(r.index))] for t, r in enumerate(rows)]
     for variables in chosen:
         exactly_one(variables)
-    load = sum(int(u) * x for r, xs in zip(rows, chosen) for u, x in zip(r.utilisation, xs))
-    for r, xs in zip(rows, chosen):
-        add(load + sum(int(d) * x for d, x in zip(r.deadline_term, xs)) <= SCALE)
+    every = [x for xs in chosen for x in xs]
+    column = lambda field: [int(c) for r in rows for c in getattr(r, field)]  # noqa: E731
+    utilisation = column("utilisation")
+    for t, (r, xs) in enumerate(zip(rows, chosen)):
+        # the load of every tenant plus this tenant's own deadline term
+        coefficients = list(utilisation)
+        start = sum(len(q.index) for q in rows[:t])
+        for i, d in enumerate(r.deadline_term):
+            coefficients[start + i] += int(d)
+        add(weighted_sum(every, coefficients) <= SCALE)
     if capacity is not None:
-        add(sum(int(m) * x for r, xs in zip(rows, chosen) for m, x in zip(r.memory, xs)) <= capacity)
-    maximize(sum(int(v) * x for r, xs in zip(rows, chosen) for v, x in zip(r.value, xs)))
+        add(weighted_sum(every, column("memory")) <= capacity)
+    maximize(weighted_sum(every, column("value")))
     return chosen
 
 
 def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 2.0, workers: int = 2,
-             hints: Allocation | None = None, deterministic: bool = False) -> Allocation:
+             hints: Allocation | None = None, deterministic: bool = False, fixing: bool = True) -> Allocation:
     """Choose one option per tenant, maximising weighted expected accuracy.
+
+    ``fixing=False`` hands every surviving option to CP-SAT (the plain model,
+    kept as the benchmark's baseline and a cross-check).
 
     ``deterministic=True`` (the simulator's setting) runs one worker under a
     deterministic time limit of ``time_limit_s`` work units instead of wall
@@ -206,14 +224,49 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
         raise TenantError(f"tenant names must be unique, got {names}")
     started = time.perf_counter()
     rows = [tenant_options(t, device) for t in tenants]
-    model = cp_model.CpModel()
-    chosen = _build_model(rows, _capacity(device), model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize)
+    capacity = _capacity(device)
+    previous = None
     if hints is not None:
-        for tenant, r, xs in zip(tenants, rows, chosen):
-            previous = hints.choices.get(tenant.name)
-            if previous is not None:
+        previous = [hints.choices[t.name].option_row if t.name in hints.choices else None for t in tenants]
+    solver_seconds = 0.0
+    solve_rows = rows
+    # Reduced-cost fixing (exact): the LP relaxation bounds every option; an
+    # incumbent from the tightest options, then only the options whose bound
+    # can still reach the incumbent, go to CP-SAT.  Its optimum over those is
+    # the optimum over all: every better allocation lies among them.
+    bound, reduced = _lp_bound(rows, capacity) if fixing else (None, None)
+    if bound is not None:
+        tight = _restrict(rows, reduced >= -LP_SEED_GAP * max(abs(bound), 1.0))
+        status, picks, value, seconds = _solve(tight, capacity, time_limit_s, workers, deterministic, None)
+        solver_seconds += seconds
+        if picks is not None:
+            incumbent = [int(r.index[p]) for r, p in zip(tight, picks)]
+            solve_rows = _restrict(rows, bound + reduced >= value - 1e-6 * max(abs(bound), 1.0) - 0.5)
+            previous = previous if previous is not None else incumbent
+    status, picks, _, seconds = _solve(solve_rows, capacity, time_limit_s, workers, deterministic, previous)
+    solver_seconds += seconds
+    if picks is None:
+        raise InfeasibleBudget(f"no allocation fits {len(tenants)} tenants on {device.name} "
+                               f"(share {device.share}, memory {device.memory_bytes}): {status}", "latency_ms", "")
+    return _allocation(tenants, device, solve_rows, picks, status == "OPTIMAL", time.perf_counter() - started,
+                       solver_seconds, sum(len(r.index) for r in rows))
+
+
+LP_SEED_GAP = 0.0005  # the incumbent search keeps options within 0.05% of the LP bound
+
+
+def _solve(rows: list[TenantOptions], capacity: int | None, time_limit_s: float, workers: int, deterministic: bool,
+           hint_rows: list[int | None] | None) -> tuple[str, list[int] | None, float, float]:
+    """CP-SAT on the multiple-choice model: (status name, pick per tenant or
+    None, objective, solver wall seconds)."""
+    model = cp_model.CpModel()
+    chosen = _build_model(rows, capacity, model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize,
+                          cp_model.LinearExpr.WeightedSum)
+    if hint_rows is not None:
+        for r, xs, wanted in zip(rows, chosen, hint_rows):
+            if wanted is not None:
                 for row, x in zip(r.index, xs):
-                    model.AddHint(x, int(row == previous.option_row))
+                    model.AddHint(x, int(row == wanted))
     solver = cp_model.CpSolver()
     # measured on 8 tenants x ~2,600 options (benchmarks/bench_allocate.py): presolve probing
     # costs more than it saves on this multiple-choice shape (median 3.1 s -> 1.7 s, same optima)
@@ -227,15 +280,81 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
         solver.parameters.num_workers = workers
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise InfeasibleBudget(f"no allocation fits {len(tenants)} tenants on {device.name} "
-                               f"(share {device.share}, memory {device.memory_bytes}): "
-                               f"{solver.StatusName(status)}", "latency_ms", "")
+        return solver.StatusName(status), None, float("nan"), solver.WallTime()
     picks = [int(np.argmax([solver.Value(x) for x in xs])) for xs in chosen]
-    return _allocation(tenants, device, rows, picks, status == cp_model.OPTIMAL, time.perf_counter() - started,
-                       solver.WallTime())
+    return solver.StatusName(status), picks, solver.ObjectiveValue(), solver.WallTime()
 
 
-def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds) -> Allocation:
+def _restrict(rows: list[TenantOptions], keep: np.ndarray) -> list[TenantOptions]:
+    """The options with ``keep`` (flat over tenants), never leaving a tenant
+    empty (it keeps its best-bound option then)."""
+    out, offset = [], 0
+    for r in rows:
+        k = keep[offset: offset + len(r.index)].copy()
+        offset += len(r.index)
+        if not k.any():
+            k[:] = False
+            k[0] = True  # placeholder; the caller only uses this when all bounds are below the incumbent
+        out.append(TenantOptions(r.index[k], r.utilisation[k], r.deadline_term[k], r.memory[k], r.value[k]))
+    return out
+
+
+def _lp_bound(rows: list[TenantOptions], capacity: int | None) -> tuple[float | None, np.ndarray]:
+    """The LP relaxation's bound and every option's reduced cost, from the
+    Lagrangian dual: multipliers ``y_t`` on the tenants' load-and-deadline
+    rows and ``mu`` on memory give, for any y, mu >= 0,
+
+        L = sum_t max_j (v_j - Y u_j - y_t d_j - mu m_j) + S Y + mu C,  Y = sum_t y_t,
+
+    an upper bound on every allocation, and ``L + r_j`` (r_j <= 0: option j's
+    shortfall from its tenant's best) an upper bound on every allocation that
+    picks j.  The best multipliers come from the dual LP (GLOP); the bound is
+    then recomputed exactly from them, so it is valid whatever the LP's
+    rounding."""
+    from ortools.linear_solver import pywraplp
+
+    owner = np.concatenate([np.full(len(r.index), t) for t, r in enumerate(rows)])
+    u, d, m, v = (np.concatenate([getattr(r, f) for r in rows]).astype(np.float64)
+                  for f in ("utilisation", "deadline_term", "memory", "value"))
+    tenants = len(rows)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    if solver is None:
+        return None, np.zeros(len(v))
+    inf = solver.infinity()
+    y = [solver.NumVar(0, inf, f"y{t}") for t in range(tenants)]
+    total = solver.NumVar(0, inf, "Y")  # Y = sum of y: one coefficient per row instead of one per tenant
+    link = solver.RowConstraint(0, 0, "Y")
+    link.SetCoefficient(total, 1.0)
+    for yt in y:
+        link.SetCoefficient(yt, -1.0)
+    mu = solver.NumVar(0, inf, "mu") if capacity is not None else None
+    pi = [solver.NumVar(-inf, inf, f"pi{t}") for t in range(tenants)]
+    for j, (t, vj, uj, dj, mj) in enumerate(zip(owner.tolist(), v.tolist(), u.tolist(), d.tolist(), m.tolist())):
+        row = solver.RowConstraint(vj, inf, "")  # pi_t + Y u_j + y_t d_j + mu m_j >= v_j
+        row.SetCoefficient(pi[t], 1.0)
+        row.SetCoefficient(total, uj)
+        row.SetCoefficient(y[t], dj)
+        if mu is not None:
+            row.SetCoefficient(mu, mj)
+    objective = solver.Objective()
+    objective.SetCoefficient(total, float(SCALE))
+    if mu is not None:
+        objective.SetCoefficient(mu, float(capacity))
+    for p in pi:
+        objective.SetCoefficient(p, 1.0)
+    objective.SetMinimization()
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        return None, np.zeros(len(v))
+    y_values = np.maximum(np.array([x.solution_value() for x in y]), 0.0)
+    mu_value = max(mu.solution_value(), 0.0) if mu is not None else 0.0
+    score = v - y_values.sum() * u - y_values[owner] * d - mu_value * m
+    best = np.full(tenants, -np.inf)
+    np.maximum.at(best, owner, score)
+    bound = float(best.sum() + SCALE * y_values.sum() + mu_value * (capacity or 0))
+    return bound, score - best[owner]
+
+
+def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, before_fixing) -> Allocation:
     choices = {}
     rho = sum(r.utilisation[p] for r, p in zip(rows, picks)) / SCALE
     objective = 0.0
@@ -250,7 +369,7 @@ def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds) 
             quantile_ms / device.share / max(1e-12, 1 - rho), i)
         objective += tenant.weight * float(table.accuracy[i])
     before = sum(len(option_table(t.catalog)) for t in tenants)
-    return Allocation(choices, objective, optimal, float(rho), seconds, solver_seconds, before,
+    return Allocation(choices, objective, optimal, float(rho), seconds, solver_seconds, before, before_fixing,
                       sum(len(r.index) for r in rows))
 
 

@@ -153,26 +153,32 @@ class Frontier:
                                 f"({spec}, exits: {policy})", failing, str(spec))
 
 
-def _pareto(columns: np.ndarray) -> np.ndarray:
+def _pareto(columns: np.ndarray, block: int = 256) -> np.ndarray:
     """Rows not dominated by another row (<= in every column, all minimised);
     of identical rows only the first survives.
 
     Rows are visited in lexicographic order, in which any dominator comes
-    before the rows it dominates, so a row is dropped exactly when a row kept
-    earlier is <= it everywhere; the check runs against the kept rows only
-    (the frontier, usually a few hundred), so it is fast for thousands of rows.
+    before the rows it dominates, so a row is dropped exactly when an earlier
+    row is <= it everywhere (by transitivity, equivalently an earlier kept
+    row).  Vectorised by blocks of rows: each block is checked against the
+    rows kept so far and against its own earlier rows.
     """
+    n = len(columns)
     order = np.lexsort(columns.T[::-1])
-    keep = np.zeros(len(columns), dtype=bool)
-    kept = np.empty_like(columns, dtype=np.float64)
-    count = 0
-    for i in order:
-        row = columns[i]
-        if count and (kept[:count] <= row).all(axis=1).any():
-            continue
-        keep[i] = True
-        kept[count] = row
-        count += 1
+    ordered = np.asarray(columns, dtype=np.float64)[order]
+    keep_ordered = np.zeros(n, dtype=bool)
+    kept = ordered[:0]
+    for start in range(0, n, block):
+        rows = ordered[start:start + block]
+        dominated = np.zeros(len(rows), dtype=bool)
+        if len(kept):
+            dominated = (kept[None, :, :] <= rows[:, None, :]).all(axis=2).any(axis=1)
+        earlier = (rows[None, :, :] <= rows[:, None, :]).all(axis=2)  # [i, j]: row j <= row i
+        dominated |= np.tril(earlier, k=-1).any(axis=1)
+        keep_ordered[start:start + block] = ~dominated
+        kept = np.concatenate([kept, rows[~dominated]])
+    keep = np.zeros(n, dtype=bool)
+    keep[order[keep_ordered]] = True
     return keep
 
 
