@@ -22,9 +22,13 @@ change, and, for per-request policies, which option this request runs.
   latency, stretched by the jobs already running, fits the earliest deadline
   among the device's requests in flight (SuperServe, NSDI 2025).
 
-A split application (edge + server) is decided alone with ``select_subnet``
-on the server's profile, its deadline reduced by the worst-case edge time and
-feature transfer at the current bandwidth.
+A split application (edge + server) is decided alone: the more accurate of
+the best option that stays on the edge (depth up to the split point, the
+whole deadline) and the best split option (``select_subnet`` on the server's
+profile and share, the deadline reduced by the worst-case edge time and the
+feature transfer at the link's current bandwidth and delay).  The
+per-request rules price latency on the app's own device only, so they are
+not meant for split applications.
 """
 
 from __future__ import annotations
