@@ -44,15 +44,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=24e6)
     parser.add_argument("--tolerance", type=float, default=0.003)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/baselines"))
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="a baseline catalog stem instead of the shipped ones (repeatable)")
     args = parser.parse_args()
     nested = load_catalog()
     others = {}
-    for name, label in BASELINES.items():
-        stem = DATA / f"{name}.catalog"
-        if stem.with_suffix(".json").exists():
-            others[name] = load_catalog(stem)
+    stems = [Path(s) for s in args.baseline] or [DATA / f"{name}.catalog" for name in BASELINES]
+    for stem in stems:
+        if stem.with_name(stem.name + ".json").exists():
+            catalog = load_catalog(stem)
+            others[catalog.net] = catalog
         else:
-            print(f"(no catalog for {label} yet: {stem}.json)")
+            print(f"(no baseline catalog yet: {stem}.json)")
     args.out.mkdir(parents=True, exist_ok=True)
     figure = plot_budget(nested, args.out / "mac_budget_nested_vs_depth_only.png", args.budget, others=others)
 
