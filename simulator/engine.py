@@ -48,6 +48,8 @@ TIME_BINS = 200  # utilisation timeline resolution
 LATENCY_BINS = np.logspace(-5, 3, 801)  # 10 us .. 1000 s, 100 bins per decade (2.3% wide)
 _LOG_LO, _BINS_PER_DECADE = -5.0, 100.0
 _LAST_BIN = len(LATENCY_BINS)
+RATE_CHANGE = 0.25  # relative change of an app's observed rate that makes the scheduler decide again
+MIN_RATE_HZ = 0.1  # the scheduler's rate for an app that went quiet
 _log10 = math.log10
 DROP_REASONS = ("queue_full", "memory", "no_option")
 
@@ -127,6 +129,7 @@ class AppState:
         self.pending: deque[Request] = deque()  # in arrival order = deadline order (per-request policies)
         self.samples = samples.tolist()
         self.next_sample = 0
+        self.window_arrivals = 0  # arrivals since the last rate estimate
         self.gaps = gaps
         self.gap_scale = 1.0  # base rate / current rate
         self.stats = AppStats()
@@ -318,6 +321,8 @@ class Simulation:
         for at, events in moments.items():
             timer = self.env.timeout(at)
             timer.callbacks.append(lambda _e, events=events: self._apply_events(events))
+        if self.scenario.rate_window_s > 0:
+            self.env.timeout(self.scenario.rate_window_s).callbacks.append(self._estimate_rates)
         duration = self.scenario.duration_s
         for k in range(1, chunks + 1):
             self.env.run(until=duration * k / chunks)
@@ -357,6 +362,7 @@ class Simulation:
             self._schedule_arrival(app)
         stats = app.stats
         stats.arrived += 1
+        app.window_arrivals += 1
         if app.in_flight >= app.max_in_flight:
             stats.dropped["queue_full"] += 1
             return
@@ -532,6 +538,27 @@ class Simulation:
             row[b] += work * max(0.0, hi - lo) / span
 
     # ---- budget changes and decisions --------------------------------------
+    def _estimate_rates(self, _event=None) -> None:
+        """Every ``rate_window_s``: each app's arrival rate over the window;
+        where it differs from what the scheduler assumes by more than 25%,
+        the scheduler's rate is updated and it decides again (it sees rates,
+        not the arrival process)."""
+        window = self.scenario.rate_window_s
+        changed = []
+        for app in self.apps:
+            observed = app.window_arrivals / window
+            app.window_arrivals = 0
+            if abs(observed - app.rate_hz) > RATE_CHANGE * max(app.rate_hz, 1.0):
+                app.rate_hz = max(observed, MIN_RATE_HZ)
+                changed.append(f"{app.name} -> {app.rate_hz:.3g} Hz")
+        now = self.env.now
+        if changed:
+            self.budget_events.append({"t": round(now, 6), "kind": "rate_estimate", "target": ", ".join(changed),
+                                       "value": None})
+            self._decide(now, "rate estimate: " + ", ".join(changed))
+        if now + window <= self.scenario.duration_s:
+            self.env.timeout(window).callbacks.append(self._estimate_rates)
+
     def _apply_events(self, events: list) -> None:
         for event in events:
             self._apply_event(event)

@@ -125,6 +125,7 @@ class Scenario:
     decision_us: float = 10.0  # per-request decision time (measured select_subnet median)
     hysteresis: float = 0.005  # accuracy gain needed to switch before the dwell time is over
     min_dwell_s: float = 1.0
+    rate_window_s: float = 10.0  # the scheduler re-estimates each app's rate over this window (0: never)
     source: str = field(default="", compare=False)  # the file it came from
 
     def device(self, name: str) -> DeviceSpec:
@@ -238,7 +239,7 @@ def load_scenario(path: str | Path) -> Scenario:
 def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
     top = _Reader(data, "", source, ("name", "description", "duration_s", "seed", "catalog", "devices", "links",
                                      "apps", "events", "policies", "reallocation_ms", "decision_us", "hysteresis",
-                                     "min_dwell_s"))
+                                     "min_dwell_s", "rate_window_s"))
     devices = tuple(_device(item, f"devices[{i}]", source) for i, item in enumerate(top.sequence("devices")))
     if not devices:
         top.fail("needs at least one device", "devices")
@@ -273,7 +274,8 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
         reallocation_ms=top.number("reallocation_ms", 5.0, minimum=0),
         decision_us=top.number("decision_us", 10.0, minimum=0),
         hysteresis=top.number("hysteresis", 0.005, minimum=0, maximum=1),
-        min_dwell_s=top.number("min_dwell_s", 1.0, minimum=0), source=source)
+        min_dwell_s=top.number("min_dwell_s", 1.0, minimum=0),
+        rate_window_s=top.number("rate_window_s", 10.0, minimum=0), source=source)
 
 
 def parse_policies(policies: list, where: str) -> tuple[str, ...]:
@@ -340,6 +342,8 @@ def _app(data: object, where: str, source: str, devices: set, links: set) -> App
                             cv=a.number("cv", 1.0, positive=True), on_s=a.number("on_s", 1.0, positive=True),
                             off_s=a.number("off_s", 1.0, positive=True), trace=trace,
                             trace_column=a.string("trace_column", ""))
+        if arrivals.kind == "trace":
+            arrivals.mean_rate_hz  # reads the trace now: a missing or malformed file fails at load time
     except AnytimeError as exc:
         raise ScenarioError(f"{source}: {where}.arrivals: {exc}") from None
     split = None

@@ -53,6 +53,8 @@ class Arrivals:
     def mean_rate_hz(self) -> float:
         if self.kind == "onoff":
             return self.rate_hz * self.on_s / (self.on_s + self.off_s)
+        if self.kind == "trace":
+            return _trace_mean_rate(Path(self.trace), self.trace_column)
         return self.rate_hz
 
     def gaps(self, seed: int) -> Iterator[float]:
@@ -89,7 +91,16 @@ class Arrivals:
             yield from _trace_gaps(Path(self.trace), self.trace_column, rng)
 
 
-def _trace_gaps(path: Path, column: str, rng: np.random.Generator) -> Iterator[float]:
+def _trace_mean_rate(path: Path, column: str) -> float:
+    """Requests per second over the whole trace."""
+    column, values = _read_trace(path, column)
+    if column == "timestamp":
+        span = float(values.max() - min(values.min(), 0.0))
+        return len(values) / span if span > 0 else float(len(values))
+    return float(values.sum()) / (60.0 * len(values))
+
+
+def _read_trace(path: Path, column: str) -> tuple[str, np.ndarray]:
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -104,6 +115,11 @@ def _trace_gaps(path: Path, column: str, rng: np.random.Generator) -> Iterator[f
         values = np.array([float(r[column]) for r in rows])
     except ValueError as exc:
         raise ConfigError(f"arrival trace {path}: column {column!r} is not numeric: {exc}") from None
+    return column, values
+
+
+def _trace_gaps(path: Path, column: str, rng: np.random.Generator) -> Iterator[float]:
+    column, values = _read_trace(path, column)
     if column == "timestamp":
         times = np.sort(values)
     else:  # per-minute counts: spread each minute's requests uniformly at random inside it

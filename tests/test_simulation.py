@@ -195,6 +195,23 @@ def test_split_execution_uses_the_link_and_the_server(catalog):
     assert int(chosen["option"][1:].split("w")[0]) <= scenario.apps[0].split.at_depth  # stays on the phone
 
 
+def test_rate_estimates_make_the_scheduler_follow_a_trace(catalog):
+    """No scenario event changes the trace's rate; the scheduler notices from
+    the arrivals and decides again (the log says why)."""
+    scenario = _short("trace_replay", 330.0)
+    result = simulate(scenario, "nested", catalog)
+    estimates = [e for e in result.budget_events if e["kind"] == "rate_estimate"]
+    assert len(estimates) >= 4
+    assert any("rate estimate" in s["reason"] for s in result.selections)
+    assert result.conserved()
+
+
+def test_missing_trace_fails_at_load(tmp_path):
+    data = _with("apps.0.arrivals", {"kind": "trace", "trace": "nowhere.csv"})
+    with pytest.raises(ScenarioError, match="apps\\[0\\].arrivals: cannot read arrival trace"):
+        parse_scenario(data, str(tmp_path / "x.yaml"))
+
+
 def test_topology_routes_and_prices_transfers():
     from simulator.topology import build_topology, route, transfer_seconds
 
