@@ -28,6 +28,12 @@ from nets.spec import SubnetSpec, all_specs
 SCHEMA_VERSION = 1
 SHIPPED_STEM = Path(__file__).resolve().parent / "data" / "dnnet_resnet32_cifar10.catalog"
 
+
+def shipped_catalogs() -> dict[str, Path]:
+    """Every catalog shipped in ``anytime/data``, by network name."""
+    return {path.name[: -len(".catalog.json")]: path.with_name(path.name[: -len(".json")])
+            for path in sorted(SHIPPED_STEM.parent.glob("*.catalog.json"))}
+
 # Cost tables stored in the JSON, with their meaning (units in the names).
 COST_FIELDS = {
     "macs": "multiply-accumulates of one batch-1 inference of the extracted sub-network, its head included",

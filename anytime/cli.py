@@ -180,12 +180,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         changes["seed"] = args.seed
     scenario = scenario.with_overrides(**changes) if changes else scenario
+    from simulator.scenario import split_label
+
     catalog = load_catalog(args.catalog) if args.catalog else None
     results = []
     for policy in scenario.policies:
+        net = split_label(policy)[2]
         with tqdm(total=scenario.duration_s, desc=policy, unit="sim s", disable=args.quiet, leave=False,
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}]") as bar:
-            results.append(simulate(scenario, policy, catalog, progress=bar.update))
+            # "@NET" runs on that network's shipped catalog; the others on --catalog or the scenario's
+            results.append(simulate(scenario, policy, None if net else catalog, progress=bar.update))
     # write beside the destination, then swap: a failed run never clobbers earlier results
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")

@@ -39,7 +39,7 @@ from scheduler.options import NO_EXIT, OptionTable, option_table
 from simulator.behaviour import Behaviour, BehaviourCache
 from simulator.devices import Device, Job
 from simulator.policies import Policy, make_policy
-from simulator.scenario import AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError
+from simulator.scenario import AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError, split_label
 from simulator.topology import build_topology, transfer_seconds
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,10 @@ class Simulation:
     def __init__(self, scenario: Scenario, policy: str | Policy, catalog: Catalog | None = None,
                  max_requests: int | None = None):
         self.scenario = scenario
-        self.catalog = catalog if catalog is not None else _load_catalog(scenario)
+        if catalog is None:
+            net = split_label(policy)[2] if isinstance(policy, str) else None
+            catalog = _load_catalog(scenario, net)
+        self.catalog = catalog
         self.table: OptionTable = option_table(self.catalog)
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.behaviours = _behaviour_cache(self.catalog, self.table)
@@ -660,11 +663,15 @@ _CATALOGS: dict[str, Catalog] = {}
 _BEHAVIOURS: dict[int, BehaviourCache] = {}
 
 
-def _load_catalog(scenario: Scenario) -> Catalog:
-    key = scenario.catalog or ""
-    if key not in _CATALOGS:
-        _CATALOGS[key] = load_catalog(scenario.catalog or None)
-    return _CATALOGS[key]
+def _load_catalog(scenario: Scenario, net: str | None = None) -> Catalog:
+    """The catalog a run uses: another shipped network's (a policy label's
+    "@NET"), else the scenario's, else the shipped nested one."""
+    from anytime.catalog import shipped_catalogs
+
+    stem = str(shipped_catalogs()[net]) if net else (scenario.catalog or "")
+    if stem not in _CATALOGS:
+        _CATALOGS[stem] = load_catalog(stem or None)
+    return _CATALOGS[stem]
 
 
 def _behaviour_cache(catalog: Catalog, table: OptionTable) -> BehaviourCache:

@@ -45,7 +45,7 @@ from scheduler.errors import InfeasibleBudget
 from scheduler.options import OptionTable
 from scheduler.select import scheduler_for
 from scheduler.switching import NESTED_SWITCH, ZooSwitchCost
-from simulator.scenario import INTERRUPT_SUFFIX, POLICIES
+from simulator.scenario import INTERRUPT_SUFFIX, POLICIES, split_label
 
 if TYPE_CHECKING:
     from simulator.engine import AppState, Simulation
@@ -344,7 +344,9 @@ assert set(_POLICY_CLASSES) == set(POLICIES)
 
 def make_policy(label: str) -> Policy:
     """``"nested"`` runs each request to its end; ``"nested+interrupt"``
-    answers from the last exit passed when the deadline comes."""
-    interrupt = label.endswith(INTERRUPT_SUFFIX)
-    base = label[: -len(INTERRUPT_SUFFIX)] if interrupt else label
-    return _POLICY_CLASSES[base](interrupt)
+    answers from the last exit passed when the deadline comes; a suffix
+    ``"@NET"`` (the catalog the simulation runs on) stays in the label."""
+    base, interrupt, _ = split_label(label)
+    policy = _POLICY_CLASSES[base](interrupt)
+    policy.label = label
+    return policy

@@ -107,7 +107,7 @@ def write_results(results: list[RunResult], scenario, out_dir: str | Path) -> Pa
 
 
 def _safe(label: str) -> str:
-    return label.replace("+", "_")
+    return label.replace("+", "_").replace("@", "_on_")
 
 
 def load_results(out_dir: str | Path) -> tuple[dict, dict[str, dict]]:

@@ -278,12 +278,28 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
         rate_window_s=top.number("rate_window_s", 10.0, minimum=0), source=source)
 
 
+def split_label(label: str) -> tuple[str, bool, str | None]:
+    """``"nested+interrupt@anytime_resnet32_cifar10"`` -> (policy, interrupt,
+    network whose shipped catalog it runs on, None for the scenario's)."""
+    label, _, net = label.partition("@")
+    interrupt = label.endswith(INTERRUPT_SUFFIX)
+    return (label[: -len(INTERRUPT_SUFFIX)] if interrupt else label), interrupt, (net or None)
+
+
 def parse_policies(policies: list, where: str) -> tuple[str, ...]:
-    """Check policy labels: a name of ``POLICIES``, optionally + "+interrupt"."""
+    """Check policy labels: a name of ``POLICIES``, optionally + "+interrupt",
+    optionally "@NET" to run it on another shipped network's catalog (model
+    families compared in one run)."""
+    from anytime.catalog import shipped_catalogs
+
     seen = []
     for policy in policies:
-        base = policy[: -len(INTERRUPT_SUFFIX)] if isinstance(policy, str) and policy.endswith(INTERRUPT_SUFFIX) \
-            else policy
+        if not isinstance(policy, str):
+            raise ScenarioError(f"{where}: a policy is a name, got {policy!r}")
+        base, _, net = split_label(policy)
+        if net is not None and net not in shipped_catalogs():
+            raise ScenarioError(f"{where}: policy {policy!r}: no shipped catalog for network {net!r} "
+                                f"(have {', '.join(shipped_catalogs())})")
         if base not in POLICIES:
             raise ScenarioError(f"{where}: unknown policy {policy!r}; use one of {', '.join(POLICIES)} "
                                 f"(optionally with {INTERRUPT_SUFFIX!r})")

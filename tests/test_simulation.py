@@ -87,6 +87,7 @@ def _with(path: str, value):
     (_with("apps.0.device", "gpu"), "apps[0].device: unknown device 'gpu'"),
     (_with("duration_s", 0), "duration_s: must be positive"),
     (_with("policies", ["nested", "fastest"]), "unknown policy 'fastest'"),
+    (_with("policies", ["nested@resnet9000"]), "no shipped catalog for network 'resnet9000'"),
     (_with("events", [{"at_s": 9, "background": {"device": "d", "share": 0.5}}]), "is after the end"),
     (_with("events", [{"at_s": 1, "background": {"device": "d", "share": 1.5}}]), "share: must be <= 0.95"),
     (_with("events", [{"at_s": 1}]), "an event sets exactly one of"),
@@ -210,6 +211,20 @@ def test_missing_trace_fails_at_load(tmp_path):
     data = _with("apps.0.arrivals", {"kind": "trace", "trace": "nowhere.csv"})
     with pytest.raises(ScenarioError, match="apps\\[0\\].arrivals: cannot read arrival trace"):
         parse_scenario(data, str(tmp_path / "x.yaml"))
+
+
+def test_policy_on_another_networks_catalog(catalog):
+    """"@NET" runs a policy on another shipped catalog, same arrivals and
+    samples; the label says which."""
+    from anytime.catalog import shipped_catalogs
+
+    assert "dnnet_resnet32_cifar10" in shipped_catalogs()
+    scenario = _short("phone", 5.0)
+    here = simulate(scenario, "nested", catalog)
+    there = simulate(scenario, "nested@dnnet_resnet32_cifar10")
+    assert there.policy == "nested@dnnet_resnet32_cifar10"
+    assert [s.arrived for s in here.stats.values()] == [s.arrived for s in there.stats.values()]
+    assert [s.correct for s in here.stats.values()] == [s.correct for s in there.stats.values()]
 
 
 def test_topology_routes_and_prices_transfers():
