@@ -70,3 +70,30 @@ class ResNet(nn.Module):
 
     def config_dict(self) -> dict:
         return {"family": "resnet", **self.config.to_dict()}
+
+    def slice(self, width_multiplier: float) -> "ResNet":
+        """Brute-force width slicing (the doubly nested paper's Figure 4
+        baseline): a narrower ResNet whose every layer keeps the first
+        channels of this one's, weights and batch-norm statistics copied, no
+        retraining.  A dense network was not trained for it, so its narrow
+        slices are expected to be poor; ``fine_tune_classifier`` retrains
+        only the last layer on top."""
+        narrow = ResNet(ResNetConfig(**{**self.config.to_dict(), "width_multiplier":
+                                        width_multiplier * self.config.width_multiplier,
+                                        "stage_widths": tuple(self.config.stage_widths),
+                                        "mean": tuple(self.config.mean), "std": tuple(self.config.std)}))
+        source = dict(self.named_modules())
+        with torch.no_grad():
+            for name, module in narrow.named_modules():
+                original = source[name]
+                if isinstance(module, nn.Conv2d):
+                    out_c, in_c = module.weight.shape[:2]
+                    module.weight.copy_(original.weight[:out_c, :in_c])
+                elif isinstance(module, nn.BatchNorm2d):
+                    c = module.num_features
+                    for attr in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(module, attr).copy_(getattr(original, attr)[:c])
+                elif isinstance(module, nn.Linear):
+                    module.weight.copy_(original.weight[:, : module.in_features])
+                    module.bias.copy_(original.bias)
+        return narrow.train(self.training)

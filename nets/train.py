@@ -220,3 +220,32 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
     torch.save(model.state_dict(), out_dir / f"{name}.pt")
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     return card
+
+
+def fine_tune_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 10,
+                         lr: float = 0.01, batch_size: int = 256, seed: int = 0,
+                         progress: bool = False) -> list[float]:
+    """Retrain only the final linear layer ``model.fc`` (the doubly nested
+    paper's Figure 4 "fine-tuned" slices): the frozen network's pooled
+    features are computed once (eval mode, no augmentation), then the
+    classifier is trained on them with SGD.  Returns the mean loss per epoch."""
+    model.eval()
+    with torch.no_grad():
+        features = torch.cat([model.pool(model.features(to_float(x)))
+                              for x, _ in tqdm(list(batches(images, labels, 500)), desc="features",
+                                               disable=not progress, leave=False)])
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.fc.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            loss = F.cross_entropy(model.fc(features[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        losses.append(total / len(order))
+    return losses

@@ -164,6 +164,32 @@ def test_widening_equals_running_the_wider_slice(ladder):
         model.widen(state, 1)
 
 
+def test_plain_resnet_slicing_copies_channel_prefixes():
+    torch.manual_seed(0)
+    wide = create_net("resnet_tiny").eval()
+    narrow = wide.slice(0.5)
+    assert narrow.config.channels() == (2, 4)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in wide.parameters())
+    torch.testing.assert_close(narrow.features[1].weight, wide.features[1].weight[:2])
+    torch.testing.assert_close(narrow.fc.weight, wide.fc.weight[:, :4])
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    full = wide.slice(1.0)  # the whole width: the same function
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(full.eval()(x), wide(x))
+
+
+def test_fine_tuning_the_classifier_lowers_its_loss_and_nothing_else_moves(cifar_batches_dir):
+    from nets.train import fine_tune_classifier
+
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    torch.manual_seed(0)
+    narrow = create_net("resnet_tiny").slice(0.5)
+    frozen = {k: v.clone() for k, v in narrow.state_dict().items() if not k.startswith("fc.")}
+    losses = fine_tune_classifier(narrow, data.train_images, data.train_labels, epochs=8, lr=0.05)
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(v, narrow.state_dict()[k]) for k, v in frozen.items())
+
+
 def test_extract_is_plain_and_minimal(tiny):
     spec = SubnetSpec(2, 1)
     model = tiny.extract(spec)
