@@ -52,6 +52,16 @@ class ZooSwitchCost:
         return self.bytes_loaded(old, new) / self.bandwidth_bytes_per_s
 
 
+def keep_current(still_fits: bool, gain: float, held_s: float, hysteresis: float, min_dwell_s: float) -> bool:
+    """The switching rule, shared by ``SwitchingPolicy`` (one application)
+    and the simulator's multi-tenant allocation: keep what runs unless it no
+    longer fits (switch at once), or the new choice is better by more than
+    ``hysteresis`` accuracy and the current one has run ``min_dwell_s``."""
+    if not still_fits:
+        return False
+    return gain <= hysteresis or held_s < min_dwell_s
+
+
 def fits(selection: Selection, budget: Budget) -> bool:
     """Whether a selection made earlier still meets ``budget`` (same device
     and quantile assumed; latency rescaled to the new share)."""
@@ -94,12 +104,10 @@ class SwitchingPolicy:
             return self.current, 0.0
         if self.current is None:
             return self._switch(best, now)
-        if not fits(self.current, budget):
-            return self._switch(best, now)
-        better = best.expected_accuracy - self.current.expected_accuracy > self.hysteresis
-        if better and now - self.since >= self.min_dwell_s:
-            return self._switch(best, now)
-        return self.current, 0.0
+        if keep_current(fits(self.current, budget), best.expected_accuracy - self.current.expected_accuracy,
+                        now - self.since, self.hysteresis, self.min_dwell_s):
+            return self.current, 0.0
+        return self._switch(best, now)
 
     def _switch(self, new: Selection, now: float) -> tuple[Selection, float]:
         cost = self.switch_cost.seconds(self.current, new) if self.current is not None else 0.0

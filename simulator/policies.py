@@ -44,7 +44,7 @@ from scheduler.budget import Budget
 from scheduler.errors import InfeasibleBudget
 from scheduler.options import OptionTable
 from scheduler.select import scheduler_for
-from scheduler.switching import NESTED_SWITCH, ZooSwitchCost
+from scheduler.switching import NESTED_SWITCH, ZooSwitchCost, keep_current
 from simulator.scenario import INTERRUPT_SUFFIX, POLICIES, split_label
 
 if TYPE_CHECKING:
@@ -124,11 +124,11 @@ class AllocatingPolicy(Policy):
         rows = {name: choice.option_row for name, choice in allocation.choices.items()}
         if rows == current:
             return {}
-        if keep:
+        if len(current) == len(apps):
             table = sim.table
             gain = sum(a.spec.weight * (table.accuracy[rows[a.name]] - table.accuracy[current[a.name]]) for a in apps)
-            dwell_over = all(now - self._since.get(a.name, -np.inf) >= sim.scenario.min_dwell_s for a in apps)
-            if gain <= sim.scenario.hysteresis or not dwell_over:
+            held = min(now - self._since.get(a.name, -np.inf) for a in apps)
+            if keep_current(keep, gain, held, sim.scenario.hysteresis, sim.scenario.min_dwell_s):
                 return {}
         for a in apps:
             if rows[a.name] != current.get(a.name):
