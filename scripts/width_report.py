@@ -37,9 +37,19 @@ def accuracy(model, images, labels) -> float:
     return right / len(labels)
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "nets" / "weights" / "baselines"
+
+
+def _find(runs: Path, name: str, suffix: str) -> Path:
+    """A finished baseline's file: its run folder, else the shipped copy."""
+    run = runs / name / f"{name}{suffix}"
+    return run if run.exists() else SHIPPED / f"{name}{suffix}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/baselines"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/baselines"),
+                        help="training runs; finished ones are also looked for in nets/weights/baselines")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/baselines"))
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip")
     parser.add_argument("--epochs", type=int, default=10, help="classifier fine-tuning epochs")
@@ -48,7 +58,7 @@ def main() -> None:
     rows = {"nested (one training)": [float(catalog.accuracy("test")[-1, round(f * catalog.widths) - 1])
                                       for f in FRACTIONS]}
     data = load_cifar10(args.data, cache_dir="data/cache")
-    plain_weights = args.runs / "resnet32_cifar10" / "resnet32_cifar10.pt"
+    plain_weights = _find(args.runs, "resnet32_cifar10", ".pt")
     if plain_weights.exists():
         plain = create_net("resnet32_cifar10")
         load_weights(plain, plain_weights)
@@ -64,7 +74,7 @@ def main() -> None:
     full = []
     for f in FRACTIONS:
         name = "resnet32_cifar10" if f == 1.0 else f"resnet32_w{f}"
-        card = args.runs / name / f"{name}.json"
+        card = _find(args.runs, name, ".json")
         full.append(json.loads(card.read_text())["test_accuracy_full"] if card.exists() else float("nan"))
         if not card.exists():
             print(f"(no separately trained width {f} yet: {card})")
