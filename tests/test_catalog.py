@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from anytime.builder import ProfileConfig, build_catalog
-from anytime.catalog import SHIPPED_STEM, CatalogError, encode, floor_to_codebook, load_catalog, make_codebook
+from anytime.catalog import (SHIPPED_STEM, CatalogError, encode, floor_to_codebook, load_catalog, make_codebook,
+                             shipped_catalogs)
 from anytime.evaluate import confidence_signals
 from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors
 from anytime.macs import count_macs, op_profile
@@ -76,10 +77,14 @@ def test_depth_only_family_builds_a_catalog(cifar_batches_dir, tmp_path):
     assert Scheduler(loaded).select(Budget()).spec.width == 1
 
 
-def test_shipped_catalog_entries_match_extracted_models():
-    if not SHIPPED_STEM.with_name(SHIPPED_STEM.name + ".json").exists():
-        pytest.skip("shipped catalog not built yet")
-    catalog = load_catalog()
+@pytest.mark.parametrize("net", sorted(shipped_catalogs()) or ["none"])
+def test_shipped_catalog_entries_match_extracted_models(net):
+    """Every shipped catalog (the nested net and each baseline family),
+    checked against its rebuilt model, the way torchvision checks its
+    models' metadata."""
+    if net not in shipped_catalogs():
+        pytest.skip("no shipped catalog")
+    catalog = load_catalog(shipped_catalogs()[net])
     model = create_net(catalog.net, pretrained=True)
     _check_entries_against_extracted(model, catalog)
     import hashlib
