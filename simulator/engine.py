@@ -48,6 +48,18 @@ TIME_BINS = 200  # utilisation timeline resolution
 LATENCY_BINS = np.logspace(-5, 3, 801)  # 10 us .. 1000 s, 100 bins per decade (2.3% wide)
 _LOG_LO, _BINS_PER_DECADE = -5.0, 100.0
 _LAST_BIN = len(LATENCY_BINS)
+# budget event kind -> (collection of the Simulation, attribute it sets, which
+# of two values is tighter, unit scale): one table for applying events and
+# for finding the tightest state a scenario reaches
+_EVENT_FIELDS = {
+    "background": ("devices", "background", max, 1.0),
+    "speed": ("devices", "speed", min, 1.0),
+    "memory": ("devices", "background_memory", max, 1e6),  # MB -> bytes
+    "macs_budget": ("app_by_name", "macs_budget", min, 1.0),
+    "rate": ("app_by_name", "rate_hz", max, 1.0),
+    "bandwidth": ("links", "bandwidth_mbps", min, 1.0),
+    "delay": ("links", "delay_ms", max, 1.0),
+}
 RATE_CHANGE = 0.25  # relative change of an app's observed rate that makes the scheduler decide again
 MIN_RATE_HZ = 0.1  # the scheduler's rate for an app that went quiet
 _log10 = math.log10
@@ -106,10 +118,28 @@ class DeviceState:
 
 
 class LinkState:
-    def __init__(self, spec: LinkSpec, sim_device: Device):
-        self.spec, self.sim_device = spec, sim_device
-        self.bandwidth_mbps = spec.bandwidth_mbps
-        self.delay_ms = spec.delay_ms
+    """A link of the scenario: its SimPy FCFS device (transfers queue on it)
+    and its current bandwidth and delay, which live on its edge of the
+    topology graph, so the graph is never out of date."""
+
+    def __init__(self, spec: LinkSpec, sim_device: Device, edge: dict):
+        self.spec, self.sim_device, self.edge = spec, sim_device, edge
+
+    @property
+    def bandwidth_mbps(self) -> float:
+        return self.edge["bandwidth_mbps"]
+
+    @bandwidth_mbps.setter
+    def bandwidth_mbps(self, value: float) -> None:
+        self.edge["bandwidth_mbps"] = value
+
+    @property
+    def delay_ms(self) -> float:
+        return self.edge["delay_ms"]
+
+    @delay_ms.setter
+    def delay_ms(self, value: float) -> None:
+        self.edge["delay_ms"] = value
 
 
 class AppState:
@@ -208,9 +238,9 @@ class Simulation:
             memory = None if d.memory_mb is None else d.memory_mb * 1e6
             self.devices[d.name] = DeviceState(d, Device(self.env, d.name, d.discipline, d.speed, memory),
                                                float(power.get(d.profile, 0.0)))
-        self.links = {link.name: LinkState(link, Device(self.env, link.name, "fcfs")) for link in scenario.links}
         self.topology = build_topology(scenario)
-        self._tightening = False
+        self.links = {link.name: LinkState(link, Device(self.env, link.name, "fcfs"),
+                                           self.topology.edges[link.source, link.target]) for link in scenario.links}
         n_samples = len(self.catalog.traces["test"].labels)
         self.apps: list[AppState] = []
         for i, a in enumerate(scenario.apps):
@@ -256,60 +286,38 @@ class Simulation:
         """Budget of a split application: the server's profile and share, the
         deadline less the worst-case edge part and transfer (full width)."""
         split = app.spec.split
-        link = self.links[split.link]
         k, full = split.at_depth - 1, self.catalog.widths - 1
         edge_ms = self.catalog.latency_table(app.device.spec.profile).exit_path_p50_ms()[k, full] \
             / app.device.share()
-        if self._tightening:  # static_smallest plans for the worst link the scenario reaches
-            transfer_ms = self.catalog.costs["feature_bytes"][k, full] * 8 / (link.bandwidth_mbps * 1e6) * 1000 \
-                + link.delay_ms
-        else:
-            transfer_ms = 1000 * transfer_seconds(self.topology, [split.link], self.catalog.costs["feature_bytes"][k, full])
+        transfer_ms = 1000 * transfer_seconds(self.topology, [split.link], self.catalog.costs["feature_bytes"][k, full])
         remaining = app.spec.deadline_ms - edge_ms - transfer_ms
         server = self.devices[split.server]
         return Budget(latency_ms=max(remaining, 1e-3), memory_bytes=app.device.free_memory_for_apps(),
                       macs=app.macs_budget, device=server.spec.profile, share=server.share())
 
+    def _event_field(self, event) -> tuple[object, str]:
+        """The object and attribute a budget event sets."""
+        collection, attribute, _, _ = _EVENT_FIELDS[event.kind]
+        return getattr(self, collection)[event.target], attribute
+
     @contextlib.contextmanager
     def tightest_state(self):
         """Temporarily set what the scheduler sees to the tightest state the
         scenario's events ever reach (for ``static_smallest``)."""
-        saved = [(d, d.background, d.speed, d.background_memory) for d in self.devices.values()]
-        saved_apps = [(a, a.rate_hz, a.macs_budget) for a in self.apps]
-        saved_links = [(link, link.bandwidth_mbps, link.delay_ms) for link in self.links.values()]
-        self._tightening = True
+        saved = {}
         for event in self.scenario.events:
-            if event.kind == "background":
-                d = self.devices[event.target]
-                d.background = max(d.background, event.value)
-            elif event.kind == "speed":
-                d = self.devices[event.target]
-                d.speed = min(d.speed, event.value)
-            elif event.kind == "memory":
-                d = self.devices[event.target]
-                d.background_memory = max(d.background_memory, event.value * 1e6)
-            elif event.kind == "macs_budget" and event.value is not None:
-                a = self.app_by_name[event.target]
-                a.macs_budget = event.value if a.macs_budget is None else min(a.macs_budget, event.value)
-            elif event.kind == "rate":
-                a = self.app_by_name[event.target]
-                a.rate_hz = max(a.rate_hz, event.value)
-            elif event.kind == "bandwidth":
-                link = self.links[event.target]
-                link.bandwidth_mbps = min(link.bandwidth_mbps, event.value)
-            elif event.kind == "delay":
-                link = self.links[event.target]
-                link.delay_ms = max(link.delay_ms, event.value)
+            if event.value is None:  # a lifted MAC budget is never the tightest
+                continue
+            target, attribute = self._event_field(event)
+            _, _, tighter, scale = _EVENT_FIELDS[event.kind]
+            saved.setdefault((id(target), attribute), (target, attribute, getattr(target, attribute)))
+            current, value = getattr(target, attribute), event.value * scale
+            setattr(target, attribute, value if current is None else tighter(current, value))
         try:
             yield
         finally:
-            for d, background, speed, memory in saved:
-                d.background, d.speed, d.background_memory = background, speed, memory
-            for a, rate, macs in saved_apps:
-                a.rate_hz, a.macs_budget = rate, macs
-            for link, bandwidth, delay in saved_links:
-                link.bandwidth_mbps, link.delay_ms = bandwidth, delay
-            self._tightening = False
+            for target, attribute, value in saved.values():
+                setattr(target, attribute, value)
 
     # ---- running ----------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None, chunks: int = 100) -> RunResult:
@@ -570,33 +578,18 @@ class Simulation:
     def _apply_event(self, event) -> None:
         now = self.env.now
         value = event.value
+        target, attribute = self._event_field(event)
+        setattr(target, attribute, None if value is None else value * _EVENT_FIELDS[event.kind][3])
+        # what the simulated hardware does about it
         if event.kind == "background":
-            d = self.devices[event.target]
-            d.background = value
-            d.sim_device.set_background(value)
-            self.background_steps[d.spec.name].append((now, value))
+            target.sim_device.set_background(value)
+            self.background_steps[target.spec.name].append((now, value))
         elif event.kind == "speed":
-            d = self.devices[event.target]
-            d.speed = value
-            d.sim_device.set_speed(value)
-        elif event.kind == "memory":
-            d = self.devices[event.target]
-            d.background_memory = value * 1e6
-        elif event.kind == "macs_budget":
-            self.app_by_name[event.target].macs_budget = value
+            target.sim_device.set_speed(value)
         elif event.kind == "rate":
-            app = self.app_by_name[event.target]
-            app.rate_hz = value
-            app.gap_scale = app.base_rate_hz / value
+            target.gap_scale = target.base_rate_hz / value
         elif event.kind == "bandwidth":
-            link = self.links[event.target]
-            link.bandwidth_mbps = value
-            link.sim_device.set_speed(value / link.spec.bandwidth_mbps)
-            self.topology.edges[link.spec.source, link.spec.target]["bandwidth_mbps"] = value
-        elif event.kind == "delay":
-            link = self.links[event.target]
-            link.delay_ms = value
-            self.topology.edges[link.spec.source, link.spec.target]["delay_ms"] = value
+            target.sim_device.set_speed(value / target.spec.bandwidth_mbps)
         self.budget_events.append({"t": round(now, 6), "kind": event.kind, "target": event.target, "value": value})
 
     def _decide(self, now: float, reason: str) -> None:
