@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import logging
 import pickle
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,9 +175,17 @@ def _read_source(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _cache_file(path: Path, cache_dir: Path) -> Path:
-    stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir / f"cifar10-{key}.npz"
+    # Keyed by content, not path and mtime: a remounted read-only data set keeps
+    # its cache (hashing 60 MB takes ~0.1 s; decoding the JPEGs takes minutes).
+    digest = hashlib.sha1()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():  # a folder's layout is part of its content
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return cache_dir / f"cifar10-{digest.hexdigest()[:16]}.npz"
 
 
 def load_cifar10(path: str | Path, val_size: int = 5000, seed: int = 0,
@@ -193,9 +203,16 @@ def load_cifar10(path: str | Path, val_size: int = 5000, seed: int = 0,
         splits = _read_source(path)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, **{f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))})
-            tmp.replace(cache)
+            # A private temporary name: two runs building the same cache at once
+            # must not rename each other's file away.
+            handle, tmp_name = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem, suffix=".tmp.npz")
+            os.close(handle)
+            tmp = Path(tmp_name)
+            try:
+                np.savez(tmp, **{f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))})
+                tmp.replace(cache)
+            finally:
+                tmp.unlink(missing_ok=True)
     train_x, train_y = splits["train"]
     test_x, test_y = splits["test"]
     if not 0 <= val_size < len(train_x):

@@ -300,6 +300,18 @@ def test_cache_round_trip(cifar_zip, tmp_path):
     assert list(tmp_path.glob("*.npz"))
     second = load_cifar10(cifar_zip, val_size=10, cache_dir=tmp_path)
     assert torch.equal(first.val_images, second.val_images)
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_cache_keyed_by_content(cifar_zip, tmp_path):
+    # a copy with a new path and mtime (a remounted data set) reuses the cache
+    cache = tmp_path / "cache"
+    load_cifar10(cifar_zip, val_size=10, cache_dir=cache)
+    copy = tmp_path / "moved.zip"
+    copy.write_bytes(cifar_zip.read_bytes())
+    built = sorted(cache.glob("*.npz"))
+    load_cifar10(copy, val_size=10, cache_dir=cache)
+    assert sorted(cache.glob("*.npz")) == built
 
 
 def test_bad_data_paths(tmp_path):
