@@ -57,6 +57,7 @@ class OptionTable:
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
+        self._fronts: dict[tuple, np.ndarray] = {}
         depths = catalog.depths
         specs = self._specs = catalog.specs()
         n_specs = len(specs)
@@ -157,6 +158,25 @@ class OptionTable:
         if family == "no_exits":
             return self.policy == NO_EXIT
         raise BudgetError(f"unknown option family {family!r}; use one of {', '.join(FAMILIES)}")
+
+    def cost_front(self, device: str, quantile: float, family: str, with_macs: bool = False) -> np.ndarray:
+        """Rows of ``family`` that no other row of it beats on expected and
+        quantile latency, memory and accuracy (and MACs with ``with_macs``),
+        cached.  Every allocation row is a positive multiple of one of these
+        columns, so a tenant's options are pruned on this front, not on the
+        whole table (sketch in ``scheduler.allocate._tenant_options``)."""
+        key = (device, quantile, family, with_macs)
+        front = self._fronts.get(key)
+        if front is None:
+            from scheduler.select import _pareto  # select imports this module
+
+            costs = self.devices[device]
+            columns = [costs.expected_ms, costs.latency_ms[quantile], self.memory, -self.accuracy]
+            if with_macs:
+                columns.append(self.macs)
+            rows = np.flatnonzero(self.family_mask(family))
+            front = self._fronts[key] = rows[_pareto(np.stack(columns, axis=1)[rows])]
+        return front
 
     def thresholds_of(self, i: int) -> tuple[float, ...] | None:
         if self.policy[i] == NO_EXIT:

@@ -184,6 +184,104 @@ def test_cp_sat_matches_exhaustive_on_random_instances(catalog):
         assert integer_objective(rows, picks, capacity) == exhaustive
 
 
+def _rows_from_whole_table(tenant, device):
+    """The pruning written plainly: every option of the table, scaled, then
+    the integer Pareto front (what ``tenant_options`` computes on the cached
+    cost front)."""
+    from scheduler.allocate import ACCURACY_SCALE, MEMORY_UNIT, SCALE
+    from scheduler.select import _pareto
+
+    table = option_table(tenant.catalog)
+    costs = table.devices[device.name]
+    dead = costs.latency_ms[tenant.latency_quantile] / device.share / tenant.deadline_ms
+    util = tenant.rate_hz * costs.expected_ms / 1000.0 / device.share
+    keep = (dead + util < 1) & (table.accuracy >= tenant.min_accuracy) & table.family_mask(tenant.family)
+    if tenant.max_macs is not None:
+        keep &= table.macs <= tenant.max_macs
+    index = np.flatnonzero(keep)
+    columns = np.stack([np.ceil(util[index] * SCALE), np.ceil(dead[index] * SCALE),
+                        np.ceil(table.memory[index] / MEMORY_UNIT),
+                        -np.floor(tenant.weight * table.accuracy[index] * ACCURACY_SCALE)], axis=1)
+    return {tuple(row) for row in columns[_pareto(columns)]}
+
+
+def test_pruning_on_cost_front_equals_whole_table(catalog):
+    table = option_table(catalog)
+    mean_ms = float(np.median(table.devices["cpu-local"].expected_ms))
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        tenant = Tenant(f"t{i}", catalog, rate_hz=float(rng.uniform(0.05, 0.6) / (mean_ms / 1000)),
+                        deadline_ms=float(rng.uniform(1, 20) * mean_ms), weight=float(rng.uniform(0.5, 2)),
+                        latency_quantile=[0.5, 0.9, 0.99][i % 3], min_accuracy=float(rng.uniform(0, 0.5)),
+                        family=["nested", "depth_only", "width_only", "no_exits"][i % 4],
+                        max_macs=None if i % 2 else float(np.quantile(table.macs, rng.uniform(0.2, 1))))
+        device = SharedDevice("cpu-local", share=float(rng.uniform(0.3, 1)))
+        try:
+            rows = tenant_options(tenant, device)
+        except InfeasibleBudget:
+            assert not _rows_from_whole_table(tenant, device)
+            continue
+        got = {(u, d, m, -v) for u, d, m, v in zip(rows.utilisation, rows.deadline_term, rows.memory, rows.value)}
+        assert got == _rows_from_whole_table(tenant, device)
+
+
+def _random_instance(catalog, rng, count):
+    table = option_table(catalog)
+    mean_ms = float(np.median(table.devices["cpu-local"].expected_ms))
+    share = float(rng.uniform(0.5, 1.0))
+    rates = rng.dirichlet(np.ones(count)) * rng.uniform(0.6, 0.9) * share / (mean_ms / 1000)
+    tenants = [Tenant(f"t{i}", catalog, rate_hz=float(rates[i]), deadline_ms=float(rng.uniform(5, 20) * mean_ms),
+                      weight=float(rng.uniform(0.5, 2))) for i in range(count)]
+    return tenants, SharedDevice("cpu-local", share=share, memory_bytes=float(np.median(table.memory)) * count)
+
+
+def _integer_value(result, tenants, device):
+    from scheduler.allocate import _capacity, integer_objective
+
+    rows = [tenant_options(t, device) for t in tenants]
+    picks = tuple(int(np.flatnonzero(r.index == result.choices[t.name].option_row)[0]) for t, r in zip(tenants, rows))
+    return integer_objective(rows, picks, _capacity(device))
+
+
+def test_reduced_cost_fixing_keeps_the_optimum(catalog):
+    """The fast path (LP bound, swaps, CP-SAT over the options that can still
+    win) against the plain model over every option and against SCIP."""
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        tenants, device = _random_instance(catalog, rng, 5)
+        fast = allocate(tenants, device, time_limit_s=20)
+        plain = allocate(tenants, device, time_limit_s=20, fixing=False)
+        assert fast.optimal and plain.optimal
+        assert fast.options_solved <= plain.options_solved
+        value = _integer_value(fast, tenants, device)
+        assert value == _integer_value(plain, tenants, device) == solve_with_scip(tenants, device)
+
+
+def test_swaps_reach_a_local_optimum(catalog):
+    import itertools
+
+    from scheduler.allocate import _capacity, _improve_by_swaps, integer_objective
+
+    rng = np.random.default_rng(5)
+    tenants, device = _random_instance(catalog, rng, 4)
+    device = SharedDevice(device.name, share=device.share)  # no memory row: the cheapest start is feasible
+    rows = [tenant_options(t, device) for t in tenants]
+    capacity = _capacity(device)
+    start = [int(np.argmin(r.utilisation)) for r in rows]  # the cheapest options: feasible, poor
+    assert integer_objective(rows, tuple(start), capacity) is not None
+    candidates = np.ones(sum(len(r.index) for r in rows), dtype=bool)
+    picks = _improve_by_swaps(rows, start, capacity, candidates)
+    value = integer_objective(rows, tuple(picks), capacity)
+    assert value > integer_objective(rows, tuple(start), capacity)
+    for a, b in itertools.combinations(range(len(rows)), 2):  # no pair of changes gains
+        for i in range(len(rows[a].index)):
+            for j in range(0, len(rows[b].index), 7):
+                moved = list(picks)
+                moved[a], moved[b] = i, j
+                other = integer_objective(rows, tuple(moved), capacity)
+                assert other is None or other <= value
+
+
 def test_allocate_warm_start_and_pruning(catalog):
     tenants = _tenants(catalog, 4, rate=5.0, deadline=1000.0)
     device = SharedDevice("cpu-local")
