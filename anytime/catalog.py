@@ -160,6 +160,8 @@ class Catalog:
     exit_settings: "ExitSettings | None" = None
     # signal name ("top1_prob", "margin", "entropy", "exit/<policy>") -> codebook of its stored values
     codebooks: dict[str, np.ndarray] = field(default_factory=dict)
+    # widths whose full-depth entries answer as separately trained models (anytime.zoo); in memory only
+    zoo_widths: tuple[int, ...] = ()
 
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
@@ -233,6 +235,9 @@ class Catalog:
     def save(self, stem: str | Path, exclude_policies: tuple[str, ...] = ()) -> tuple[Path, Path]:
         """Write ``<stem>.json`` and ``<stem>.npz``; returns both paths.
         ``exclude_policies`` leaves those learned exit scores out of the file."""
+        if self.zoo_widths:
+            raise CatalogError("a catalog with a zoo mixes two model families' answers: save the "
+                               "nested catalog and the zoo traces (anytime.zoo) separately")
         stem = _stem(stem)
         exit_scores = {p: v for p, v in self.exit_scores.items() if p not in exclude_policies}
         stem.parent.mkdir(parents=True, exist_ok=True)

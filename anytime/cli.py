@@ -167,7 +167,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from anytime.catalog import load_catalog
-    from simulator.engine import simulate
+    from simulator.engine import check_policies, simulate
     from simulator.report import draw_report, results_table, write_results
     from simulator.scenario import load_scenario, parse_policies
 
@@ -183,6 +183,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import split_label
 
     catalog = load_catalog(args.catalog) if args.catalog else None
+    check_policies(scenario, catalog)  # a policy that cannot run fails now, not after the others ran
     results = []
     for policy in scenario.policies:
         net = split_label(policy)[2]

@@ -41,6 +41,7 @@ FAMILIES = {
     "depth_only": "full width only, any depth, with exits (a conventional anytime network)",
     "width_only": "full depth only, any width, no exits (a slimmable network)",
     "no_exits": "every (depth, width), no early exits",
+    "zoo": "separately trained models at full depth, no exits (a catalog with a zoo: anytime.zoo)",
 }
 
 
@@ -157,6 +158,12 @@ class OptionTable:
             return (self.depth == self.catalog.depths) & (self.policy == NO_EXIT)
         if family == "no_exits":
             return self.policy == NO_EXIT
+        if family == "zoo":
+            if not self.catalog.zoo_widths:
+                raise BudgetError(f"catalog of {self.catalog.net} has no zoo of separately trained models "
+                                  "(anytime.zoo.with_zoo)")
+            return (self.depth == self.catalog.depths) & (self.policy == NO_EXIT) \
+                & np.isin(self.width, self.catalog.zoo_widths)
         raise BudgetError(f"unknown option family {family!r}; use one of {', '.join(FAMILIES)}")
 
     def cost_front(self, device: str, quantile: float, family: str, with_macs: bool = False) -> np.ndarray:

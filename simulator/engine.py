@@ -34,6 +34,7 @@ import simpy
 
 from anytime.catalog import Catalog, load_catalog
 from anytime.latency_model import load_active_power
+from nets.errors import AnytimeError
 from scheduler.budget import Budget
 from scheduler.options import NO_EXIT, OptionTable, option_table
 from simulator.behaviour import Behaviour, BehaviourCache
@@ -215,12 +216,14 @@ class Simulation:
     def __init__(self, scenario: Scenario, policy: str | Policy, catalog: Catalog | None = None,
                  max_requests: int | None = None):
         self.scenario = scenario
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
         if catalog is None:
             net = split_label(policy)[2] if isinstance(policy, str) else None
             catalog = _load_catalog(scenario, net)
+        if self.policy.needs_zoo and not catalog.zoo_widths:
+            catalog = _zoo_catalog(catalog)
         self.catalog = catalog
         self.table: OptionTable = option_table(self.catalog)
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.behaviours = _behaviour_cache(self.catalog, self.table)
         self.max_requests = max_requests
         for d in scenario.devices:
@@ -665,6 +668,33 @@ def _load_catalog(scenario: Scenario, net: str | None = None) -> Catalog:
     if stem not in _CATALOGS:
         _CATALOGS[stem] = load_catalog(stem or None)
     return _CATALOGS[stem]
+
+
+_ZOO_CATALOGS: dict[int, tuple[Catalog, Catalog]] = {}
+
+
+def _zoo_catalog(catalog: Catalog) -> Catalog:
+    """``catalog`` with its shipped zoo of separately trained models (built
+    once per catalog; the pair keeps the key's object alive)."""
+    from anytime.zoo import shipped_zoo_catalog
+
+    entry = _ZOO_CATALOGS.get(id(catalog))
+    if entry is None or entry[0] is not catalog:
+        entry = _ZOO_CATALOGS[id(catalog)] = (catalog, shipped_zoo_catalog(catalog))
+    return entry[1]
+
+
+def check_policies(scenario: Scenario, catalog: Catalog | None = None) -> None:
+    """Fail before any run if a policy cannot run: its network's catalog is
+    missing, or it needs a zoo that is not shipped (names the policy)."""
+    for label in scenario.policies:
+        net = split_label(label)[2]
+        resolved = _load_catalog(scenario, net) if net or catalog is None else catalog
+        if make_policy(label).needs_zoo and not resolved.zoo_widths:
+            try:
+                _zoo_catalog(resolved)
+            except AnytimeError as error:
+                raise ScenarioError(f"policy {label!r}: {error}") from error
 
 
 def _behaviour_cache(catalog: Catalog, table: OptionTable) -> BehaviourCache:

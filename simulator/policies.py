@@ -7,9 +7,10 @@ change, and, for per-request policies, which option this request runs.
 * ``nested``, ``depth_only``, ``width_only``, ``zoo``, ``oracle``: the same
   multi-tenant allocator (``scheduler.allocate``: CP-SAT, compute, memory and
   deadlines with M/G/1-PS queueing) restricted to an option family, with the
-  hysteresis and dwell time of ``scheduler.switching``.  The zoo pays to load
-  a model on every switch; the oracle takes the nested choice and lets every
-  sample exit at its first right answer (DL-gleaning's ideal).
+  hysteresis and dwell time of ``scheduler.switching``.  The zoo runs plain
+  networks trained separately at each width (``anytime.zoo``) and pays to
+  load a model on every switch; the oracle takes the nested choice and lets
+  every sample exit at its first right answer (DL-gleaning's ideal).
 * ``nested_reactive``: the nested allocation, and per request a smaller
   option inside the resident slice when the requests in flight leave too
   little slack for the allocated one.
@@ -63,6 +64,7 @@ class Policy:
     oracle: bool = False
     per_request: bool = False  # decides every request (its time is charged to the request)
     reacts_to_events: bool = False  # re-decides on budget events (its time is charged to the device)
+    needs_zoo: bool = False  # runs on the catalog's zoo of separately trained models (anytime.zoo)
 
     def __init__(self, interrupt: bool):
         self.interrupt = interrupt
@@ -230,16 +232,16 @@ class WidthOnlyPolicy(AllocatingPolicy):
 
 
 class ZooPolicy(AllocatingPolicy):
-    """Separately trained models at each width: the same choices as a
-    slimmable network, but every switch loads the new model's weights from
-    storage (``ZooSwitchCost``) while requests wait.  Its accuracies are the
-    nested net's full-depth slices: separately trained plain models come with
-    the baselines issue."""
+    """Plain networks trained separately at each width (the catalog's
+    shipped zoo, ``anytime.zoo``: their own answers, the same layers' measured
+    costs), chosen by the same allocator; every switch loads the new model's
+    weights from storage (``ZooSwitchCost``) while requests wait."""
 
     name = "zoo"
+    needs_zoo = True
 
     def __init__(self, interrupt: bool):
-        super().__init__(interrupt, "width_only")
+        super().__init__(interrupt, "zoo")
 
     def setup(self, sim):
         self.switch_cost = ZooSwitchCost(bandwidth_bytes_per_s=min(d.spec.storage_mb_per_s for d in

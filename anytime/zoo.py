@@ -1,0 +1,148 @@
+"""A zoo of separately trained models beside a nested network.
+
+The usual alternative to one nested network is a set of plain networks, one
+per width, each trained alone (the "full training" of the doubly nested
+paper's Figure 4), between which a device switches by loading weights.  A
+plain ResNet-32 at width ``w / W`` has exactly the layers of the nested net's
+full-depth slice ``d{D}w{w}`` once extracted (same MACs, parameters and
+activations: ``tests/test_catalog.py`` checks it), so its measured costs are
+the catalog's; only its answers differ.
+
+``ZooTraces`` keeps those answers (prediction and confidence signals per
+sample, on the catalog's own val and test samples) for the widths that have a
+trained model, and ``with_zoo`` returns a copy of the catalog whose full-depth
+entries at those widths answer as the zoo does and whose option family
+``"zoo"`` offers exactly them.  The simulator's ``zoo`` policy runs on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from anytime.catalog import SHIPPED_STEM, Catalog, CatalogError
+from anytime.evaluate import SIGNALS, confidence_signals
+from nets.data import batches, to_float
+
+FIELDS = ("prediction", *SIGNALS)
+
+
+@dataclass
+class ZooTraces:
+    net: str  # the nested network whose catalog this zoo sits beside
+    widths: tuple[int, ...]  # catalog widths (1..W) that have a trained model, ascending
+    sources: list[str]  # one trained model per width (its name)
+    test_accuracy: list[float]
+    splits: dict[str, dict[str, np.ndarray]]  # split -> field -> [N, len(widths)]
+
+    def to_files(self, stem: str | Path) -> tuple[Path, Path]:
+        stem = Path(stem)
+        arrays = {f"{split}__{name}": values for split, fields in self.splits.items()
+                  for name, values in fields.items()}
+        npz, meta = stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
+        np.savez_compressed(npz, **arrays)
+        meta.write_text(json.dumps({"net": self.net, "widths": list(self.widths), "sources": self.sources,
+                                    "test_accuracy": self.test_accuracy}, indent=1) + "\n")
+        return npz, meta
+
+    @classmethod
+    def from_files(cls, stem: str | Path) -> "ZooTraces":
+        stem = Path(stem)
+        npz, meta = stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
+        try:
+            info = json.loads(meta.read_text())
+            with np.load(npz, allow_pickle=False) as data:
+                splits: dict[str, dict[str, np.ndarray]] = {}
+                for key in data.files:
+                    split, name = key.split("__", 1)
+                    splits.setdefault(split, {})[name] = data[key]
+            zoo = cls(str(info["net"]), tuple(int(w) for w in info["widths"]), list(info["sources"]),
+                      [float(a) for a in info["test_accuracy"]], splits)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CatalogError(f"cannot read zoo traces {stem}: {error}") from error
+        for split, fields in zoo.splits.items():
+            if set(fields) != set(FIELDS) or any(v.shape[1:] != (len(zoo.widths),) for v in fields.values()):
+                raise CatalogError(f"zoo traces {stem}: split {split!r} needs {FIELDS} as [N, {len(zoo.widths)}]")
+        return zoo
+
+
+def zoo_stem(net: str) -> Path:
+    """Where a shipped zoo of ``net`` lives, beside its catalog."""
+    return SHIPPED_STEM.parent / f"{net}.zoo"
+
+
+@torch.no_grad()
+def collect_zoo_traces(catalog: Catalog, models: dict[int, tuple[str, nn.Module]],
+                       splits: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int = 500) -> ZooTraces:
+    """Run each model (catalog width -> (name, model)) over the catalog's own
+    samples.  ``splits`` maps "val"/"test" to (images, labels) in the order
+    the catalog's traces were taken; the labels are checked against them."""
+    if not models:
+        raise CatalogError("a zoo needs at least one trained model")
+    widths = tuple(sorted(models))
+    if widths[0] < 1 or widths[-1] > catalog.widths:
+        raise CatalogError(f"zoo widths must be in 1..{catalog.widths}, got {widths}")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, (images, labels) in splits.items():
+        if split not in catalog.traces:
+            raise CatalogError(f"catalog has no {split!r} traces")
+        if not np.array_equal(labels.numpy().astype(np.uint8), catalog.traces[split].labels):
+            raise CatalogError(f"the {split} samples are not the catalog's (labels differ): "
+                               "load the data with the catalog's val size and seed")
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+        for w in widths:
+            model = models[w][1].eval()
+            parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+            for x, _ in batches(images, labels, batch_size):
+                signals = confidence_signals(model(to_float(x)))
+                for name in FIELDS:
+                    parts[name].append(signals[name].numpy())
+            for name in FIELDS:
+                columns[name].append(np.concatenate(parts[name]))
+        out[split] = {"prediction": np.stack(columns["prediction"], axis=1).astype(np.uint8),
+                      **{name: np.stack(columns[name], axis=1).astype(np.float16) for name in SIGNALS}}
+    test = out.get("test")
+    accuracy = [] if test is None else [
+        float((test["prediction"][:, k] == catalog.traces["test"].labels).mean()) for k in range(len(widths))]
+    return ZooTraces(catalog.net, widths, [models[w][0] for w in widths], accuracy, out)
+
+
+def with_zoo(catalog: Catalog, zoo: ZooTraces) -> Catalog:
+    """A copy of ``catalog`` whose full-depth entries at the zoo's widths
+    answer as the zoo's models do (costs unchanged: the same layers), with
+    ``zoo_widths`` set so that the option family ``"zoo"`` offers them."""
+    if zoo.net != catalog.net:
+        raise CatalogError(f"zoo traces are for {zoo.net!r}, the catalog is {catalog.net!r}")
+    twin = copy.copy(catalog)
+    twin.traces = {}
+    last, columns = catalog.depths - 1, np.asarray(zoo.widths) - 1
+    for split, traces in catalog.traces.items():
+        traces = copy.copy(traces)
+        if split not in zoo.splits:
+            raise CatalogError(f"zoo traces lack the {split!r} split")
+        if len(zoo.splits[split]["prediction"]) != len(traces.labels):
+            raise CatalogError(f"zoo {split} traces have {len(zoo.splits[split]['prediction'])} samples, "
+                               f"the catalog {len(traces.labels)}")
+        for name in FIELDS:
+            values = getattr(traces, name).copy()
+            values[:, last, columns] = zoo.splits[split][name].astype(values.dtype)
+            setattr(traces, name, values)
+        twin.traces[split] = traces
+    twin.zoo_widths = tuple(zoo.widths)
+    twin.provenance = {**catalog.provenance, "zoo": {"widths": list(zoo.widths), "sources": zoo.sources}}
+    return twin
+
+
+def shipped_zoo_catalog(catalog: Catalog) -> Catalog:
+    """``catalog`` with its shipped zoo, or a clear error if none is shipped."""
+    stem = zoo_stem(catalog.net)
+    if not stem.with_name(stem.name + ".json").exists():
+        raise CatalogError(f"no zoo of separately trained models is shipped for {catalog.net} "
+                           f"(expected {stem}.json; build one with scripts/build_zoo.py)")
+    return with_zoo(catalog, ZooTraces.from_files(stem))
