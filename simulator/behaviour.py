@@ -99,3 +99,50 @@ class BehaviourCache:
         cum_macs = macs_path if has_heads else catalog.costs["macs"][:depth, w].astype(np.float64)
         return Behaviour(exits.tolist(), (work_ms / 1000.0).tolist(), correct.tolist(), macs.tolist(),
                          cum_ms / 1000.0, cum_macs, correct_by_depth, has_heads, feature_bytes)
+
+
+@dataclass
+class SplitCosts:
+    """Expected costs of options run split at a depth (edge, then link, then
+    server), per option row: what a per-request rule prices before it picks.
+    Mirrors how the engine runs a split request (``Behaviour``): a sample
+    that exits at or before the split finishes on the edge; a deeper one ships
+    the split depth's features and finishes on the server."""
+
+    rows: np.ndarray  # option-table rows
+    edge_s: np.ndarray  # expected edge seconds at full speed, alone
+    beyond: np.ndarray  # probability that a sample goes past the split
+    server_s: np.ndarray  # expected server seconds of a sample that goes past (weighted by ``beyond``)
+    feature_bytes: np.ndarray  # bytes shipped when a sample goes past
+
+
+def cumulative_ms(catalog: Catalog, table: OptionTable, rows: np.ndarray, profile: str) -> np.ndarray:
+    """``[rows, depths]`` milliseconds to reach (and answer at) each depth on
+    ``profile``, as ``BehaviourCache`` prices a request: exit paths with their
+    heads (and scorers) for options with exits, the extracted model's
+    measured latency spread over the timed segments for plain ones."""
+    latency = catalog.latency_table(profile)
+    w, depth = table.width[rows] - 1, table.depth[rows]
+    cum = latency.exit_path_p50_ms()[:, w].T.astype(np.float64)
+    for policy in catalog.exit_extra_macs:
+        with_scorer = table.policy[rows] == policy
+        cum[with_scorer] += np.cumsum(latency.head_p50_ms[:, w[with_scorer]].T, axis=1)
+    plain = table.policy[rows] == NO_EXIT
+    segments = np.cumsum(latency.segment_p50_ms[:, w[plain]].T, axis=1)
+    last = depth[plain] - 1
+    scale = latency.p50_ms[0, last, w[plain]] / segments[np.arange(len(last)), last]
+    cum[plain] = segments * scale[:, None]
+    return cum
+
+
+def split_costs(catalog: Catalog, table: OptionTable, rows: np.ndarray, edge_profile: str, server_profile: str,
+                at_depth: int) -> SplitCosts:
+    k = at_depth - 1
+    histogram = table.exit_histogram[rows]  # [rows, depths]: where samples answer
+    edge = cumulative_ms(catalog, table, rows, edge_profile)
+    server = cumulative_ms(catalog, table, rows, server_profile)
+    reach_edge = edge[:, np.minimum(np.arange(catalog.depths), k)]  # edge time of a sample answering at d
+    past = histogram[:, k + 1:]
+    return SplitCosts(rows, (histogram * reach_edge).sum(1) / 1000.0, past.sum(1),
+                      (past * (server[:, k + 1:] - server[:, [k]])).sum(1) / 1000.0,
+                      catalog.costs["feature_bytes"][k, table.width[rows] - 1].astype(np.float64))

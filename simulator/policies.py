@@ -28,8 +28,10 @@ the best option that stays on the edge (depth up to the split point, the
 whole deadline) and the best split option (``select_subnet`` on the server's
 profile and share, the deadline reduced by the worst-case edge time and the
 feature transfer at the link's current bandwidth and delay).  The
-per-request rules price latency on the app's own device only, so they are
-not meant for split applications.
+per-request rules price a split app's options over edge, link and server
+(``simulator.behaviour.split_costs``): the edge part stretched by the edge's
+load, the transfer at the link's current bandwidth and delay, the server part
+stretched by the server's load.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from scheduler.allocate import SharedDevice, Tenant, allocate, allocation_fits
 from scheduler.budget import Budget
 from scheduler.errors import InfeasibleBudget
 from scheduler.options import OptionTable
-from scheduler.select import scheduler_for
+from scheduler.select import _pareto, scheduler_for
+from simulator.behaviour import SplitCosts, split_costs
 from scheduler.switching import NESTED_SWITCH, ZooSwitchCost, keep_current
 from simulator.scenario import INTERRUPT_SUFFIX, POLICIES, split_label
+from simulator.topology import transfer_seconds
 
 if TYPE_CHECKING:
     from simulator.engine import AppState, Simulation
@@ -297,6 +301,20 @@ class SuperServePolicy(Policy):
             ladder = _staircase(np.flatnonzero(table.family_mask(self.ladder_family)), costs.expected_ms,
                                 table.accuracy)
             self._ladders[device_name] = (ladder, costs.expected_ms[ladder] / 1000.0, table.memory[ladder])
+        # a split app prices each option over edge, link and server; only options that
+        # no other beats on every one of those costs and on accuracy can ever be chosen
+        self._split_options = {}
+        for app in sim.apps:
+            split = app.spec.split
+            if split is None:
+                continue
+            rows = np.flatnonzero(table.family_mask(self.ladder_family))
+            costs = split_costs(sim.catalog, table, rows, app.device.spec.profile,
+                                sim.devices[split.server].spec.profile, split.at_depth)
+            keep = _pareto(np.stack([costs.edge_s, costs.beyond, costs.server_s, costs.beyond * costs.feature_bytes,
+                                     table.memory[rows], -table.accuracy[rows]], axis=1))
+            self._split_options[app.name] = SplitCosts(*(getattr(costs, f)[keep] for f in
+                                                         ("rows", "edge_s", "beyond", "server_s", "feature_bytes")))
 
     def decide(self, sim, now, reason):
         if now > 0:
@@ -305,16 +323,38 @@ class SuperServePolicy(Policy):
 
     def request_row(self, app, sim, now):
         device = app.device
-        ladder, seconds, memory = self._ladders[device.spec.name]
         slack = min(device.earliest_deadline(now), now + app.deadline_s) - now
         stretch = (device.sim_device.running + 1) / device.sim_device.capacity
+        free = device.free_memory_for_apps()
+        free = np.inf if free is None else free - device.memory_of_others(app)
+        if app.spec.split is not None:
+            return self._split_row(app, sim, slack, stretch, free)
+        ladder, seconds, memory = self._ladders[device.spec.name]
         fits = int(np.searchsorted(seconds * stretch, slack, side="right")) - 1
-        memory_ok = memory <= device.free_memory_for_apps() - device.memory_of_others(app)
+        memory_ok = memory <= free
         if fits >= 0:
             candidates = np.flatnonzero(memory_ok[: fits + 1])
         else:
             candidates = np.flatnonzero(memory_ok[:1])
         return int(ladder[candidates[-1]]) if len(candidates) else int(ladder[0])
+
+    def _split_row(self, app, sim, slack: float, edge_stretch: float, free: float) -> int:
+        """The most accurate option whose expected time (edge part stretched
+        by the edge's load, transfer at the link's current bandwidth and delay,
+        server part stretched by the server's load) fits the slack; else the
+        fastest."""
+        split = app.spec.split
+        options = self._split_options[app.name]
+        server = sim.devices[split.server].sim_device
+        transfer = transfer_seconds(sim.topology, [split.link], options.feature_bytes)
+        expected = options.edge_s * edge_stretch \
+            + options.beyond * (transfer + options.server_s * (server.running + 1) / server.capacity)
+        accuracy = sim.table.accuracy[options.rows]
+        fits = (expected <= slack) & (sim.table.memory[options.rows] <= free)
+        if not fits.any():
+            return int(options.rows[np.argmin(expected)])
+        best = np.flatnonzero(fits & (accuracy == accuracy[fits].max()))
+        return int(options.rows[best[np.argmin(expected[best])]])
 
 
 def _staircase(rows: np.ndarray, expected_ms: np.ndarray, accuracy: np.ndarray) -> np.ndarray:

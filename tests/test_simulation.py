@@ -196,6 +196,49 @@ def test_split_execution_uses_the_link_and_the_server(catalog):
     assert int(chosen["option"][1:].split("w")[0]) <= scenario.apps[0].split.at_depth  # stays on the phone
 
 
+def test_split_costs_are_the_engines_expectations(catalog):
+    """What the per-request rule prices for a split option equals the mean,
+    over test samples, of what the engine charges the edge and the server."""
+    from simulator.behaviour import split_costs
+
+    table = option_table(catalog)
+    rng = np.random.default_rng(1)
+    rows = np.concatenate([rng.choice(np.flatnonzero(table.policy != "none"), 6, replace=False),
+                           rng.choice(np.flatnonzero(table.policy == "none"), 4, replace=False)])
+    at_depth = 6
+    costs = split_costs(catalog, table, rows, "phone-npu", "datacenter-gpu", at_depth)
+    cache = BehaviourCache(catalog, table)
+    for i, row in enumerate(rows):
+        edge, server = cache.get(int(row), "phone-npu"), cache.get(int(row), "datacenter-gpu")
+        exits = np.asarray(edge.exit_index)
+        past = exits >= at_depth
+        edge_s = np.where(past, edge.cum_s[min(at_depth, len(edge.cum_s)) - 1], edge.work_s)
+        server_s = np.where(past, server.cum_s[exits] - server.cum_s[min(at_depth, len(server.cum_s)) - 1], 0.0)
+        assert costs.beyond[i] == pytest.approx(past.mean(), abs=1e-9)
+        assert costs.edge_s[i] == pytest.approx(edge_s.mean(), rel=1e-6)
+        assert costs.server_s[i] == pytest.approx(server_s.mean(), rel=1e-6, abs=1e-12)
+
+
+def test_per_request_rule_prices_the_split_link(catalog):
+    """SuperServe's rule on a split app: a slow link makes it keep samples on
+    the phone (less shipped), a fast one lets it use the server."""
+    from simulator.engine import Simulation
+
+    sim = Simulation(_short("edge_server", 10.0), "superserve", catalog)
+    sim.policy.setup(sim)
+    app = sim.apps[0]
+    edge = sim.topology.edges[sim.scenario.links[0].source, sim.scenario.links[0].target]
+    shipped = {}
+    for bandwidth in (100.0, 1.0):
+        edge["bandwidth_mbps"] = bandwidth
+        row = sim.policy.request_row(app, sim, 0.0)
+        options = sim.policy._split_options[app.name]
+        i = int(np.flatnonzero(options.rows == row)[0])
+        shipped[bandwidth] = options.beyond[i] * options.feature_bytes[i]
+    assert shipped[100.0] > 0
+    assert shipped[1.0] < shipped[100.0]
+
+
 def test_rate_estimates_make_the_scheduler_follow_a_trace(catalog):
     """No scenario event changes the trace's rate; the scheduler notices from
     the arrivals and decides again (the log says why)."""
