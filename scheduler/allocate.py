@@ -17,9 +17,12 @@ boolean per tenant and option, exactly one per tenant, one row per resource),
 with all coefficients scaled to integers and rounded up so that an integer
 solution is feasible in real terms.  Options that break a tenant's own
 deadline at zero load, or are dominated on every resource by another option
-of the same tenant, are pruned first (vectorised).  Each solve can be warm-
-started from the previous allocation, always runs under a time limit, and
-reports whether optimality was proven.
+of the same tenant, are pruned first (vectorised).  Then reduced-cost fixing
+from the LP relaxation, with an incumbent improved by one- and two-tenant
+swaps, leaves CP-SAT only the options that could still beat the incumbent
+(``allocate``).  Each solve can be warm-started from the previous
+allocation, always runs under a time limit, and reports whether optimality
+was proven.
 """
 
 from __future__ import annotations
@@ -245,11 +248,11 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
         status, picks, value, seconds = _solve(tight, capacity, time_limit_s, workers, deterministic, None)
         solver_seconds += seconds
         if picks is not None:
+            # positions in `rows` (both keep the table order, so `index` is sorted)
+            picks = [int(np.searchsorted(r.index, t.index[p])) for r, t, p in zip(rows, tight, picks)]
             # improve the incumbent by swaps among the options that could still
             # beat it: the closer it is to the optimum, the fewer options CP-SAT
             # has to rule out (often it is the optimum, and CP-SAT only proves it)
-            # back to positions in `rows` (both keep the table order, so `index` is sorted)
-            picks = [int(np.searchsorted(r.index, t.index[p])) for r, t, p in zip(rows, tight, picks)]
             could_beat = bound + reduced >= value - 1e-6 * max(abs(bound), 1.0) - 0.5
             picks = _improve_by_swaps(rows, picks, capacity, could_beat)
             value = sum(int(r.value[p]) for r, p in zip(rows, picks))
