@@ -144,20 +144,90 @@ def _shipped_stem():
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from anytime.catalog import load_catalog
     from scheduler import Budget, select_subnet
 
-    catalog = load_catalog(args.catalog) if args.catalog else None
+    catalog = _family_catalog(args.catalog, args.family)
     budget = Budget(macs=args.macs, latency_ms=args.latency_ms, latency_quantile=args.quantile,
                     memory_bytes=args.memory_bytes, energy_mj=args.energy_mj, min_accuracy=args.min_accuracy,
                     device=args.device, share=args.share)
-    selection = select_subnet(budget, catalog)
+    selection = select_subnet(budget, catalog, args.family)
     if args.json:
         print(json.dumps({"subnet": str(selection.spec), "policy": selection.policy,
                           "thresholds": selection.thresholds, **selection.costs(),
                           "expected_accuracy": selection.expected_accuracy, "binding": selection.binding}))
     else:
         print(selection.explain())
+    return 0
+
+
+# scheduler.options.FAMILIES, named here so that building the parser imports no scheduler (tested equal)
+OPTION_FAMILIES = ("nested", "depth_only", "width_only", "no_exits", "zoo")
+
+
+def _family_catalog(stem: str | None, family: str):
+    """The catalog to choose from: ``stem`` or the shipped one, with its
+    shipped zoo for the ``zoo`` family."""
+    from anytime.catalog import load_catalog
+
+    catalog = load_catalog(stem) if stem else None
+    if family == "zoo":
+        from anytime.zoo import shipped_zoo_catalog
+
+        catalog = shipped_zoo_catalog(catalog or load_catalog())
+    return catalog
+
+
+def _parse_tenant(text: str):
+    """``NAME:RATE_HZ:DEADLINE_MS[:WEIGHT]`` -> (name, rate, deadline, weight)."""
+    from scheduler.errors import TenantError
+
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or not parts[0]:
+        raise TenantError(f"--tenant {text!r}: expected NAME:RATE_HZ:DEADLINE_MS[:WEIGHT], e.g. camera:30:50")
+    try:
+        numbers = [float(p) for p in parts[1:]]
+    except ValueError:
+        raise TenantError(f"--tenant {text!r}: rate, deadline and weight must be numbers") from None
+    return parts[0], numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1.0
+
+
+def _cmd_allocate(args: argparse.Namespace) -> int:
+    from scheduler.allocate import SharedDevice, Tenant, allocate
+
+    catalog = _family_catalog(args.catalog, args.family)
+    if catalog is None:
+        from anytime.catalog import load_catalog
+
+        catalog = load_catalog()
+    from scheduler.options import option_table
+
+    option_table(catalog)  # built once per catalog; not part of the solve time reported
+    device_name = args.device or next((d for d, t in catalog.latency.items() if t.measured), None)
+    tenants = [Tenant(name, catalog, rate_hz=rate, deadline_ms=deadline, weight=weight, family=args.family,
+                      latency_quantile=args.quantile)
+               for name, rate, deadline, weight in (_parse_tenant(t) for t in args.tenant)]
+    result = allocate(tenants, SharedDevice(device_name, share=args.share, memory_bytes=args.memory_bytes),
+                      time_limit_s=args.time_limit_s)
+    if args.json:
+        print(json.dumps({"objective": result.objective, "optimal": result.optimal,
+                          "utilisation": result.utilisation, "solve_seconds": result.solve_seconds,
+                          "choices": {name: {"subnet": c.spec, "policy": c.policy, "thresholds": c.thresholds,
+                                             "accuracy": c.accuracy, "expected_ms": c.expected_ms,
+                                             "response_ms": c.response_ms, "memory_bytes": c.memory_bytes}
+                                      for name, c in result.choices.items()}}))
+        return 0
+    print(f"{len(tenants)} tenants on {device_name} (share {args.share:g}"
+          + ("" if args.memory_bytes is None else f", {args.memory_bytes / 1e6:.2f} MB") + f"), family {args.family}")
+    print("| tenant | sub-network | exits | accuracy | expected ms | predicted response ms | deadline ms |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for tenant in tenants:
+        c = result.choices[tenant.name]
+        print(f"| {c.tenant} | {c.spec} | {c.policy} | {100 * c.accuracy:.2f}% | {c.expected_ms:.3f} | "
+              f"{c.response_ms:.3f} | {tenant.deadline_ms:g} |")
+    print(f"weighted accuracy {result.objective:.4f}, device load {100 * result.utilisation:.1f}% of the share, "
+          f"{'proven optimal' if result.optimal else 'best found, NOT proven optimal'} in "
+          f"{1000 * result.solve_seconds:.0f} ms ({result.options_after_pruning} options after pruning, "
+          f"{result.options_solved} left to CP-SAT)")
     return 0
 
 
@@ -308,8 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-accuracy", type=float, help="fraction, e.g. 0.85")
     p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
     p.add_argument("--share", type=float, default=1.0, help="fraction of the device available, (0, 1]")
+    p.add_argument("--family", default="nested", choices=OPTION_FAMILIES,
+                   help="options to choose from (zoo: the separately trained widths shipped beside the catalog)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("allocate", help="share one device among several applications (CP-SAT, proven optimal)")
+    p.add_argument("--tenant", action="append", required=True, metavar="NAME:RATE_HZ:DEADLINE_MS[:WEIGHT]",
+                   help="an application: requests per second, deadline per request (queueing included), "
+                        "weight in the objective; repeat for each")
+    p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
+    p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
+    p.add_argument("--share", type=float, default=1.0, help="fraction of the device left for these apps, (0, 1]")
+    p.add_argument("--memory-bytes", type=float, help="memory for all the apps' models")
+    p.add_argument("--quantile", type=float, default=0.99, choices=(0.5, 0.9, 0.99),
+                   help="the job size whose predicted response must meet the deadline")
+    p.add_argument("--family", default="nested", choices=OPTION_FAMILIES)
+    p.add_argument("--time-limit-s", type=float, default=5.0, help="CP-SAT's limit; past it, the best found")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_allocate)
 
     p = sub.add_parser("simulate", help="run a scenario under each of its policies and write results and pictures")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")

@@ -227,13 +227,14 @@ def scheduler_for(catalog: Catalog | None = None) -> Scheduler:
     return scheduler
 
 
-def select_subnet(budget: Budget, catalog: Catalog | None = None) -> Selection:
+def select_subnet(budget: Budget, catalog: Catalog | None = None, family: str = "nested") -> Selection:
     """The most accurate sub-network and exit setting that meets ``budget``
-    (the shipped catalog when ``catalog`` is None).  Raises
-    :class:`InfeasibleBudget` when nothing does."""
+    (the shipped catalog when ``catalog`` is None), among the options of
+    ``family`` (``scheduler.options.FAMILIES``; all of them by default).
+    Raises :class:`InfeasibleBudget` when nothing does."""
     if not isinstance(budget, Budget):
         raise BudgetError(f"select_subnet takes a Budget, got {type(budget).__name__}")
-    return scheduler_for(catalog).select(budget)
+    return scheduler_for(catalog).select(budget, family)
 
 
 def brute_force_select(budget: Budget, catalog: Catalog) -> tuple[float, float] | None:

@@ -27,7 +27,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "profile", "exits", "select", "plot-catalog", "nets"):
+    for command in ("train", "profile", "exits", "select", "allocate", "plot-catalog", "nets", "simulate"):
         assert command in out
 
 
@@ -43,6 +43,12 @@ def test_nets(capsys):
     (["select", "--share", "0"], "share must be in (0, 1]"),
     (["select", "--catalog", "/no/such/catalog"], "catalog file not found"),
     (["plot-catalog", "/no/such/catalog"], "catalog file not found"),
+    (["allocate", "--tenant", "cam:30"], "expected NAME:RATE_HZ:DEADLINE_MS"),
+    (["allocate", "--tenant", "cam:fast:30"], "must be numbers"),
+    (["allocate", "--tenant", "cam:-1:30"], "rate_hz must be a positive number"),
+    (["allocate", "--tenant", "cam:30:30", "--tenant", "cam:10:30"], "tenant names must be unique"),
+    (["allocate", "--tenant", "cam:30:30", "--share", "2"], "share must be in (0, 1]"),
+    (["allocate", "--tenant", "cam:1e9:0.001"], "no option meets"),
     (["exits", "/no/such/catalog"], "catalog file not found"),
 ])
 def test_bad_input_is_one_line(capsys, argv, message, tmp_path, monkeypatch):
@@ -91,3 +97,23 @@ def test_main_job_on_shipped_catalog(capsys, tmp_path):
     assert code == 0 and "Run d" in stdout
     code, stdout, _ = run(capsys, "exits", "--report", str(tmp_path))
     assert code == 0 and "oracle" in stdout
+
+
+@pytest.mark.skipif(not SHIPPED, reason="shipped catalog not built yet")
+def test_allocate_and_family_on_shipped_catalog(capsys):
+    code, stdout, _ = run(capsys, "allocate", "--tenant", "camera:200:40", "--tenant", "voice:100:20:2",
+                          "--share", "0.8", "--memory-bytes", "4e6", "--json")
+    result = json.loads(stdout)
+    assert code == 0 and result["optimal"] and set(result["choices"]) == {"camera", "voice"}
+    assert result["utilisation"] <= 1
+    assert all(c["response_ms"] <= deadline for c, deadline in
+               ((result["choices"]["camera"], 40), (result["choices"]["voice"], 20)))
+    code, stdout, _ = run(capsys, "select", "--macs", "40e6", "--family", "width_only", "--json")
+    assert code == 0 and json.loads(stdout)["policy"] == "none" and json.loads(stdout)["subnet"].startswith("d16")
+
+
+def test_cli_families_are_the_schedulers():
+    from anytime.cli import OPTION_FAMILIES
+    from scheduler.options import FAMILIES
+
+    assert set(OPTION_FAMILIES) == set(FAMILIES)
