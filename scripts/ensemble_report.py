@@ -13,7 +13,10 @@ on the nested network's width groups.
   answering with the wider head), and the best ladder of any widths, costs
   in MACs from the catalog.
 
-Member latency is measured here (batch 1, p50 of 200 calls, one thread).
+Member latency is measured here (batch 1, p50 of 200 calls, one thread), and
+so is the mean per-image time at batch 1 of all four executions on the same
+test images (``measured_batch1_ms``: the ensemble normal and flexible, the
+nested net's full sub-network and its width ladder).
 
     python scripts/ensemble_report.py [--members resnet14_w0.5_seed1,...] [--runs runs/baselines]
 """
@@ -22,16 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anytime.catalog import load_catalog
-from anytime.ensemble import calibrate_flexible, cascade, running_average_traces
+from anytime.ensemble import FlexibleEnsemble, calibrate_flexible, cascade, running_average_traces
 from anytime.exits import _ladder_arrays, calibrate_width_refinement, width_ladder
 from anytime.macs import count_macs
 from anytime.profile import time_model
+from anytime.runner import WidthLadderRunner
 from nets.data import batches, load_cifar10, to_float
 from nets.registry import create_net, load_weights
 from nets.spec import SubnetSpec
@@ -62,6 +67,35 @@ def nested_widths(tolerance: float, steps=(2, 4, 6, 8)) -> dict:
             "best_ladder_test_mean_macs": best.test_expected_macs}
 
 
+def _mean_ms(run, images: torch.Tensor, rounds: int = 2) -> float:
+    """Mean wall time of ``run`` on single images (batch 1), the best of
+    ``rounds`` passes after a warm-up pass."""
+    best = np.inf
+    for r in range(rounds + 1):
+        started = time.perf_counter()
+        for image in images:
+            run(image[None])
+        if r:
+            best = min(best, (time.perf_counter() - started) * 1000 / len(images))
+    return float(best)
+
+
+@torch.inference_mode()
+def measured_latencies(members, threshold: float, nested: dict, images: torch.Tensor) -> dict:
+    """Per-image wall time at batch 1 of the four executions, side by side
+    on the same images: every member, members until confident, the nested
+    net's full sub-network, and its calibrated width ladder."""
+    catalog = load_catalog()
+    model = create_net(catalog.net, pretrained=True).eval()
+    full = model.extract(SubnetSpec(catalog.depths, catalog.widths)).eval()
+    ladder = tuple(int(w) for w in nested["ladder"].split("w", 1)[1].split(">"))
+    runner = WidthLadderRunner(model, catalog.depths, ladder, nested["threshold"], catalog)
+    normal, flexible = FlexibleEnsemble(members), FlexibleEnsemble(members, threshold)
+    return {"images": len(images),
+            "normal_ensemble": _mean_ms(normal, images), "flexible_ensemble": _mean_ms(flexible, images),
+            "nested_full": _mean_ms(full, images), "nested_ladder": _mean_ms(runner.run, images)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", default="resnet14_w0.5_seed1,resnet14_w0.5_seed2,resnet14_w0.5_seed3")
@@ -69,6 +103,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/baselines"))
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip")
     parser.add_argument("--tolerance", type=float, default=0.003)
+    parser.add_argument("--timed-images", type=int, default=500, help="test images timed one by one")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_cifar10(args.data, cache_dir="data/cache")
@@ -100,6 +135,8 @@ def main() -> None:
                      "members_used_histogram": np.bincount(used, minlength=len(members) + 1)[1:].tolist()},
         "nested_widths": nested_widths(args.tolerance),
     }
+    report["measured_batch1_ms"] = measured_latencies(members, calibration.threshold, report["nested_widths"],
+                                                      to_float(data.test_images[: args.timed_images]))
     print(json.dumps(report, indent=1))
 
 
