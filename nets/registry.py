@@ -42,6 +42,17 @@ def list_nets() -> list[str]:
     return sorted(_REGISTRY)
 
 
+BASELINES_DIR = WEIGHTS_DIR / "baselines"  # small separately trained models (issue 7's baselines)
+
+
+def baseline_file(name: str, suffix: str = ".pt", runs: Path | str = "runs/baselines") -> Path:
+    """A trained baseline's file (``.pt`` weights or ``.json`` card): its
+    finished run under ``runs`` if there is one, else the shipped copy in
+    ``nets/weights/baselines`` (which may not exist: callers check)."""
+    run = Path(runs) / name / f"{name}{suffix}"
+    return run if run.exists() else BASELINES_DIR / f"{name}{suffix}"
+
+
 def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pt"
 

@@ -19,10 +19,7 @@ import torch
 from anytime.catalog import load_catalog
 from anytime.zoo import collect_zoo_traces, zoo_stem
 from nets.data import load_cifar10
-from nets.registry import create_net, load_weights
-
-SHIPPED = Path(__file__).resolve().parent.parent / "nets" / "weights" / "baselines"
-
+from nets.registry import baseline_file, create_net, load_weights
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,8 +36,7 @@ def main() -> None:
     for w in range(1, catalog.widths + 1):
         fraction = w / catalog.widths
         name = "resnet32_cifar10" if w == catalog.widths else f"resnet32_w{fraction:g}"
-        path = args.runs / name / f"{name}.pt"
-        path = path if path.exists() else SHIPPED / f"{name}.pt"
+        path = baseline_file(name, ".pt", args.runs)
         if not path.exists():
             if fraction in (0.25, 0.5, 0.75, 1.0):
                 print(f"(no trained {name} yet: width {w} left out)")

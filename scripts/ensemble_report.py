@@ -38,7 +38,7 @@ from anytime.macs import count_macs
 from anytime.profile import time_model
 from anytime.runner import WidthLadderRunner
 from nets.data import batches, load_cifar10, to_float
-from nets.registry import create_net, load_weights
+from nets.registry import baseline_file, create_net, load_weights
 from nets.spec import SubnetSpec
 
 
@@ -111,7 +111,10 @@ def main() -> None:
     members, latency_ms, member_macs = [], [], []
     for name in args.members.split(","):
         model = create_net("resnet32_cifar10", **config)
-        load_weights(model, args.runs / name / f"{name}.pt")
+        path = baseline_file(name, ".pt", args.runs)
+        if not path.exists():
+            raise SystemExit(f"no trained ensemble member {name} (train it with scripts/train_baselines.sh {name})")
+        load_weights(model, path)
         model.eval()
         members.append(model)
         latency_ms.append(time_model(model, 1, warmup=20, repeats=200).p50_ms)

@@ -24,7 +24,7 @@ import torch
 
 from anytime.catalog import load_catalog
 from nets.data import batches, load_cifar10, to_float
-from nets.registry import create_net, load_weights
+from nets.registry import baseline_file, create_net, load_weights
 from nets.train import fine_tune_classifier
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -35,15 +35,6 @@ def accuracy(model, images, labels) -> float:
     model.eval()
     right = sum(int((model(to_float(x)).argmax(-1) == y).sum()) for x, y in batches(images, labels, 500))
     return right / len(labels)
-
-
-SHIPPED = Path(__file__).resolve().parent.parent / "nets" / "weights" / "baselines"
-
-
-def _find(runs: Path, name: str, suffix: str) -> Path:
-    """A finished baseline's file: its run folder, else the shipped copy."""
-    run = runs / name / f"{name}{suffix}"
-    return run if run.exists() else SHIPPED / f"{name}{suffix}"
 
 
 def main() -> None:
@@ -58,7 +49,7 @@ def main() -> None:
     rows = {"nested (one training)": [float(catalog.accuracy("test")[-1, round(f * catalog.widths) - 1])
                                       for f in FRACTIONS]}
     data = load_cifar10(args.data, cache_dir="data/cache")
-    plain_weights = _find(args.runs, "resnet32_cifar10", ".pt")
+    plain_weights = baseline_file("resnet32_cifar10", ".pt", args.runs)
     if plain_weights.exists():
         plain = create_net("resnet32_cifar10")
         load_weights(plain, plain_weights)
@@ -74,7 +65,7 @@ def main() -> None:
     full = []
     for f in FRACTIONS:
         name = "resnet32_cifar10" if f == 1.0 else f"resnet32_w{f}"
-        card = _find(args.runs, name, ".json")
+        card = baseline_file(name, ".json", args.runs)
         full.append(json.loads(card.read_text())["test_accuracy_full"] if card.exists() else float("nan"))
         if not card.exists():
             print(f"(no separately trained width {f} yet: {card})")

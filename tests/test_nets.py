@@ -427,3 +427,13 @@ def test_train_config_validation():
         TrainConfig(full_output_weight=1.5)
     with pytest.raises(ConfigError):
         TrainConfig(lambda_scheme="cubic")
+
+
+def test_baseline_file_prefers_a_finished_run(tmp_path):
+    from nets.registry import BASELINES_DIR, baseline_file
+
+    assert baseline_file("resnet32_w0.25", ".json", tmp_path) == BASELINES_DIR / "resnet32_w0.25.json"
+    run = tmp_path / "resnet32_w0.25"
+    run.mkdir()
+    (run / "resnet32_w0.25.json").write_text("{}")
+    assert baseline_file("resnet32_w0.25", ".json", tmp_path) == run / "resnet32_w0.25.json"
