@@ -4,9 +4,9 @@ The usual alternative to one nested network is a set of plain networks, one
 per width, each trained alone (the "full training" of the doubly nested
 paper's Figure 4), between which a device switches by loading weights.  A
 plain ResNet-32 at width ``w / W`` has exactly the layers of the nested net's
-full-depth slice ``d{D}w{w}`` once extracted (same MACs, parameters and
-activations: ``tests/test_catalog.py`` checks it), so its measured costs are
-the catalog's; only its answers differ.
+full-depth slice ``d{D}w{w}`` once extracted (same layer shapes, so the same
+MACs and parameters: ``tests/test_zoo.py`` checks both), so its measured
+costs are the catalog's; only its answers differ.
 
 ``ZooTraces`` keeps those answers (prediction and confidence signals per
 sample, on the catalog's own val and test samples) for the widths that have a
