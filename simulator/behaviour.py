@@ -63,13 +63,12 @@ class BehaviourCache:
         spec = table.spec(row)
         depth, w = spec.depth, spec.width - 1
         policy = str(table.policy[row])
-        latency = catalog.latency_table(profile)
         traces = catalog.traces["test"]
         n = len(traces.labels)
         macs_path = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
         feature_bytes = catalog.costs["feature_bytes"][:depth, w].astype(np.float64)
+        cum_ms = cumulative_ms(catalog, table, np.array([row]), profile, oracle)[0, :depth]
         if oracle or policy != NO_EXIT:
-            cum_ms = latency.exit_path_p50_ms()[:depth, w].copy()
             if oracle:
                 correct_by_depth = traces.correct[:, :depth, w].astype(bool)
                 exits = np.where(correct_by_depth.any(1), correct_by_depth.argmax(1), depth - 1)
@@ -80,17 +79,12 @@ class BehaviourCache:
                 scorer_macs = catalog.exit_extra_macs.get(policy)
                 if scorer_macs is not None:  # a gate or support net runs beside each head it judges
                     macs_path = macs_path + np.cumsum(scorer_macs[:depth, w])
-                    cum_ms = cum_ms + np.cumsum(latency.head_p50_ms[:depth, w])
             work_ms = cum_ms[exits]
             macs = macs_path[exits]
             has_heads = True
         else:  # a plain sub-network: no heads on the way, the extracted model's measured latency
             correct_by_depth = traces.correct[:, :depth, w].astype(bool)
             exits = np.full(n, depth - 1)
-            # per-depth progress in proportion to the timed segments, scaled so the
-            # whole takes the extracted model's measured latency
-            segments = np.cumsum(latency.segment_p50_ms[:depth, w])
-            cum_ms = segments * (latency.p50_ms[0, depth - 1, w] / segments[-1])
             work_ms = np.full(n, cum_ms[-1])
             macs = np.full(n, float(catalog.costs["macs"][depth - 1, w]))
             has_heads = False
@@ -116,14 +110,19 @@ class SplitCosts:
     feature_bytes: np.ndarray  # bytes shipped when a sample goes past
 
 
-def cumulative_ms(catalog: Catalog, table: OptionTable, rows: np.ndarray, profile: str) -> np.ndarray:
+def cumulative_ms(catalog: Catalog, table: OptionTable, rows: np.ndarray, profile: str,
+                  oracle: bool = False) -> np.ndarray:
     """``[rows, depths]`` milliseconds to reach (and answer at) each depth on
-    ``profile``, as ``BehaviourCache`` prices a request: exit paths with their
-    heads (and scorers) for options with exits, the extracted model's
-    measured latency spread over the timed segments for plain ones."""
+    ``profile``, as a request is priced (``BehaviourCache`` and the split
+    rules): exit paths with their heads (and scorers) for options with exits;
+    for plain ones the extracted model's measured latency, spread over the
+    timed segments in proportion to them.  ``oracle``: every row pays bare exit
+    paths (the oracle answers at the first correct head, with no scorer)."""
     latency = catalog.latency_table(profile)
     w, depth = table.width[rows] - 1, table.depth[rows]
     cum = latency.exit_path_p50_ms()[:, w].T.astype(np.float64)
+    if oracle:
+        return cum
     for policy in catalog.exit_extra_macs:
         with_scorer = table.policy[rows] == policy
         cum[with_scorer] += np.cumsum(latency.head_p50_ms[:, w[with_scorer]].T, axis=1)
