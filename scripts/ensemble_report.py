@@ -18,7 +18,12 @@ so is the mean per-image time at batch 1 of all four executions on the same
 test images (``measured_batch1_ms``: the ensemble normal and flexible, the
 nested net's full sub-network and its width ladder).
 
+It prints the report as JSON, writes it to ``OUT/ensemble.json`` and draws
+``OUT/ensemble.png``: test accuracy against mean MACs over every threshold
+for the ensemble and for the nested ladder, and the measured batch-1 times.
+
     python scripts/ensemble_report.py [--members resnet14_w0.5_seed1,...] [--runs runs/baselines]
+        [--out docs/figures/baselines]
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 
 from anytime.catalog import load_catalog
 from anytime.ensemble import FlexibleEnsemble, calibrate_flexible, cascade, running_average_traces
-from anytime.exits import _ladder_arrays, calibrate_width_refinement, width_ladder
+from anytime.exits import _ladder_arrays, _ladder_sweep, calibrate_width_refinement, width_ladder
 from anytime.macs import count_macs
 from anytime.profile import time_model
 from anytime.runner import WidthLadderRunner
@@ -65,6 +70,60 @@ def nested_widths(tolerance: float, steps=(2, 4, 6, 8)) -> dict:
             "full_test_accuracy": best.full_test_accuracy, "full_macs": best.full_macs,
             "best_ladder": best.name, "best_ladder_test_accuracy": best.test_accuracy,
             "best_ladder_test_mean_macs": best.test_expected_macs}
+
+
+def nested_ladder_curve(steps=(2, 4, 6, 8)) -> tuple[np.ndarray, np.ndarray]:
+    """Test accuracy and mean MACs of the nested ladder at every threshold."""
+    catalog = load_catalog()
+    margin, correct, cost = _ladder_arrays(catalog, catalog.depths, steps, "test")
+    _, accuracy, mean_cost = _ladder_sweep(margin, correct, cost)
+    return accuracy, mean_cost
+
+
+def draw(report: dict, ensemble_curve: tuple[np.ndarray, np.ndarray],
+         nested_curve: tuple[np.ndarray, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    nested = report["nested_widths"]
+    for (accuracy, macs), label, color in ((ensemble_curve, "ensemble, flexible (every threshold)", "C0"),
+                                          (nested_curve, f"nested {nested['ladder']} (every threshold)", "C1")):
+        order = np.argsort(macs)
+        left.plot(macs[order] / 1e6, 100 * accuracy[order], color=color, lw=1.2, label=label)
+    member_macs = np.asarray(report["member_macs"]) / 1e6
+    left.scatter(member_macs, 100 * np.asarray(report["member_test_accuracy"]), color="C0", marker="x",
+                 label="single members")
+    left.scatter([report["normal"]["mean_macs"] / 1e6], [100 * report["normal"]["test_accuracy"]], color="C0",
+                 marker="s", s=50, label="ensemble, normal")
+    left.scatter([report["flexible"]["mean_macs"] / 1e6], [100 * report["flexible"]["test_accuracy"]], color="C0",
+                 marker="*", s=120, label="ensemble, flexible (calibrated)")
+    left.scatter([nested["full_macs"] / 1e6], [100 * nested["full_test_accuracy"]], color="C1", marker="s", s=50,
+                 label="nested d16w8")
+    left.scatter([nested["test_mean_macs"] / 1e6], [100 * nested["test_accuracy"]], color="C1", marker="*", s=120,
+                 label="nested ladder (calibrated)")
+    left.scatter([nested["best_ladder_test_mean_macs"] / 1e6], [100 * nested["best_ladder_test_accuracy"]],
+                 color="C3", marker="*", s=120, label=f"nested best ladder {nested['best_ladder']}")
+    left.set_xlabel("mean MMACs per image")
+    left.set_ylabel("test top-1 accuracy (%)")
+    left.set_ylim(bottom=max(0.0, 100 * min(report["member_test_accuracy"]) - 15))
+    left.set_title("flexible ensemble processing: accuracy vs compute")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="lower right")
+    timed = report["measured_batch1_ms"]
+    names = ["normal_ensemble", "flexible_ensemble", "nested_full", "nested_ladder"]
+    right.bar(range(len(names)), [timed[n] for n in names], color=["C0", "C0", "C1", "C1"])
+    right.set_xticks(range(len(names)), ["ensemble\nnormal", "ensemble\nflexible", "nested\nd16w8",
+                                         "nested\nladder"], fontsize=8)
+    right.set_ylabel("measured ms per image (batch 1, 1 thread)")
+    right.set_title(f"wall time, {timed['images']} test images")
+    right.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _mean_ms(run, images: torch.Tensor, rounds: int = 2) -> float:
@@ -104,6 +163,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip")
     parser.add_argument("--tolerance", type=float, default=0.003)
     parser.add_argument("--timed-images", type=int, default=500, help="test images timed one by one")
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/baselines"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_cifar10(args.data, cache_dir="data/cache")
@@ -140,6 +200,10 @@ def main() -> None:
     }
     report["measured_batch1_ms"] = measured_latencies(members, calibration.threshold, report["nested_widths"],
                                                       to_float(data.test_images[: args.timed_images]))
+    _, curve_accuracy, curve_macs = _ladder_sweep(test_margin, test_correct, np.cumsum(member_macs))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ensemble.json").write_text(json.dumps(report, indent=1) + "\n")
+    draw(report, (curve_accuracy, curve_macs), nested_ladder_curve(), args.out / "ensemble.png")
     print(json.dumps(report, indent=1))
 
 
