@@ -57,7 +57,8 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
     """Gather the traces of the anytime path ending at ``spec`` for ``policy``.
 
     ``cost="macs"`` uses exit-path MACs; ``cost="latency"`` the exit-path
-    batch-1 p50 latency (ms) on ``device``.
+    batch-1 p50 latency (ms) on ``device`` (the measured profile by default).
+    Both include a gate's or support network's own cost beside each head.
     """
     if policy not in POLICIES:
         raise CatalogError(f"unknown exit policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -89,6 +90,8 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
     elif cost == "latency":
         table = catalog.latency_table(device or next(d for d, t in catalog.latency.items() if t.measured))
         path_cost = table.exit_path_p50_ms()[:depth, w]
+        if policy in catalog.exit_extra_macs:  # a scorer runs beside each head, timed like one
+            path_cost = path_cost + np.cumsum(table.head_p50_ms[:depth, w])
     else:
         raise CatalogError(f"unknown cost {cost!r}; use 'macs' or 'latency'")
     return PathTraces(score, correct, path_cost, policy, spec)

@@ -6,7 +6,9 @@ baselines whose catalogs exist (issue 7), as Markdown tables and pictures.
   each;
 * BranchyNet and decision gates on both networks: every exit policy
   calibrated on val (same tolerance) and reported on test at its full
-  sub-network, with the oracle bound;
+  sub-network, with the oracle bound; BranchyNet's columns too: expected
+  batch-1 time on this machine's measured profile (exit paths, heads and
+  scorers) and the speed-up over the network run without exits;
 * flexible ensemble's width refinement on the nested one.
 
     python scripts/baseline_report.py [--budget 24e6] [--tolerance 0.003] [--out docs/figures/baselines]
@@ -21,7 +23,7 @@ import numpy as np
 
 from anytime.calibrate import calibrate_policies
 from anytime.catalog import SHIPPED_STEM, load_catalog
-from anytime.exits import calibrate_width_refinement
+from anytime.exits import calibrate_width_refinement, outcome, path_traces
 from anytime.plots import plot_budget
 
 DATA = Path(SHIPPED_STEM).parent
@@ -69,18 +71,25 @@ def main() -> None:
     print(f"\npicture: {figure}\n")
 
     print(f"### Exit policies at the full sub-network, calibrated on val (tolerance {100 * args.tolerance:.1f} points)\n")
-    print("| network | policy | test accuracy | expected MMACs | of full |")
-    print("|---|---|---:|---:|---:|")
+    print("| network | policy | test accuracy | expected MMACs | of full | expected ms | speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, catalog in {nested.net: nested, **others}.items():
         full = catalog.specs()[-1]
+        device = next(d for d, table in catalog.latency.items() if table.measured)
+        plain_ms = float(catalog.latency_table(device).p50_ms[0, full.depth - 1, full.width - 1])
+        print(f"| {name} | no exits ({device}, measured) | {100 * catalog.accuracy('test')[-1, -1]:.2f}% | "
+              f"{catalog.costs['macs'][-1, -1] / 1e6:.2f} | 100.0% | {plain_ms:.2f} | 1.00x |")
         for result in calibrate_policies(catalog, full, tolerance=args.tolerance):
+            timed = path_traces(catalog, full, result.policy, "test", cost="latency", device=device)
+            ms = outcome(timed, np.asarray(result.thresholds, dtype=np.float32)).expected_cost
             print(f"| {name} | {result.policy} | {100 * result.test_accuracy:.2f}% | "
-                  f"{result.test_expected_macs / 1e6:.2f} | {100 * result.macs_fraction:.1f}% |")
+                  f"{result.test_expected_macs / 1e6:.2f} | {100 * result.macs_fraction:.1f}% | "
+                  f"{ms:.2f} | {plain_ms / ms:.2f}x |")
         if catalog.widths > 1:
             refinement = calibrate_width_refinement(catalog, full, args.tolerance)
             print(f"| {name} | width refinement {refinement.name} | "
                   f"{100 * refinement.test_accuracy:.2f}% | {refinement.test_expected_macs / 1e6:.2f} | "
-                  f"{100 * refinement.macs_fraction:.1f}% |")
+                  f"{100 * refinement.macs_fraction:.1f}% | - | - |")
 
 
 if __name__ == "__main__":

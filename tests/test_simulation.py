@@ -219,6 +219,23 @@ def test_split_costs_are_the_engines_expectations(catalog):
         assert costs.server_s[i] == pytest.approx(server_s.mean(), rel=1e-6, abs=1e-12)
 
 
+def test_exit_latency_agrees_between_calibration_and_simulation(catalog):
+    """An exit path's per-depth time is one thing: what ``path_traces`` prices
+    with ``cost="latency"`` is what the simulator charges (scorers included)."""
+    from anytime.exits import path_traces
+    from simulator.behaviour import cumulative_ms
+
+    table = option_table(catalog)
+    policies = sorted(set(table.policy.tolist()) - {"none"})
+    assert set(catalog.exit_extra_macs) & set(policies)  # a scorer policy is among them
+    for policy in policies:
+        row = int(np.flatnonzero(table.policy == policy)[-1])
+        spec = table.spec(row)
+        priced = path_traces(catalog, spec, policy, "test", cost="latency", device="phone-npu").cost
+        charged = cumulative_ms(catalog, table, np.array([row]), "phone-npu")[0, :spec.depth]
+        np.testing.assert_allclose(priced, charged, rtol=1e-12, err_msg=policy)
+
+
 def test_per_request_rule_prices_the_split_link(catalog):
     """SuperServe's rule on a split app: a slow link makes it keep samples on
     the phone (less shipped), a fast one lets it use the server."""
