@@ -11,6 +11,7 @@ latency model, which predicts the spec-sheet devices.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import logging
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from anytime.catalog import Catalog, LatencyTable
+from anytime.catalog import Catalog, CatalogError, LatencyTable
 from anytime.evaluate import collect_traces
 from anytime.latency_model import (DeviceModel, fit_device_model, load_device_models, relative_errors,
                                    simd_channel_block)
@@ -99,11 +100,7 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
     costs = {name: np.zeros(shape, dtype=np.int64) for name in (
         "macs", "head_macs", "exit_path_macs", "params", "peak_activation_bytes_largest_map",
         "peak_activation_bytes_measured", "feature_bytes")}
-    batch_sizes = (1, config.large_batch)
-    p50 = np.zeros((2, *shape))
-    p90 = np.zeros((2, *shape))
     profiles: dict[SubnetSpec, list] = {}
-    stats: dict[SubnetSpec, LatencyStats] = {}
 
     extracted_models = {}
     for spec in tqdm(specs, desc="count sub-networks", disable=not progress):
@@ -118,47 +115,19 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
                                                                                        device=config.device)
         costs["feature_bytes"][d, w] = int(np.prod(output_shape(extracted[:-3], (1, 3, 32, 32)))) * 4
         profiles[spec] = op_profile(extracted)
-    calls = {(spec, b): [] for spec in specs for b in (0, 1)}
-    plan = ((0, 1, config.repeats_batch1), (1, config.large_batch, config.repeats_large))
-    for _ in tqdm(range(config.passes), desc="time sub-networks (passes)", disable=not progress):
-        for spec in specs:
-            for b, batch, repeats in plan:
-                calls[spec, b].append(time_calls(extracted_models[spec], batch, config.device, config.warmup,
-                                                 max(1, repeats // config.passes)))
-    for spec in specs:
-        d, w = spec.depth - 1, spec.width - 1
-        for b, batch, _ in plan:
-            result = latency_stats(np.concatenate(calls[spec, b]), config.device, batch, torch.float32,
-                                   config.warmup)
-            p50[b, d, w], p90[b, d, w] = result.p50_ms, result.p90_ms
-            if batch == 1:
-                stats[spec] = result
+    local = measure_local_latency(model, extracted_models, config, progress)
     backbone = costs["macs"] - costs["head_macs"]
     costs["exit_path_macs"] = backbone + np.cumsum(costs["head_macs"], axis=0)
 
-    segment_ms = np.zeros(shape)
-    head_ms = np.zeros(shape)
-    for w in tqdm(range(1, widths + 1), desc="time depth segments", disable=not progress):
-        segment_ms[:, w - 1], head_ms[:, w - 1] = _time_segments(model, w, config)
-
-    provenance = stats[specs[-1]].provenance.to_dict()
-    provenance.pop("batch_size")
-    provenance.update(batch_sizes=list(batch_sizes), repeats=[config.repeats_batch1, config.repeats_large],
-                      passes=config.passes,
-                      segment_repeats=config.repeats_segment, timed="extracted standalone sub-network",
-                      iqr_ms_batch1=np.round([[stats[SubnetSpec(d + 1, w + 1)].iqr_ms for w in range(widths)]
-                                              for d in range(depths)], 4).tolist())
-    local = LatencyTable(config.local_device_key, True, batch_sizes, p50, p90, segment_ms, head_ms, provenance)
-
     block = simd_channel_block() if config.device == "cpu" else 8  # CUDA: tensor-core tiles of 8
     _, fit_report = fit_local_latency_model(
-        specs, profiles, p50[0], config.local_device_key, config.seed, config.holdout_fraction, block)
+        specs, profiles, local.p50_ms[0], config.local_device_key, config.seed, config.holdout_fraction, block)
     log.info("latency model held-out error: median %.1f%%, p90 %.1f%%", 100 * fit_report["median_abs_rel_error"],
              100 * fit_report["p90_abs_rel_error"])
 
     latency = {config.local_device_key: local}
     for device in load_device_models().values():
-        latency[device.name] = predicted_table(model, device, profiles, batch_sizes)
+        latency[device.name] = predicted_table(model, device, profiles, local.batch_sizes)
 
     traces = {}
     for split in ("val", "test"):
@@ -176,6 +145,73 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
                     "latency_model_fit": fit_report},
     )
     return catalog, fit_report
+
+
+def measure_local_latency(model: DNNet, extracted_models: dict[SubnetSpec, nn.Module], config: ProfileConfig,
+                          progress: bool = True) -> LatencyTable:
+    """Time every extracted sub-network (batch 1 and ``config.large_batch``,
+    in round-robin passes) and every depth segment and head, on this machine."""
+    depths, widths = model.depths, model.widths
+    specs = list(extracted_models)
+    batch_sizes = (1, config.large_batch)
+    p50 = np.zeros((2, depths, widths))
+    p90 = np.zeros((2, depths, widths))
+    stats: dict[SubnetSpec, LatencyStats] = {}
+    calls = {(spec, b): [] for spec in specs for b in (0, 1)}
+    plan = ((0, 1, config.repeats_batch1), (1, config.large_batch, config.repeats_large))
+    for _ in tqdm(range(config.passes), desc="time sub-networks (passes)", disable=not progress):
+        for spec in specs:
+            for b, batch, repeats in plan:
+                calls[spec, b].append(time_calls(extracted_models[spec], batch, config.device, config.warmup,
+                                                 max(1, repeats // config.passes)))
+    for spec in specs:
+        d, w = spec.depth - 1, spec.width - 1
+        for b, batch, _ in plan:
+            result = latency_stats(np.concatenate(calls[spec, b]), config.device, batch, torch.float32,
+                                   config.warmup)
+            p50[b, d, w], p90[b, d, w] = result.p50_ms, result.p90_ms
+            if batch == 1:
+                stats[spec] = result
+
+    segment_ms = np.zeros((depths, widths))
+    head_ms = np.zeros((depths, widths))
+    for w in tqdm(range(1, widths + 1), desc="time depth segments", disable=not progress):
+        segment_ms[:, w - 1], head_ms[:, w - 1] = _time_segments(model, w, config)
+
+    provenance = stats[specs[-1]].provenance.to_dict()
+    provenance.pop("batch_size")
+    provenance.update(batch_sizes=list(batch_sizes), repeats=[config.repeats_batch1, config.repeats_large],
+                      passes=config.passes,
+                      segment_repeats=config.repeats_segment, timed="extracted standalone sub-network",
+                      measured=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      iqr_ms_batch1=np.round([[stats[SubnetSpec(d + 1, w + 1)].iqr_ms for w in range(widths)]
+                                              for d in range(depths)], 4).tolist())
+    return LatencyTable(config.local_device_key, True, batch_sizes, p50, p90, segment_ms, head_ms, provenance)
+
+
+def retime_catalog(catalog: Catalog, model: DNNet, config: ProfileConfig | None = None,
+                   progress: bool = True) -> tuple[Catalog, dict]:
+    """Measure the catalog's local latency table again on this machine (and
+    refit its latency model), keeping everything else: for a table timed while
+    other work shared the CPU.  ``model`` must be the catalog's network."""
+    config = config or ProfileConfig()
+    if (model.depths, model.widths) != (catalog.depths, catalog.widths):
+        raise CatalogError(f"model is {model.depths}x{model.widths}, catalog {catalog.depths}x{catalog.widths}")
+    model = model.eval()
+    specs = catalog.specs()
+    extracted_models = {spec: model.extract(spec).eval() for spec in specs}
+    local = measure_local_latency(model, extracted_models, config, progress)
+    if local.batch_sizes != catalog.latency_table(config.local_device_key).batch_sizes:
+        raise CatalogError(f"large batch {config.large_batch} differs from the catalog's "
+                           f"{catalog.latency_table(config.local_device_key).batch_sizes}")
+    profiles = {spec: op_profile(extracted_models[spec]) for spec in specs}
+    block = simd_channel_block() if config.device == "cpu" else 8
+    _, fit_report = fit_local_latency_model(specs, profiles, local.p50_ms[0], config.local_device_key, config.seed,
+                                            config.holdout_fraction, block)
+    provenance = dict(catalog.provenance, latency_model_fit=fit_report)
+    retimed = dataclasses.replace(catalog, latency={**catalog.latency, config.local_device_key: local},
+                                  provenance=provenance)
+    return retimed, fit_report
 
 
 def fit_local_latency_model(specs: list[SubnetSpec], profiles: dict[SubnetSpec, list], p50_ms: np.ndarray,

@@ -3,6 +3,7 @@ and the catalog file."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -91,6 +92,32 @@ def test_shipped_catalog_entries_match_extracted_models(net):
 
     assert catalog.weights_sha256 == hashlib.sha256(weights_path(catalog.net).read_bytes()).hexdigest()
     assert set(catalog.traces) == {"val", "test"} and len(catalog.traces["test"]) == 10000
+
+
+def test_retime_replaces_only_the_measured_table(tiny_catalog, tmp_path):
+    """``retime_catalog`` measures the local table again and refits its
+    latency model; costs, traces, predicted devices and the rest are kept,
+    and the result round-trips through the file."""
+    from anytime.builder import retime_catalog
+
+    model, catalog, _, _ = tiny_catalog
+    catalog = copy.deepcopy(catalog)  # saving quantizes traces in place: keep the shared fixture as built
+    before = catalog.latency_table("cpu-local")
+    retimed, fit = retime_catalog(catalog, model, FAST, progress=False)
+    after = retimed.latency_table("cpu-local")
+    assert after is not before and after.measured and after.p50_ms.shape == before.p50_ms.shape
+    assert (after.p50_ms > 0).all() and (after.segment_p50_ms > 0).all()
+    assert "measured" in after.provenance
+    assert retimed.provenance["latency_model_fit"] == fit
+    assert retimed.traces is catalog.traces and retimed.costs is catalog.costs
+    assert all(retimed.latency[d] is catalog.latency[d] for d in catalog.latency if d != "cpu-local")
+    path, _ = retimed.save(tmp_path / "retimed")
+    np.testing.assert_allclose(load_catalog(path).latency_table("cpu-local").p50_ms, after.p50_ms, rtol=1e-6)
+    with pytest.raises(CatalogError, match="model is"):
+        retime_catalog(catalog, create_net("dnnet_tiny", blocks_per_stage=2), FAST, progress=False)
+    with pytest.raises(CatalogError, match="large batch"):
+        retime_catalog(catalog, model, ProfileConfig(large_batch=3, warmup=1, repeats_batch1=2, repeats_large=2,
+                                                     repeats_segment=2), progress=False)
 
 
 def test_macs_count_sliced_weights_exactly():
