@@ -23,6 +23,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stem", nargs="?", default=str(SHIPPED_STEM))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the shipped catalogs: 2)")
+    parser.add_argument("--passes", type=int, default=10,
+                        help="round-robin passes over all sub-networks (more than a build's 3: this VM has "
+                             "slow spells of seconds, and more passes spread them over every sub-network)")
+    parser.add_argument("--repeats", type=int, default=100, help="batch-1 calls per sub-network, over all passes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     stem = Path(args.stem)
@@ -30,7 +34,9 @@ def main() -> None:
     model = create_net(catalog.net, pretrained=True)
     local = next(key for key, table in catalog.latency.items() if table.measured)
     before = catalog.latency_table(local).p50_ms[0].copy()
-    retimed, fit = retime_catalog(catalog, model, ProfileConfig(local_device_key=local))
+    config = ProfileConfig(local_device_key=local, passes=args.passes, repeats_batch1=args.repeats,
+                           repeats_large=max(args.passes, args.repeats // 5), repeats_segment=args.repeats)
+    retimed, fit = retime_catalog(catalog, model, config)
     after = retimed.latency_table(local).p50_ms[0]
     retimed.save(stem)
     shown = {str(spec): {"before_ms": round(float(before[spec.depth - 1, spec.width - 1]), 3),
