@@ -167,11 +167,19 @@ def measure_local_latency(model: DNNet, extracted_models: dict[SubnetSpec, nn.Mo
     stats: dict[SubnetSpec, LatencyStats] = {}
     calls = {(spec, b): [] for spec in specs for b in (0, 1)}
     plan = ((0, 1, config.repeats_batch1), (1, config.large_batch, config.repeats_large))
-    for _ in tqdm(range(config.passes), desc="time sub-networks (passes)", disable=not progress):
+    # the segments are timed inside the same passes, so a slow spell cannot cover all of theirs
+    segment_ms = np.full((depths, widths), np.inf)
+    head_ms = np.full((depths, widths), np.inf)
+    segment_config = dataclasses.replace(config, repeats_segment=max(1, config.repeats_segment // config.passes))
+    for _ in tqdm(range(config.passes), desc="time sub-networks and segments (passes)", disable=not progress):
         for spec in specs:
             for b, batch, repeats in plan:
                 calls[spec, b].append(time_calls(extracted_models[spec], batch, config.device, config.warmup,
                                                  max(1, repeats // config.passes)))
+        for w in range(1, widths + 1):
+            segments, heads = _time_segments(model, w, segment_config)
+            segment_ms[:, w - 1] = np.minimum(segment_ms[:, w - 1], segments)
+            head_ms[:, w - 1] = np.minimum(head_ms[:, w - 1], heads)
     for spec in specs:
         d, w = spec.depth - 1, spec.width - 1
         for b, batch, _ in plan:
@@ -181,15 +189,6 @@ def measure_local_latency(model: DNNet, extracted_models: dict[SubnetSpec, nn.Mo
             p90[b, d, w] = max(result.p90_ms, p50[b, d, w])
             if batch == 1:
                 stats[spec] = result
-
-    segment_ms = np.full((depths, widths), np.inf)
-    head_ms = np.full((depths, widths), np.inf)
-    segment_config = dataclasses.replace(config, repeats_segment=max(1, config.repeats_segment // config.passes))
-    for _ in tqdm(range(config.passes), desc="time depth segments (passes)", disable=not progress):
-        for w in range(1, widths + 1):
-            segments, heads = _time_segments(model, w, segment_config)
-            segment_ms[:, w - 1] = np.minimum(segment_ms[:, w - 1], segments)
-            head_ms[:, w - 1] = np.minimum(head_ms[:, w - 1], heads)
 
     provenance = stats[specs[-1]].provenance.to_dict()
     provenance.pop("batch_size")
