@@ -17,12 +17,25 @@ boolean per tenant and option, exactly one per tenant, one row per resource),
 with all coefficients scaled to integers and rounded up so that an integer
 solution is feasible in real terms.  Options that break a tenant's own
 deadline at zero load, or are dominated on every resource by another option
-of the same tenant, are pruned first (vectorised).  Then reduced-cost fixing
-from the LP relaxation, with an incumbent improved by one- and two-tenant
-swaps, leaves CP-SAT only the options that could still beat the incumbent
-(``allocate``).  Each solve can be warm-started from the previous
-allocation, always runs under a time limit, and reports whether optimality
-was proven.
+of the same tenant, are pruned first (vectorised).  Then (``allocate``):
+
+1. an incumbent: CP-SAT on the options nearest the LP relaxation's bound,
+   improved by one- and two-tenant swaps (or the previous allocation, when
+   it still fits and is better);
+2. reduced-cost fixing from the LP: only options whose bound can beat the
+   incumbent stay;
+3. one *deadline level* at a time: the largest deadline term of any
+   allocation is one of the options' terms ``tau``, and with it fixed the
+   problem is a two-row knapsack (options with ``d <= tau``, load
+   ``<= 1 - tau``, memory) whose Lagrangian bound is far tighter than the
+   whole LP's (the largest term no longer mixes fractionally).  Levels are
+   visited by bound; those that cannot beat the incumbent are done, the rest
+   go to CP-SAT with their own reduced-cost fixing and the objective they
+   must exceed.
+
+The result is the proven optimum unless the time limit cuts the search (then
+``optimal`` is False and the best allocation found is returned).  Each solve
+can be warm-started from the previous allocation.
 """
 
 from __future__ import annotations
@@ -129,7 +142,7 @@ class Allocation:
     solver_seconds: float  # CP-SAT's own wall time
     options_before_pruning: int
     options_after_pruning: int  # after removing infeasible and dominated options
-    options_solved: int = 0  # left for CP-SAT after reduced-cost fixing
+    options_solved: int = 0  # handed to CP-SAT over the deadline levels it had to search
 
 
 _OPTION_CACHE: "OrderedDict[tuple[Tenant, SharedDevice], TenantOptions]" = OrderedDict()
@@ -186,7 +199,7 @@ def _capacity(device: SharedDevice) -> int | None:
 
 
 def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add, exactly_one, maximize,
-                 weighted_sum=None, new_int=None):
+                 weighted_sum=None, new_int=None, load_limit: int | None = None, at_least: int | None = None):
     """The multiple-choice model, written once for both solver APIs: one
     boolean per tenant and option, exactly one per tenant, a memory row,
     weighted accuracy to maximise, and the load-and-deadline condition
@@ -202,7 +215,9 @@ def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add,
     same constraint and have the same LP relaxation; CP-SAT proves the
     optimum faster on the second (``benchmarks/bench_allocate.py``: median
     2.08 s -> 1.25 s, 18 -> 20 of 20 proven), and SCIP's cross-check keeps
-    the first, so each checks the other."""
+    the first, so each checks the other.  With ``load_limit`` (one deadline
+    level, the rows already restricted to it) the condition is the load row
+    alone; ``at_least`` asks for an objective of at least that much."""
     if weighted_sum is None:
         def weighted_sum(variables, coefficients):
             return sum(int(c) * x for c, x in zip(coefficients, variables))
@@ -212,7 +227,9 @@ def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add,
     every = [x for xs in chosen for x in xs]
     column = lambda field: [int(c) for r in rows for c in getattr(r, field)]  # noqa: E731
     utilisation = column("utilisation")
-    if new_int is not None:
+    if load_limit is not None:
+        add(weighted_sum(every, utilisation) <= load_limit)
+    elif new_int is not None:
         largest = new_int(0, SCALE, "largest_deadline_term")
         for r, xs in zip(rows, chosen):
             add(weighted_sum(xs, [int(d) for d in r.deadline_term]) <= largest)
@@ -227,6 +244,8 @@ def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add,
             add(weighted_sum(every, coefficients) <= SCALE)
     if capacity is not None:
         add(weighted_sum(every, column("memory")) <= capacity)
+    if at_least is not None:
+        add(weighted_sum(every, column("value")) >= at_least)
     maximize(weighted_sum(every, column("value")))
     return chosen
 
@@ -252,47 +271,172 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
     previous = None
     if hints is not None:
         previous = [hints.choices[t.name].option_row if t.name in hints.choices else None for t in tenants]
-    solver_seconds = 0.0
-    solve_rows = rows
-    # Reduced-cost fixing (exact): the LP relaxation bounds every option; an
-    # incumbent from the tightest options, then only the options whose bound
-    # can still reach the incumbent, go to CP-SAT.  Its optimum over those is
-    # the optimum over all: every better allocation lies among them.
-    bound, reduced = _lp_bound(rows, capacity) if fixing else (None, None)
-    if bound is not None:
-        tight = _restrict(rows, reduced >= -LP_SEED_GAP * max(abs(bound), 1.0))
-        status, picks, value, seconds = _solve(tight, capacity, time_limit_s, workers, deterministic, None)
-        solver_seconds += seconds
-        if picks is not None:
-            # positions in `rows` (both keep the table order, so `index` is sorted)
-            picks = [int(np.searchsorted(r.index, t.index[p])) for r, t, p in zip(rows, tight, picks)]
-            # improve the incumbent by swaps among the options that could still
-            # beat it: the closer it is to the optimum, the fewer options CP-SAT
-            # has to rule out (often it is the optimum, and CP-SAT only proves it)
-            could_beat = bound + reduced >= value - 1e-6 * max(abs(bound), 1.0) - 0.5
-            picks = _improve_by_swaps(rows, picks, capacity, could_beat)
-            value = sum(int(r.value[p]) for r, p in zip(rows, picks))
-            solve_rows = _restrict(rows, bound + reduced >= value - 1e-6 * max(abs(bound), 1.0) - 0.5)
-            previous = previous if previous is not None else [int(r.index[p]) for r, p in zip(rows, picks)]
-    status, picks, _, seconds = _solve(solve_rows, capacity, time_limit_s, workers, deterministic, previous)
-    solver_seconds += seconds
+    if not fixing:  # the plain model: every surviving option to CP-SAT
+        status, picks, _, seconds = _solve(rows, capacity, time_limit_s, workers, deterministic, previous)
+        if picks is None:
+            raise _no_allocation(tenants, device, status)
+        return _allocation(tenants, device, rows, picks, status == "OPTIMAL", time.perf_counter() - started,
+                           seconds, sum(len(r.index) for r in rows), sum(len(r.index) for r in rows))
+    picks, seconds, status, lp = _incumbent(rows, capacity, time_limit_s, workers, deterministic, previous)
     if picks is None:
-        raise InfeasibleBudget(f"no allocation fits {len(tenants)} tenants on {device.name} "
-                               f"(share {device.share}, memory {device.memory_bytes}): {status}", "latency_ms", "")
-    return _allocation(tenants, device, solve_rows, picks, status == "OPTIMAL", time.perf_counter() - started,
-                       solver_seconds, sum(len(r.index) for r in rows))
+        raise _no_allocation(tenants, device, status)
+    value = integer_objective(rows, tuple(picks), capacity)
+    search_rows = rows
+    if lp is not None:  # reduced-cost fixing: a better allocation uses only options whose bound beats `value`
+        bound, reduced = lp
+        could_beat = bound + reduced >= value + 1 - 1e-6 * max(abs(bound), 1.0)
+        per_tenant = np.split(could_beat, np.cumsum([len(r.index) for r in rows])[:-1])
+        if not all(k.any() for k in per_tenant):  # some tenant has no option in a better allocation
+            return _allocation(tenants, device, rows, picks, True, time.perf_counter() - started, seconds,
+                               sum(len(r.index) for r in rows), 0)
+        search_rows = _restrict(rows, could_beat)
+    better, optimal, search_seconds, solved = _search_deadline_levels(
+        search_rows, capacity, value, time_limit_s, deterministic, started)
+    if better is not None:  # positions in `rows` (both keep the table order, so `index` is sorted)
+        picks = [int(np.searchsorted(r.index, q.index[p])) for r, q, p in zip(rows, search_rows, better)]
+    return _allocation(tenants, device, rows, picks, optimal, time.perf_counter() - started,
+                       seconds + search_seconds, sum(len(r.index) for r in rows), solved)
+
+
+def _no_allocation(tenants: list[Tenant], device: SharedDevice, status: str) -> InfeasibleBudget:
+    return InfeasibleBudget(f"no allocation fits {len(tenants)} tenants on {device.name} "
+                            f"(share {device.share}, memory {device.memory_bytes}): {status}", "latency_ms", "")
+
+
+def _incumbent(rows: list[TenantOptions], capacity: int | None, time_limit_s: float, workers: int,
+               deterministic: bool, previous: list[int | None] | None):
+    """A good allocation to start from (positions in ``rows``): CP-SAT on the
+    options closest to the LP bound, improved by one- and two-tenant swaps
+    among the options that could still beat it; the previous allocation
+    instead when it still fits and is better.  Without an LP, CP-SAT on the
+    whole model.  Returns (picks or None, CP-SAT seconds, status, the LP's
+    (bound, reduced costs) or None)."""
+    bound, reduced = _lp_bound(rows, capacity)
+    if bound is None:
+        status, picks, _, seconds = _solve(rows, capacity, time_limit_s, workers, deterministic, previous)
+        return picks, seconds, status, None
+    tight = _restrict(rows, reduced >= -LP_SEED_GAP * max(abs(bound), 1.0))
+    status, picks, value, seconds = _solve(tight, capacity, time_limit_s, workers, deterministic, None)
+    candidates = []
+    if picks is not None:
+        # positions in `rows` (both keep the table order, so `index` is sorted)
+        picks = [int(np.searchsorted(r.index, t.index[p])) for r, t, p in zip(rows, tight, picks)]
+        could_beat = bound + reduced >= value - 1e-6 * max(abs(bound), 1.0) - 0.5
+        candidates.append(_improve_by_swaps(rows, picks, capacity, could_beat))
+    if previous is not None and all(w is not None for w in previous):
+        hinted = [np.searchsorted(r.index, w) for r, w in zip(rows, previous)]
+        if all(h < len(r.index) and r.index[h] == w for r, h, w in zip(rows, hinted, previous)):
+            hinted = [int(h) for h in hinted]
+            if integer_objective(rows, tuple(hinted), capacity) is not None:
+                candidates.append(hinted)
+    if not candidates:  # the seed found nothing: the whole model decides
+        status, picks, _, more = _solve(rows, capacity, time_limit_s, workers, deterministic, previous)
+        return picks, seconds + more, status, (bound, reduced)
+    best = max(candidates, key=lambda c: integer_objective(rows, tuple(c), capacity))
+    return best, seconds, "FEASIBLE", (bound, reduced)
 
 
 LP_SEED_GAP = 0.0005  # the incumbent search keeps options within 0.05% of the LP bound
 
 
+# Lagrange multipliers tried for the bounds of each deadline level: on the load row (per ppm of the
+# device, against accuracy in 1e-4 units x weight) and on the memory row (per KiB)
+LOAD_MULTIPLIERS = np.concatenate([[0.0], np.geomspace(1e-4, 10, 80)])
+MEMORY_MULTIPLIERS = np.concatenate([[0.0], np.geomspace(1e-2, 1e2, 11)])
+
+
+def _deadline_level_bounds(rows: list[TenantOptions], capacity: int | None):
+    """For every level ``tau`` the largest deadline term can take, an upper
+    bound on the allocations whose largest deadline term is at most ``tau``,
+    and the multipliers that give it.
+
+    Fixing the level turns the problem into ``P(tau)``: options with
+    ``d <= tau`` only, load ``<= 1 - tau``, memory; its Lagrangian bound for
+    multipliers (lambda, mu) >= 0 is
+
+        sum_t max_{j: d_j <= tau} (v_j - lambda u_j - mu m_j) + lambda (S - tau) + mu C,
+
+    computed for every level at once (prefix maxima over the options sorted
+    by d) and minimised over a grid of multipliers: valid for any of them."""
+    low = max(int(r.deadline_term.min()) for r in rows)  # below it some tenant has no option
+    levels = np.unique(np.concatenate([r.deadline_term for r in rows]))
+    levels = levels[levels >= low]
+    orders = [np.argsort(r.deadline_term, kind="stable") for r in rows]
+    upto = [np.searchsorted(r.deadline_term[o], levels, side="right") - 1 for r, o in zip(rows, orders)]
+    bound = np.full(len(levels), np.inf)
+    best_load, best_memory = np.zeros(len(levels)), np.zeros(len(levels))
+    lam = LOAD_MULTIPLIERS[:, None]
+    for mu in (MEMORY_MULTIPLIERS if capacity is not None else [0.0]):
+        total = lam * (SCALE - levels[None, :].astype(np.float64)) + mu * (capacity or 0)
+        for r, order, positions in zip(rows, orders, upto):
+            score = r.value[order][None, :] - lam * r.utilisation[order][None, :] - mu * r.memory[order][None, :]
+            total = total + np.maximum.accumulate(score.astype(np.float64), axis=1)[:, positions]
+        k = total.argmin(axis=0)
+        candidate = total[k, np.arange(len(levels))]
+        better = candidate < bound
+        bound = np.where(better, candidate, bound)
+        best_load = np.where(better, LOAD_MULTIPLIERS[k], best_load)
+        best_memory = np.where(better, mu, best_memory)
+    return levels, bound, best_load, best_memory
+
+
+def _search_deadline_levels(rows: list[TenantOptions], capacity: int | None, value: int,
+                            time_limit_s: float, deterministic: bool, started: float):
+    """Exact search from an incumbent, one deadline level at a time.
+
+    Every allocation's largest deadline term is one of the options' terms,
+    so the optimum is the best over levels ``tau`` of ``P(tau)`` (options
+    with ``d <= tau``, load ``<= 1 - tau``, memory), and every ``P(tau)``
+    answer is feasible for the whole problem.  Levels are visited in order of
+    their Lagrangian bound; a level whose bound cannot beat the incumbent is
+    done, the others go to CP-SAT with only the options whose own bound
+    (reduced-cost fixing with the level's multipliers) can beat it, and the
+    objective required to exceed it.  The LP of one level is far tighter than
+    the whole problem's (the largest deadline term no longer mixes
+    fractionally): on the benchmark most levels are ruled out by their bound.
+
+    Returns (picks of an allocation better than ``value``, or None when none
+    was found; proven (nothing better exists beyond what it returns); CP-SAT
+    seconds; options handed to CP-SAT)."""
+    levels, bound, load_multiplier, memory_multiplier = _deadline_level_bounds(rows, capacity)
+    optimal, seconds, solved, picks = True, 0.0, 0, None
+    for i in np.argsort(-bound, kind="stable"):
+        if bound[i] < value + 1:
+            break  # every remaining level is bounded below the incumbent
+        tau = int(levels[i])
+        keep = []
+        for r in rows:
+            score = r.value - load_multiplier[i] * r.utilisation - memory_multiplier[i] * r.memory
+            allowed = r.deadline_term <= tau
+            keep.append(allowed & (bound[i] + score - score[allowed].max() >= value + 1 - 1e-6))
+        if not all(k.any() for k in keep):
+            continue  # some tenant has no option that could take part in a better allocation
+        left = time_limit_s - (time.perf_counter() - started) if not deterministic else time_limit_s
+        if left <= 0:
+            optimal = False
+            break
+        level_rows = _restrict(rows, np.concatenate(keep))
+        status, level_picks, _, spent = _solve(level_rows, capacity, left, 1, deterministic, None,
+                                               load_limit=SCALE - tau, at_least=value + 1)
+        seconds += spent
+        solved += sum(len(r.index) for r in level_rows)
+        if level_picks is not None:
+            picks = [int(np.searchsorted(r.index, q.index[p])) for r, q, p in zip(rows, level_rows, level_picks)]
+            value = integer_objective(rows, tuple(picks), capacity)
+        optimal &= status in ("OPTIMAL", "INFEASIBLE")
+    return picks, optimal, seconds, solved
+
+
 def _solve(rows: list[TenantOptions], capacity: int | None, time_limit_s: float, workers: int, deterministic: bool,
-           hint_rows: list[int | None] | None) -> tuple[str, list[int] | None, float, float]:
+           hint_rows: list[int | None] | None, load_limit: int | None = None,
+           at_least: int | None = None) -> tuple[str, list[int] | None, float, float]:
     """CP-SAT on the multiple-choice model: (status name, pick per tenant or
-    None, objective, solver wall seconds)."""
+    None, objective, solver wall seconds).  ``load_limit``: one deadline
+    level (``_search_deadline_levels``); ``at_least``: the objective a
+    solution must reach (INFEASIBLE then proves nothing better exists)."""
     model = cp_model.CpModel()
     chosen = _build_model(rows, capacity, model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize,
-                          cp_model.LinearExpr.WeightedSum, model.NewIntVar)
+                          cp_model.LinearExpr.WeightedSum, model.NewIntVar, load_limit, at_least)
     if hint_rows is not None:
         for r, xs, wanted in zip(rows, chosen, hint_rows):
             if wanted is not None:
@@ -430,7 +574,8 @@ def _lp_bound(rows: list[TenantOptions], capacity: int | None) -> tuple[float | 
     return bound, score - best[owner]
 
 
-def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, before_fixing) -> Allocation:
+def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, after_pruning,
+                solved) -> Allocation:
     choices = {}
     rho = sum(r.utilisation[p] for r, p in zip(rows, picks)) / SCALE
     objective = 0.0
@@ -445,8 +590,8 @@ def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, 
             quantile_ms / device.share / max(1e-12, 1 - rho), i)
         objective += tenant.weight * float(table.accuracy[i])
     before = sum(len(option_table(t.catalog)) for t in tenants)
-    return Allocation(choices, objective, optimal, float(rho), seconds, solver_seconds, before, before_fixing,
-                      sum(len(r.index) for r in rows))
+    return Allocation(choices, objective, optimal, float(rho), seconds, solver_seconds, before, after_pruning,
+                      solved)
 
 
 def allocation_fits(rows: dict[str, int], tenants: list[Tenant], device: SharedDevice) -> bool:
