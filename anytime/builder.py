@@ -6,7 +6,9 @@ meta device) and parameters, measures its activation memory and its latency
 (batch 1 and one larger batch), times each depth segment and head, and then
 evaluates all sub-networks at once with one ``forward_all`` pass per batch on
 the validation and test splits.  The local measurements fit the roofline
-latency model, which predicts the spec-sheet devices.
+latency model, which predicts the spec-sheet devices.  ``retime_catalog``
+measures an existing catalog's local table again (``measure_local_latency``)
+and keeps everything else.
 """
 
 from __future__ import annotations
