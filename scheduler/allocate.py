@@ -213,7 +213,7 @@ def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add,
     it is written through the largest deadline term ``D``: ``d_t <= D`` per
     tenant (sparse) and ``load + D <= 1`` (one dense row).  The two are the
     same constraint and have the same LP relaxation; CP-SAT proves the
-    optimum faster on the second (``benchmarks/bench_allocate.py``: median
+    optimum faster on the second (whole model, ``benchmarks/bench_allocate.py``: median
     2.08 s -> 1.25 s, 18 -> 20 of 20 proven), and SCIP's cross-check keeps
     the first, so each checks the other.  With ``load_limit`` (one deadline
     level, the rows already restricted to it) the condition is the load row
