@@ -26,18 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 from anytime.catalog import load_catalog  # noqa: E402
-from scheduler.allocate import (SharedDevice, Tenant, _capacity, allocate, integer_objective,  # noqa: E402
-                                tenant_options)
+from scheduler.allocate import SharedDevice, Tenant, allocate, integer_value  # noqa: E402
 from scheduler.errors import InfeasibleBudget  # noqa: E402
 from scheduler.options import option_table  # noqa: E402
-
-
-def _integer_value(result, tenants, device) -> int | None:
-    """The model's own (integer) objective: equal optima can differ in the
-    float objective when several allocations tie after rounding."""
-    rows = [tenant_options(t, device) for t in tenants]
-    picks = tuple(int(np.flatnonzero(r.index == result.choices[t.name].option_row)[0]) for t, r in zip(tenants, rows))
-    return integer_objective(rows, picks, _capacity(device))
 
 
 def main() -> None:
@@ -69,7 +60,7 @@ def main() -> None:
         plain.append(baseline.solve_seconds * 1e3)
         plain_optimal += baseline.optimal
         solved_sizes.append(result.options_solved)
-        agree += _integer_value(result, tenants, device) == _integer_value(baseline, tenants, device)
+        agree += integer_value(result, tenants, device) == integer_value(baseline, tenants, device)
         cold.append(result.solve_seconds * 1e3)
         solver_only.append(result.solver_seconds * 1e3)
         optimal += result.optimal

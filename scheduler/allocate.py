@@ -292,8 +292,8 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
         search_rows = _restrict(rows, could_beat)
     better, optimal, search_seconds, solved = _search_deadline_levels(
         search_rows, capacity, value, time_limit_s, deterministic, started)
-    if better is not None:  # positions in `rows` (both keep the table order, so `index` is sorted)
-        picks = [int(np.searchsorted(r.index, q.index[p])) for r, q, p in zip(rows, search_rows, better)]
+    if better is not None:
+        picks = _positions_in(rows, search_rows, better)
     return _allocation(tenants, device, rows, picks, optimal, time.perf_counter() - started,
                        seconds + search_seconds, sum(len(r.index) for r in rows), solved)
 
@@ -319,8 +319,7 @@ def _incumbent(rows: list[TenantOptions], capacity: int | None, time_limit_s: fl
     status, picks, value, seconds = _solve(tight, capacity, time_limit_s, workers, deterministic, None)
     candidates = []
     if picks is not None:
-        # positions in `rows` (both keep the table order, so `index` is sorted)
-        picks = [int(np.searchsorted(r.index, t.index[p])) for r, t, p in zip(rows, tight, picks)]
+        picks = _positions_in(rows, tight, picks)
         could_beat = bound + reduced >= value - 1e-6 * max(abs(bound), 1.0) - 0.5
         candidates.append(_improve_by_swaps(rows, picks, capacity, could_beat))
     if previous is not None and all(w is not None for w in previous):
@@ -421,7 +420,7 @@ def _search_deadline_levels(rows: list[TenantOptions], capacity: int | None, val
         seconds += spent
         solved += sum(len(r.index) for r in level_rows)
         if level_picks is not None:
-            picks = [int(np.searchsorted(r.index, q.index[p])) for r, q, p in zip(rows, level_rows, level_picks)]
+            picks = _positions_in(rows, level_rows, level_picks)
             value = integer_objective(rows, tuple(picks), capacity)
         optimal &= status in ("OPTIMAL", "INFEASIBLE")
     return picks, optimal, seconds, solved
@@ -503,6 +502,12 @@ def _improve_by_swaps(rows: list[TenantOptions], picks: list[int], capacity: int
         for t, i in best_move:
             picks[t] = i
     return picks
+
+
+def _positions_in(rows: list[TenantOptions], subset: list[TenantOptions], picks: list[int]) -> list[int]:
+    """Picks made among ``subset`` (a ``_restrict`` of ``rows``) as positions
+    in ``rows``: both keep the table order, so ``index`` is sorted."""
+    return [int(np.searchsorted(r.index, q.index[p])) for r, q, p in zip(rows, subset, picks)]
 
 
 def _restrict(rows: list[TenantOptions], keep: np.ndarray) -> list[TenantOptions]:
@@ -634,6 +639,15 @@ def integer_objective(rows: list[TenantOptions], picks: tuple[int, ...], capacit
     if capacity is not None and sum(int(r.memory[p]) for r, p in zip(rows, picks)) > capacity:
         return None
     return sum(int(r.value[p]) for r, p in zip(rows, picks))
+
+
+def integer_value(allocation: Allocation, tenants: list[Tenant], device: SharedDevice) -> int | None:
+    """An allocation's objective in the integer model: equal optima can differ
+    in the float ``objective`` when several allocations tie after rounding."""
+    rows = [tenant_options(t, device) for t in tenants]
+    picks = tuple(int(np.flatnonzero(r.index == allocation.choices[t.name].option_row)[0])
+                  for t, r in zip(tenants, rows))
+    return integer_objective(rows, picks, _capacity(device))
 
 
 def brute_force(tenants: list[Tenant], device: SharedDevice) -> int | None:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from anytime.catalog import SHIPPED_STEM, load_catalog
 from nets import SubnetSpec
 from scheduler import Budget, BudgetError, InfeasibleBudget, TenantError, UnknownDeviceError, select_subnet
-from scheduler.allocate import SharedDevice, Tenant, allocate, brute_force, solve_with_scip, tenant_options
+from scheduler.allocate import (SharedDevice, Tenant, allocate, brute_force, integer_value, solve_with_scip,
+                                tenant_options)
 from scheduler.lattice import build_lattice, cheapest_upgrade, degradation_path
 from scheduler.options import option_table
 from scheduler.select import brute_force_select
@@ -235,14 +236,6 @@ def _random_instance(catalog, rng, count):
     return tenants, SharedDevice("cpu-local", share=share, memory_bytes=float(np.median(table.memory)) * count)
 
 
-def _integer_value(result, tenants, device):
-    from scheduler.allocate import _capacity, integer_objective
-
-    rows = [tenant_options(t, device) for t in tenants]
-    picks = tuple(int(np.flatnonzero(r.index == result.choices[t.name].option_row)[0]) for t, r in zip(tenants, rows))
-    return integer_objective(rows, picks, _capacity(device))
-
-
 def test_deadline_level_search_keeps_the_optimum(catalog):
     """The fast path (LP seed, swaps, then one deadline level at a time with
     its own bound and fixing) against the plain model over every option and
@@ -253,8 +246,8 @@ def test_deadline_level_search_keeps_the_optimum(catalog):
         fast = allocate(tenants, device, time_limit_s=20)
         plain = allocate(tenants, device, time_limit_s=20, fixing=False)
         assert fast.optimal and plain.optimal
-        value = _integer_value(fast, tenants, device)
-        assert value == _integer_value(plain, tenants, device) == solve_with_scip(tenants, device)
+        value = integer_value(fast, tenants, device)
+        assert value == integer_value(plain, tenants, device) == solve_with_scip(tenants, device)
 
 
 def test_deadline_level_bounds_are_valid(catalog):
