@@ -88,13 +88,23 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
         if policy in ("gate", "gate_ce", "support"):
             path_cost = path_cost + np.cumsum(catalog.exit_extra_macs[policy][:depth, w])
     elif cost == "latency":
-        table = catalog.latency_table(device or next(d for d, t in catalog.latency.items() if t.measured))
-        path_cost = table.exit_path_p50_ms()[:depth, w]
-        if policy in catalog.exit_extra_macs:  # a scorer runs beside each head, timed like one
-            path_cost = path_cost + np.cumsum(table.head_p50_ms[:depth, w])
+        device = device or next(d for d, t in catalog.latency.items() if t.measured)
+        path_cost = exit_path_ms(catalog, device, policy)[:depth, w]
     else:
         raise CatalogError(f"unknown cost {cost!r}; use 'macs' or 'latency'")
     return PathTraces(score, correct, path_cost, policy, spec)
+
+
+def exit_path_ms(catalog: Catalog, device: str, policy: str) -> np.ndarray:
+    """``[depths, widths]`` batch-1 ms on ``device`` of a sample that exits at
+    each depth under ``policy``: the segments and heads up to it, plus a gate's
+    or support network's scorer beside each head (timed like one).  What the
+    calibration prices and what the simulator charges."""
+    table = catalog.latency_table(device)
+    path = table.exit_path_p50_ms()
+    if policy in catalog.exit_extra_macs:
+        path = path + np.cumsum(table.head_p50_ms, axis=0)
+    return path
 
 
 def exit_depths(score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

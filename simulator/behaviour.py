@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anytime.catalog import Catalog
-from anytime.exits import exit_depths, path_traces
+from anytime.exits import exit_depths, exit_path_ms, path_traces
 from scheduler.options import NO_EXIT, OptionTable
 
 
@@ -125,7 +125,7 @@ def cumulative_ms(catalog: Catalog, table: OptionTable, rows: np.ndarray, profil
         return cum
     for policy in catalog.exit_extra_macs:
         with_scorer = table.policy[rows] == policy
-        cum[with_scorer] += np.cumsum(latency.head_p50_ms[:, w[with_scorer]].T, axis=1)
+        cum[with_scorer] = exit_path_ms(catalog, profile, policy)[:, w[with_scorer]].T
     plain = table.policy[rows] == NO_EXIT
     segments = np.cumsum(latency.segment_p50_ms[:, w[plain]].T, axis=1)
     last = depth[plain] - 1
