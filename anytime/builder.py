@@ -123,9 +123,7 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
     backbone = costs["macs"] - costs["head_macs"]
     costs["exit_path_macs"] = backbone + np.cumsum(costs["head_macs"], axis=0)
 
-    block = simd_channel_block() if config.device == "cpu" else 8  # CUDA: tensor-core tiles of 8
-    _, fit_report = fit_local_latency_model(
-        specs, profiles, local.p50_ms[0], config.local_device_key, config.seed, config.holdout_fraction, block)
+    fit_report = _fit_measured(specs, profiles, local, config)
     log.info("latency model held-out error: median %.1f%%, p90 %.1f%%", 100 * fit_report["median_abs_rel_error"],
              100 * fit_report["p90_abs_rel_error"])
 
@@ -211,21 +209,28 @@ def retime_catalog(catalog: Catalog, model: DNNet, config: ProfileConfig | None 
     config = config or ProfileConfig()
     if (model.depths, model.widths) != (catalog.depths, catalog.widths):
         raise CatalogError(f"model is {model.depths}x{model.widths}, catalog {catalog.depths}x{catalog.widths}")
+    batch_sizes = catalog.latency_table(config.local_device_key).batch_sizes
+    if (1, config.large_batch) != tuple(batch_sizes):  # checked before minutes of timing
+        raise CatalogError(f"large batch {config.large_batch} differs from the catalog's {batch_sizes}")
     model = model.eval()
     specs = catalog.specs()
     extracted_models = {spec: model.extract(spec).eval() for spec in specs}
     local = measure_local_latency(model, extracted_models, config, progress)
-    if local.batch_sizes != catalog.latency_table(config.local_device_key).batch_sizes:
-        raise CatalogError(f"large batch {config.large_batch} differs from the catalog's "
-                           f"{catalog.latency_table(config.local_device_key).batch_sizes}")
     profiles = {spec: op_profile(extracted_models[spec]) for spec in specs}
-    block = simd_channel_block() if config.device == "cpu" else 8
-    _, fit_report = fit_local_latency_model(specs, profiles, local.p50_ms[0], config.local_device_key, config.seed,
-                                            config.holdout_fraction, block)
+    fit_report = _fit_measured(specs, profiles, local, config)
     provenance = dict(catalog.provenance, latency_model_fit=fit_report)
     retimed = dataclasses.replace(catalog, latency={**catalog.latency, config.local_device_key: local},
                                   provenance=provenance)
     return retimed, fit_report
+
+
+def _fit_measured(specs: list[SubnetSpec], profiles: dict[SubnetSpec, list], local: LatencyTable,
+                  config: ProfileConfig) -> dict:
+    """Fit the latency model to a freshly measured local table; its report."""
+    block = simd_channel_block() if config.device == "cpu" else 8  # CUDA: tensor-core tiles of 8
+    _, report = fit_local_latency_model(specs, profiles, local.p50_ms[0], config.local_device_key, config.seed,
+                                        config.holdout_fraction, block)
+    return report
 
 
 def fit_local_latency_model(specs: list[SubnetSpec], profiles: dict[SubnetSpec, list], p50_ms: np.ndarray,

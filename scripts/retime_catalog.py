@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("stem", nargs="?", default=str(SHIPPED_STEM))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the shipped catalogs: 2)")
     parser.add_argument("--passes", type=int, default=10,
-                        help="round-robin passes over all sub-networks (more than a build's 3: this VM has "
-                             "slow spells of seconds, and more passes spread them over every sub-network)")
+                        help="round-robin passes over all sub-networks (more than a build's 5: this VM has "
+                             "slow spells of 5-30 s, and more passes spread them over every sub-network)")
     parser.add_argument("--repeats", type=int, default=100, help="batch-1 calls per sub-network, over all passes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
