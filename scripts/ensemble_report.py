@@ -55,11 +55,13 @@ def member_probabilities(model, images: torch.Tensor) -> np.ndarray:
     return np.concatenate(out)
 
 
-def nested_widths(tolerance: float, steps=(2, 4, 6, 8)) -> dict:
+NESTED_STEPS = (2, 4, 6, 8)  # the width ladder the nested net's metareasoner climbs at full depth
+
+
+def nested_widths(catalog, tolerance: float, steps=NESTED_STEPS) -> dict:
     """The metareasoner on the shipped net's width groups at full depth: the
     fixed ladder ``steps`` and the best ladder of any widths, both calibrated
     exactly on val, reported on test (costs in MACs)."""
-    catalog = load_catalog()
     depth = catalog.depths
     margin, correct, cost = _ladder_arrays(catalog, depth, steps, "val")
     calibration = calibrate_flexible(margin, correct, np.diff(cost, prepend=0.0), tolerance)
@@ -72,9 +74,8 @@ def nested_widths(tolerance: float, steps=(2, 4, 6, 8)) -> dict:
             "best_ladder_test_mean_macs": best.test_expected_macs}
 
 
-def nested_ladder_curve(steps=(2, 4, 6, 8)) -> tuple[np.ndarray, np.ndarray]:
+def nested_ladder_curve(catalog, steps=NESTED_STEPS) -> tuple[np.ndarray, np.ndarray]:
     """Test accuracy and mean MACs of the nested ladder at every threshold."""
-    catalog = load_catalog()
     margin, correct, cost = _ladder_arrays(catalog, catalog.depths, steps, "test")
     _, accuracy, mean_cost = _ladder_sweep(margin, correct, cost)
     return accuracy, mean_cost
@@ -140,15 +141,14 @@ def _mean_ms(run, images: torch.Tensor, rounds: int = 2) -> float:
 
 
 @torch.inference_mode()
-def measured_latencies(members, threshold: float, nested: dict, images: torch.Tensor) -> dict:
+def measured_latencies(catalog, members, threshold: float, nested: dict, images: torch.Tensor,
+                       steps=NESTED_STEPS) -> dict:
     """Per-image wall time at batch 1 of the four executions, side by side
     on the same images: every member, members until confident, the nested
     net's full sub-network, and its calibrated width ladder."""
-    catalog = load_catalog()
     model = create_net(catalog.net, pretrained=True).eval()
     full = model.extract(SubnetSpec(catalog.depths, catalog.widths)).eval()
-    ladder = tuple(int(w) for w in nested["ladder"].split("w", 1)[1].split(">"))
-    runner = WidthLadderRunner(model, catalog.depths, ladder, nested["threshold"], catalog)
+    runner = WidthLadderRunner(model, catalog.depths, steps, nested["threshold"], catalog)
     normal, flexible = FlexibleEnsemble(members), FlexibleEnsemble(members, threshold)
     return {"images": len(images),
             "normal_ensemble": _mean_ms(normal, images), "flexible_ensemble": _mean_ms(flexible, images),
@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/figures/baselines"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    catalog = load_catalog()
     data = load_cifar10(args.data, cache_dir="data/cache")
     config = json.loads(args.net_config)
     members, latency_ms, member_macs = [], [], []
@@ -196,14 +197,14 @@ def main() -> None:
                      "mean_latency_ms": float(cumulative_ms[used - 1].mean()),
                      "mean_macs": float(np.cumsum(member_macs)[used - 1].mean()),
                      "members_used_histogram": np.bincount(used, minlength=len(members) + 1)[1:].tolist()},
-        "nested_widths": nested_widths(args.tolerance),
+        "nested_widths": nested_widths(catalog, args.tolerance),
     }
-    report["measured_batch1_ms"] = measured_latencies(members, calibration.threshold, report["nested_widths"],
+    report["measured_batch1_ms"] = measured_latencies(catalog, members, calibration.threshold, report["nested_widths"],
                                                       to_float(data.test_images[: args.timed_images]))
     _, curve_accuracy, curve_macs = _ladder_sweep(test_margin, test_correct, np.cumsum(member_macs))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ensemble.json").write_text(json.dumps(report, indent=1) + "\n")
-    draw(report, (curve_accuracy, curve_macs), nested_ladder_curve(), args.out / "ensemble.png")
+    draw(report, (curve_accuracy, curve_macs), nested_ladder_curve(catalog), args.out / "ensemble.png")
     print(json.dumps(report, indent=1))
 
 
