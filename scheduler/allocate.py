@@ -284,12 +284,10 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
     search_rows = rows
     if lp is not None:  # reduced-cost fixing: a better allocation uses only options whose bound beats `value`
         bound, reduced = lp
-        could_beat = bound + reduced >= value + 1 - 1e-6 * max(abs(bound), 1.0)
-        per_tenant = np.split(could_beat, np.cumsum([len(r.index) for r in rows])[:-1])
-        if not all(k.any() for k in per_tenant):  # some tenant has no option in a better allocation
+        search_rows = _restrict(rows, bound + reduced >= value + 1 - 1e-6 * max(abs(bound), 1.0))
+        if search_rows is None:  # some tenant has no option in a better allocation
             return _allocation(tenants, device, rows, picks, True, time.perf_counter() - started, seconds,
                                sum(len(r.index) for r in rows), 0)
-        search_rows = _restrict(rows, could_beat)
     better, optimal, search_seconds, solved = _search_deadline_levels(
         search_rows, capacity, value, time_limit_s, deterministic, started)
     if better is not None:
@@ -315,6 +313,7 @@ def _incumbent(rows: list[TenantOptions], capacity: int | None, time_limit_s: fl
     if bound is None:
         status, picks, _, seconds = _solve(rows, capacity, time_limit_s, workers, deterministic, previous)
         return picks, seconds, status, None
+    # never None: each tenant's best option has reduced cost 0
     tight = _restrict(rows, reduced >= -LP_SEED_GAP * max(abs(bound), 1.0))
     status, picks, value, seconds = _solve(tight, capacity, time_limit_s, workers, deterministic, None)
     candidates = []
@@ -408,13 +407,13 @@ def _search_deadline_levels(rows: list[TenantOptions], capacity: int | None, val
             score = r.value - load_multiplier[i] * r.utilisation - memory_multiplier[i] * r.memory
             allowed = r.deadline_term <= tau
             keep.append(allowed & (bound[i] + score - score[allowed].max() >= value + 1 - 1e-6))
-        if not all(k.any() for k in keep):
+        level_rows = _restrict(rows, np.concatenate(keep))
+        if level_rows is None:
             continue  # some tenant has no option that could take part in a better allocation
         left = time_limit_s - (time.perf_counter() - started) if not deterministic else time_limit_s
         if left <= 0:
             optimal = False
             break
-        level_rows = _restrict(rows, np.concatenate(keep))
         status, level_picks, _, spent = _solve(level_rows, capacity, left, 1, deterministic, None,
                                                load_limit=SCALE - tau, at_least=value + 1)
         seconds += spent
@@ -510,16 +509,15 @@ def _positions_in(rows: list[TenantOptions], subset: list[TenantOptions], picks:
     return [int(np.searchsorted(r.index, q.index[p])) for r, q, p in zip(rows, subset, picks)]
 
 
-def _restrict(rows: list[TenantOptions], keep: np.ndarray) -> list[TenantOptions]:
-    """The options with ``keep`` (flat over tenants), never leaving a tenant
-    empty (it keeps its best-bound option then)."""
+def _restrict(rows: list[TenantOptions], keep: np.ndarray) -> list[TenantOptions] | None:
+    """The options with ``keep`` (flat over tenants); None when some tenant
+    keeps none, since then no allocation is made of kept options alone."""
     out, offset = [], 0
     for r in rows:
-        k = keep[offset: offset + len(r.index)].copy()
+        k = keep[offset: offset + len(r.index)]
         offset += len(r.index)
         if not k.any():
-            k[:] = False
-            k[0] = True  # placeholder; the caller only uses this when all bounds are below the incumbent
+            return None
         out.append(TenantOptions(r.index[k], r.utilisation[k], r.deadline_term[k], r.memory[k], r.value[k]))
     return out
 
