@@ -69,8 +69,7 @@ def _time_segments(model: DNNet, width: int, config: ProfileConfig) -> tuple[np.
     full = model.extract(SubnetSpec(model.depths, width)).eval()
     prefix = nn.Sequential(full[0], full[1], full[2], full[3])  # normalize, stem conv, bn, relu
     segments: list[nn.Module] = [prefix] + [full[4 + i] for i in range(model.depths - 1)]
-    heads = [nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.heads[d].as_linear(width)).eval()
-             for d in range(model.depths)]
+    heads = [model.heads[d].as_module(width).eval() for d in range(model.depths)]
     segment_ms = np.zeros(model.depths)
     head_ms = np.zeros(model.depths)
     x = torch.rand(1, 3, 32, 32, device=config.device)
@@ -273,7 +272,7 @@ def predicted_table(model: DNNet, device: DeviceModel, profiles: dict[SubnetSpec
             ops = op_profile(part, x_shape)
             segment[d, w - 1] = (device.predict(ops) - device.fixed_s) * 1e3
             x_shape = output_shape(part, x_shape)
-            head_module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.heads[d].as_linear(w))
+            head_module = model.heads[d].as_module(w)
             head[d, w - 1] = (device.predict(op_profile(head_module, x_shape)) - device.fixed_s) * 1e3
         segment[0, w - 1] += device.fixed_s * 1e3  # the fixed cost is paid once per inference
     provenance = {"predicted_by": "per-operation roofline (anytime/latency_model.py)", "device_model": device.to_dict()}

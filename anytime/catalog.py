@@ -4,9 +4,27 @@ else, so every number here is measured or counted, with its provenance.
 
 On disk a catalog is two files with one stem: ``<stem>.json`` (schema version,
 metadata, cost tables) and ``<stem>.npz`` (per-sample traces, loaded with
-``allow_pickle=False``).  Loading validates the version, the fields and every
-shape, and raises :class:`CatalogError` naming the problem.  Sub-networks are
-keyed by their canonical ``SubnetSpec`` string (``d12w6``) in files.
+``allow_pickle=False``).  Loading validates the version, the fields, every
+shape and what the numbers mean (see "Validation" below), and raises one
+:class:`CatalogError` naming the file, the field and the bad value.
+Sub-networks are keyed by their canonical ``SubnetSpec`` string (``d12w6``)
+in files.
+
+Validation, in the order a file is read: the JSON is size-limited before it is
+parsed; every size it declares (depths, widths, samples per split, exit
+settings) is checked against the limits below before anything is built from
+it; the archive's checksum must match ``traces_sha256``; every array's ``.npy``
+header (shape and dtype) is checked against the JSON before the array is
+read.  Meaning: costs are non-negative integers, MACs, exit-path MACs and
+parameters positive and non-decreasing with depth and with width (exit-path
+MACs at least the sub-network's); latencies finite and positive, p90 at least
+p50, batch sizes starting at 1; classes distinct names; labels and
+predictions within the classes; codebooks finite and sorted (probabilities
+and margins in [0, 1], entropies non-negative); codes within their codebook;
+exit scorers' MACs non-negative; exit settings naming known sub-networks and
+policies, accuracy drops in [0, 1], thresholds finite or +inf ("never exit";
+required past the sub-network's depth), never NaN or -inf.  Measured
+latencies are not required to grow with depth or width: real timings do not.
 
 All cost arrays are ``[depths, widths]``, indexed ``[depth - 1, width - 1]``.
 """
@@ -16,14 +34,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anytime.evaluate import SIGNALS, Traces
+from anytime.traces import SIGNALS, Traces
 from nets.errors import AnytimeError
 from nets.spec import SubnetSpec, all_specs
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SCHEMA_VERSION = 1
 SHIPPED_STEM = Path(__file__).resolve().parent / "data" / "dnnet_resnet32_cifar10.catalog"
@@ -46,6 +71,24 @@ COST_FIELDS = {
     "feature_bytes": "bytes of the float32 feature map leaving depth d at width w (what a split ships)",
 }
 WEIGHT_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+MONOTONE_COSTS = ("macs", "exit_path_macs", "params")  # counted, so they never shrink as a sub-network grows
+
+# Limits on the sizes a catalog file declares, checked before anything is
+# allocated from them (the shipped catalog: 16 x 8 sub-networks, 15,000
+# samples, 3,600 exit settings, a 0.1 MB JSON).
+MAX_DEPTHS = 1024
+MAX_WIDTHS = 1024
+MAX_SUBNETS = 1 << 16
+MAX_CLASSES = 256  # labels and predictions are stored as uint8
+MAX_TRACE_CELLS = 1 << 28  # samples x sub-networks over all splits: ~4 GB once signals are decoded to float32
+MAX_EXIT_SETTINGS = 1 << 22
+MAX_BATCH_SIZES = 16
+MAX_JSON_BYTES = 256 << 20
+# the stored exit policies whose scores come from the traces themselves (anytime.exits.POLICIES
+# without the learned scorers, which a catalog carries in exit_policies)
+TRACE_POLICIES = ("max_prob", "entropy", "margin", "oracle")
+SIGNAL_RANGES = {"top1_prob": (0.0, 1.0), "margin": (0.0, 1.0), "entropy": (0.0, math.inf)}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 CODEBOOK_SIZE = 256  # float signals are stored as uint8 codes into a per-signal codebook
@@ -100,27 +143,116 @@ class LatencyTable:
                 "provenance": self.provenance}
 
     @classmethod
-    def from_json(cls, data: dict, depths: int, widths: int) -> "LatencyTable":
-        batch_sizes = tuple(int(b) for b in data["batch_sizes"])
-        table = cls(str(data["device"]), bool(data["measured"]), batch_sizes,
-                    np.asarray(data["p50_ms"], dtype=np.float64), np.asarray(data["p90_ms"], dtype=np.float64),
-                    np.asarray(data["segment_p50_ms"], dtype=np.float64),
-                    np.asarray(data["head_p50_ms"], dtype=np.float64), dict(data.get("provenance", {})))
-        _check_shape(f"latency[{table.device}].p50_ms", table.p50_ms, (len(batch_sizes), depths, widths))
-        _check_shape(f"latency[{table.device}].p90_ms", table.p90_ms, (len(batch_sizes), depths, widths))
-        _check_shape(f"latency[{table.device}].segment_p50_ms", table.segment_p50_ms, (depths, widths))
-        _check_shape(f"latency[{table.device}].head_p50_ms", table.head_p50_ms, (depths, widths))
-        return table
+    def from_json(cls, data: dict, depths: int, widths: int, source: str = "catalog",
+                  device: str | None = None) -> "LatencyTable":
+        """The table stored under ``latency[device]`` of a catalog JSON, its
+        shapes and meaning checked (``source`` names the file in errors)."""
+        where = f"latency[{_short(device)}]"
+        if not isinstance(data, dict):
+            raise CatalogError(f"{source}: {where} is {_short(data)}, expected an object")
+        missing = [k for k in ("device", "measured", "batch_sizes", "p50_ms", "p90_ms", "segment_p50_ms",
+                               "head_p50_ms") if k not in data]
+        if missing:
+            raise CatalogError(f"{source}: {where} lacks fields: {', '.join(missing)}")
+        name = data["device"]
+        if not isinstance(name, str) or not name or (device is not None and name != device):
+            raise CatalogError(f"{source}: {where}.device = {_short(name)}, expected the table's key")
+        if not isinstance(data["measured"], bool):
+            raise CatalogError(f"{source}: {where}.measured = {_short(data['measured'])}, expected true or false")
+        sizes = data["batch_sizes"]
+        if not (isinstance(sizes, list) and 1 <= len(sizes) <= MAX_BATCH_SIZES
+                and all(_is_int(b) and b >= 1 for b in sizes) and sizes[0] == 1 and sizes == sorted(sizes)):
+            # the scheduler reads batch 1 from the first row
+            raise CatalogError(f"{source}: {where}.batch_sizes = {_short(sizes)}: expected at most "
+                               f"{MAX_BATCH_SIZES} increasing batch sizes starting at 1")
+        batch_sizes = tuple(sizes)
+        tables = {}
+        grid = (len(batch_sizes), depths, widths)
+        for key, shape in (("p50_ms", grid), ("p90_ms", grid), ("segment_p50_ms", grid[1:]),
+                           ("head_p50_ms", grid[1:])):
+            tables[key] = _json_table(source, f"{where}.{key}", data[key], shape, integer=False)
+            _check_values(source, f"{where}.{key}", tables[key], tables[key] <= 0, "latencies must be positive")
+        _check_values(source, f"{where}.p90_ms", tables["p90_ms"], tables["p90_ms"] < tables["p50_ms"],
+                      "below its p50")
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise CatalogError(f"{source}: {where}.provenance = {_short(provenance)}, expected an object")
+        return cls(name, data["measured"], batch_sizes, tables["p50_ms"], tables["p90_ms"], tables["segment_p50_ms"],
+                   tables["head_p50_ms"], dict(provenance))
 
     def p50(self, spec: SubnetSpec, batch_size: int = 1) -> float:
         return float(self.p50_ms[self.batch_sizes.index(batch_size), spec.depth - 1, spec.width - 1])
 
 
-def _check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
+# ---- validation helpers ---------------------------------------------------
+
+def _short(value: object, limit: int = 48) -> str:
+    """``repr`` of a bad value cut to ``limit`` characters: an error names the
+    value, it never prints a whole array or table."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cut(text: str, limit: int) -> str:
+    """An exception's text on one line, cut to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_values(source: str, name: str, array: np.ndarray, bad: np.ndarray, rule: str) -> None:
+    """Refuse ``array`` where ``bad`` holds, naming the first such entry and how many there are."""
+    if not bad.any():
+        return
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    count = int(np.count_nonzero(bad))
+    label = f"{name}[{', '.join(map(str, index))}]" if index else name
+    more = f" ({count - 1} more entries too)" if count > 1 else ""
+    raise CatalogError(f"{source}: {label} = {_short(array[index])}: {rule}{more}")
+
+
+def _check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], source: str = "catalog") -> None:
     if array.shape != shape:
-        raise CatalogError(f"catalog field {name} has shape {array.shape}, expected {shape}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise CatalogError(f"catalog field {name} holds non-finite values")
+        raise CatalogError(f"{source}: catalog field {name} has shape {array.shape}, expected {shape}")
+    if array.dtype.kind == "f":
+        _check_values(source, name, array, ~np.isfinite(array), "not finite")
+
+
+def _json_table(source: str, name: str, value: object, shape: tuple[int, ...], integer: bool) -> np.ndarray:
+    """A table of ``shape`` from the JSON: int64 (integers, or floats with
+    integer values) or float64, every entry finite."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):  # ragged lists, numbers numpy cannot hold
+        raise CatalogError(f"{source}: {name} is not a table of numbers of shape {shape}") from None
+    if array.shape != shape:
+        raise CatalogError(f"{source}: catalog field {name} has shape {array.shape}, expected {shape}")
+    flat = np.asarray(value, dtype=object).ravel()  # the JSON values themselves: numpy reads true as 1
+    first = next((v for v in flat if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
+    if array.dtype.kind not in "iuf" or first is not None:  # strings, booleans, null, numbers beyond int64
+        raise CatalogError(f"{source}: {name} holds {_short(first if first is not None else flat[0])}, "
+                           f"expected {'integers' if integer else 'numbers'}")
+    array = array.astype(np.float64)
+    _check_values(source, name, array, ~np.isfinite(array), "not finite")
+    if not integer:
+        return array
+    _check_values(source, name, array, (array != np.round(array)) | (np.abs(array) >= 2.0 ** 53),
+                  "expected an integer below 2**53")
+    return array.astype(np.int64)
+
+
+def _check_codes(name: str, codes: np.ndarray, codebook: np.ndarray, source: str = "catalog") -> None:
+    if codes.dtype != np.uint8:
+        raise CatalogError(f"{source}: {name} has dtype {codes.dtype}, expected uint8 codes")
+    if codes.size and codes.max() >= len(codebook):
+        _check_values(source, name, codes, codes >= len(codebook), f"outside its codebook of {len(codebook)} values")
 
 
 @dataclass
@@ -186,6 +318,15 @@ class Catalog:
         if device not in self.latency:
             raise CatalogError(f"catalog has no latency for device {device!r} (has {sorted(self.latency)})")
         return self.latency[device]
+
+    def load_net(self, weights: str | Path | None = None) -> "nn.Module":
+        """The catalog's network with its weights (``weights``, or the shipped
+        file of ``self.net``): refused with a CheckpointError unless they are
+        the very file this catalog measured (``weights_sha256``) and finite."""
+        from nets.registry import create_net, load_weights, weights_path  # torch only when a model is wanted
+
+        model = create_net(self.net, **{k: v for k, v in self.net_config.items() if k != "family"})
+        return load_weights(model, weights or weights_path(self.net), expected_sha256=self.weights_sha256).eval()
 
     # ---- export ---------------------------------------------------------
     def rows(self, split: str = "test") -> list[dict]:
@@ -287,11 +428,6 @@ class Catalog:
         return json_path, npz_path
 
 
-def _check_codes(name: str, codes: np.ndarray, codebook: np.ndarray) -> None:
-    if codes.dtype != np.uint8 or (codes.size and codes.max() >= len(codebook)):
-        raise CatalogError(f"catalog field {name} holds codes outside its codebook")
-
-
 def _stem(path: str | Path) -> Path:
     path = Path(path)
     for suffix in (".json", ".npz"):
@@ -310,95 +446,294 @@ def _sha256(path: Path) -> str:
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Load a catalog (``<stem>``, ``<stem>.json`` or ``<stem>.npz``); with no
-    argument, the shipped catalog of ``dnnet_resnet32_cifar10``."""
+    argument, the shipped catalog of ``dnnet_resnet32_cifar10``.  Every file
+    is validated for shape and meaning (module docstring) and refused with one
+    :class:`CatalogError`."""
     stem = _stem(path) if path is not None else SHIPPED_STEM
     json_path = stem.with_name(stem.name + ".json")
     npz_path = stem.with_name(stem.name + ".npz")
     for p in (json_path, npz_path):
         if not p.is_file():
             raise CatalogError(f"catalog file not found: {p}")
+    meta = _read_json(json_path)
+    depths, widths, classes, counts = _check_sizes(meta, json_path)
+    source = str(json_path)
+    try:
+        costs = _check_costs(meta["costs"], depths, widths, source)
+        if not isinstance(meta["latency"], dict) or not meta["latency"] or len(meta["latency"]) > 64:
+            raise CatalogError(f"{source}: latency = {_short(meta['latency'])}, expected 1 to 64 device tables")
+        latency = {device: LatencyTable.from_json(table, depths, widths, source, device)
+                   for device, table in meta["latency"].items()}
+        exit_policies = _check_exit_policies(meta.get("exit_policies", {}), depths, widths, counts, source)
+    except CatalogError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a checker met a field of the wrong kind
+        raise CatalogError(f"{json_path} is malformed: {exc.__class__.__name__}: {_cut(str(exc), 120)}") from None
+    if _sha256(npz_path) != meta["traces_sha256"]:
+        raise CatalogError(f"{npz_path} does not match its metadata (checksum differs): corrupt or replaced")
+    if not zipfile.is_zipfile(npz_path):  # np.load would try it as a pickle and say so
+        raise CatalogError(f"cannot read traces from {npz_path}: not an .npz archive (not a zip file)")
+    try:
+        with np.load(npz_path, allow_pickle=False) as arrays:
+            if not isinstance(arrays, np.lib.npyio.NpzFile):
+                raise CatalogError(f"cannot read traces from {npz_path}: not an .npz archive")
+            traces, codebooks, exit_scores, exit_settings = _read_traces(
+                _Archive(arrays, str(npz_path)), depths, widths, len(classes), counts, exit_policies)
+    except CatalogError:
+        raise
+    except Exception as exc:  # zipfile, KeyError, ValueError, EOFError from a damaged archive
+        raise CatalogError(f"cannot read traces from {npz_path}: {exc.__class__.__name__}: "
+                           f"{_cut(str(exc), 120)}") from None
+    return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
+                   classes=classes, depths=depths, widths=widths, costs=costs, latency=latency,
+                   traces=traces, provenance=dict(meta.get("provenance", {})), exit_scores=exit_scores,
+                   exit_extra_macs={policy: macs for policy, (macs, _) in exit_policies.items()},
+                   exit_settings=exit_settings, codebooks=codebooks)
+
+
+def _read_json(json_path: Path) -> dict:
+    """The catalog JSON as an object, its size limited before it is read."""
+    size = json_path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise CatalogError(f"{json_path} is {size} bytes; a catalog JSON is at most {MAX_JSON_BYTES}")
     try:
         meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{json_path} is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: also over-long integers
+        raise CatalogError(f"{json_path} is not valid JSON: {_cut(str(exc), 120)}") from None
     if not isinstance(meta, dict):
         raise CatalogError(f"{json_path} does not hold a catalog object")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise CatalogError(f"{json_path} has schema version {version!r}; this code reads version {SCHEMA_VERSION}")
+        raise CatalogError(f"{json_path} has schema version {_short(version)}; "
+                           f"this code reads version {SCHEMA_VERSION}")
     required = ("net", "net_config", "weights_sha256", "classes", "depths", "widths", "subnets", "costs",
                 "latency", "splits", "traces_sha256")
     missing = [k for k in required if k not in meta]
     if missing:
         raise CatalogError(f"{json_path} lacks fields: {', '.join(missing)}")
-    try:
-        depths, widths = int(meta["depths"]), int(meta["widths"])
-        if meta["subnets"] != [str(s) for s in all_specs(depths, widths)]:
-            raise CatalogError(f"{json_path}: the subnet keys do not match {depths} depths x {widths} widths")
-        costs = {}
-        for name in COST_FIELDS:
-            if name not in meta["costs"]:
-                raise CatalogError(f"{json_path} lacks cost table {name!r}")
-            costs[name] = np.asarray(meta["costs"][name], dtype=np.int64)
-            _check_shape(f"costs.{name}", costs[name], (depths, widths))
-            if (costs[name] < 0).any():
-                raise CatalogError(f"catalog cost table {name} holds negative values")
-        latency = {device: LatencyTable.from_json(table, depths, widths) for device, table in meta["latency"].items()}
-    except CatalogError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CatalogError(f"{json_path} is malformed: {exc.__class__.__name__}: {exc}") from None
-    if _sha256(npz_path) != meta["traces_sha256"]:
-        raise CatalogError(f"{npz_path} does not match its metadata (checksum differs): corrupt or replaced")
+    return meta
+
+
+def _check_sizes(meta: dict, json_path: Path) -> tuple[int, int, list[str], dict[str, int]]:
+    """Depths, widths, classes and samples per split, checked against the
+    limits before anything is built from them."""
+    source = str(json_path)
+    for key in ("depths", "widths"):
+        value, limit = meta[key], MAX_DEPTHS if key == "depths" else MAX_WIDTHS
+        if not _is_int(value) or not 1 <= value <= limit:
+            raise CatalogError(f"{source}: {key} = {_short(value)}, expected an integer in 1..{limit}")
+    depths, widths = meta["depths"], meta["widths"]
+    if depths * widths > MAX_SUBNETS:
+        raise CatalogError(f"{source}: {depths} depths x {widths} widths exceed {MAX_SUBNETS} sub-networks")
+    subnets = meta["subnets"]
+    if not isinstance(subnets, list) or len(subnets) != depths * widths \
+            or subnets != [str(s) for s in all_specs(depths, widths)]:
+        raise CatalogError(f"{source}: the subnet keys {_short(subnets)} do not match "
+                           f"{depths} depths x {widths} widths")
+    for key in ("net", "weights_sha256", "traces_sha256"):
+        if not isinstance(meta[key], str) or not meta[key]:
+            raise CatalogError(f"{source}: {key} = {_short(meta[key])}, expected a non-empty string")
+    for key in ("weights_sha256", "traces_sha256"):
+        if not _SHA256.fullmatch(meta[key]):
+            raise CatalogError(f"{source}: {key} = {_short(meta[key])}, expected 64 lowercase hex digits")
+    for key in ("net_config", "provenance"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CatalogError(f"{source}: {key} = {_short(meta[key])}, expected an object")
+    classes = meta["classes"]
+    if not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES
+            and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
+        raise CatalogError(f"{source}: classes = {_short(classes)}, expected 2..{MAX_CLASSES} distinct names")
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or not 1 <= len(splits) <= 16:
+        raise CatalogError(f"{source}: splits = {_short(splits)}, expected an object of 1..16 splits")
+    counts: dict[str, int] = {}
+    for split, count in splits.items():
+        if not split or "/" in split or not _is_int(count) or not 1 <= count <= MAX_TRACE_CELLS:
+            raise CatalogError(f"{source}: splits.{_short(split)} = {_short(count)}, expected a positive sample count")
+        counts[split] = count
+    cells = sum(counts.values()) * depths * widths
+    if cells > MAX_TRACE_CELLS:
+        raise CatalogError(f"{source}: {sum(counts.values())} samples x {depths * widths} sub-networks exceed "
+                           f"the limit of {MAX_TRACE_CELLS} trace entries")
+    return depths, widths, list(classes), counts
+
+
+def _check_costs(tables: dict, depths: int, widths: int, source: str) -> dict[str, np.ndarray]:
+    """The cost tables: non-negative integers; MACs and parameters positive
+    and non-decreasing with depth and width; exit paths at least the sub-network."""
+    if not isinstance(tables, dict):
+        raise CatalogError(f"{source}: costs = {_short(tables)}, expected an object of tables")
+    costs = {}
+    for name in COST_FIELDS:
+        if name not in tables:
+            raise CatalogError(f"{source} lacks cost table {name!r}")
+        values = costs[name] = _json_table(source, f"costs.{name}", tables[name], (depths, widths), integer=True)
+        _check_values(source, f"costs.{name}", values, values < 0, "negative")
+    for name in MONOTONE_COSTS:
+        values = costs[name]
+        _check_values(source, f"costs.{name}", values, values <= 0, "must be positive")
+        falls = np.zeros(values.shape, dtype=bool)
+        falls[1:] |= values[1:] < values[:-1]
+        _check_values(source, f"costs.{name}", values, falls, "smaller than at the depth before (must not decrease)")
+        falls[:] = False
+        falls[:, 1:] |= values[:, 1:] < values[:, :-1]
+        _check_values(source, f"costs.{name}", values, falls, "smaller than at the width before (must not decrease)")
+    _check_values(source, "costs.exit_path_macs", costs["exit_path_macs"], costs["exit_path_macs"] < costs["macs"],
+                  "below the sub-network's own MACs")
+    return costs
+
+
+def _check_exit_policies(policies: dict, depths: int, widths: int, counts: dict[str, int],
+                         source: str) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Learned exit scorers: policy -> (extra MACs ``[depths, widths]``, non-negative; splits with scores)."""
+    if not isinstance(policies, dict):
+        raise CatalogError(f"{source}: exit_policies = {_short(policies)}, expected an object")
+    checked = {}
+    for policy, info in policies.items():
+        where = f"exit_policies.{_short(policy)}"
+        if not policy or "/" in policy or not isinstance(info, dict) or "extra_macs" not in info \
+                or "splits" not in info:
+            raise CatalogError(f"{source}: {where} = {_short(info)}, expected {{extra_macs, splits}}")
+        macs = _json_table(source, f"{where}.extra_macs", info["extra_macs"], (depths, widths), integer=True)
+        _check_values(source, f"{where}.extra_macs", macs, macs < 0, "negative")
+        splits = info["splits"]
+        if not isinstance(splits, list) or not all(isinstance(s, str) and s in counts for s in splits) \
+                or len(set(splits)) != len(splits):
+            raise CatalogError(f"{source}: {where}.splits = {_short(splits)}, "
+                               f"expected distinct splits of {sorted(counts)}")
+        checked[policy] = (macs, splits)
+    return checked
+
+
+class _Archive:
+    """The ``.npz`` of a catalog, read one array at a time with its ``.npy``
+    header checked first: a bad shape or dtype is refused before anything is
+    allocated from it."""
+
+    def __init__(self, arrays: "np.lib.npyio.NpzFile", source: str):
+        self.arrays = arrays
+        self.source = source
+        self.keys = set(arrays.files)
+
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        if key not in self.keys:
+            raise CatalogError(f"{self.source} lacks array {key!r}")
+        with self.arrays.zip.open(key + ".npy") as f:
+            return self._header(f, key)
+
+    def _header(self, f, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise CatalogError(f"{self.source}: array {key!r} has .npy format {version}; expected 1.0 or 2.0")
+        return shape, dtype
+
+    def read(self, key: str, shape: tuple[int | None, ...], kinds: str, limit: int = 0) -> np.ndarray:
+        """Array ``key`` of ``shape`` (``None``: any length from 1 up to
+        ``limit``) whose dtype kind is one of ``kinds``."""
+        if key not in self.keys:
+            raise CatalogError(f"{self.source} lacks array {key!r}")
+        with self.arrays.zip.open(key + ".npy") as f:
+            declared, dtype = self._header(f, key)
+            fits = len(declared) == len(shape) and all(
+                (1 <= n <= limit) if want is None else n == want for n, want in zip(declared, shape))
+            if not fits:
+                wanted = tuple(f"1..{limit}" if want is None else want for want in shape)
+                raise CatalogError(f"{self.source}: array {key!r} has shape {_short(declared)}, expected {wanted}")
+            if dtype.kind not in kinds or dtype.hasobject:
+                raise CatalogError(f"{self.source}: array {key!r} has dtype {dtype}, expected kind {kinds!r}")
+            f.seek(0)  # one pass over the member: read_array reads the header again, then the data
+            return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_traces(archive: _Archive, depths: int, widths: int, n_classes: int, counts: dict[str, int],
+                 exit_policies: dict[str, tuple[np.ndarray, list[str]]],
+                 ) -> tuple[dict[str, Traces], dict[str, np.ndarray], dict, ExitSettings | None]:
+    """Traces, codebooks, learned exit scores and exit settings from the
+    archive, each array checked against the JSON's sizes and for meaning."""
+    source = archive.source
+    codebooks = {}
+    for key in sorted(k for k in archive.keys if k.startswith("codebook/")):
+        name = key[len("codebook/"):]
+        codebook = archive.read(key, (None,), "f", CODEBOOK_SIZE).astype(np.float32)
+        _check_values(source, key, codebook, ~np.isfinite(codebook), "not finite")
+        _check_values(source, key, codebook, np.r_[False, codebook[1:] < codebook[:-1]], "out of order")
+        low, high = SIGNAL_RANGES.get(name, (-math.inf, math.inf))
+        _check_values(source, key, codebook, (codebook < low) | (codebook > high), f"outside [{low}, {high}]")
+        codebooks[name] = codebook
+    for name in SIGNALS:
+        if name not in codebooks:
+            raise CatalogError(f"{source} lacks the codebook of {name!r}")
     traces = {}
+    for split, count in counts.items():
+        grid = (count, depths, widths)
+        fields = {"labels": archive.read(f"{split}/labels", (count,), "iu"),
+                  "prediction": archive.read(f"{split}/prediction", grid, "iu")}
+        for name in ("labels", "prediction"):
+            values = fields[name]
+            _check_values(source, f"{split}/{name}", values, (values < 0) | (values >= n_classes),
+                          f"not one of the {n_classes} classes")
+            fields[name] = values.astype(np.uint8, copy=False)
+        for name in SIGNALS:
+            codes = archive.read(f"{split}/{name}", grid, "iu")
+            _check_codes(f"{split}/{name}", codes, codebooks[name], source)
+            fields[name] = codebooks[name][codes]
+        traces[split] = Traces(**fields)
+    exit_scores: dict = {}
+    for policy, (_, splits) in exit_policies.items():
+        exit_scores[policy] = {}
+        for split in splits:
+            prefix = f"{split}/exit/{policy}"
+            if f"{prefix}/score" not in archive.keys or f"exit/{policy}" not in codebooks:
+                raise CatalogError(f"{source} lacks the {split} scores of exit policy {policy!r}")
+            grid = (counts[split], depths, widths)
+            codes = archive.read(f"{prefix}/score", grid, "iu")
+            _check_codes(f"{prefix}/score", codes, codebooks[f"exit/{policy}"], source)
+            fields = {"score": codebooks[f"exit/{policy}"][codes]}
+            if f"{prefix}/prediction" in archive.keys:
+                prediction = archive.read(f"{prefix}/prediction", grid, "iu")
+                _check_values(source, f"{prefix}/prediction", prediction,
+                              (prediction < 0) | (prediction >= n_classes),
+                              f"not one of the {n_classes} classes")
+                fields["prediction"] = prediction.astype(np.uint8, copy=False)
+            exit_scores[policy][split] = fields
+    exit_settings = None
+    if any(k.startswith("settings/") for k in archive.keys):
+        exit_settings = _read_exit_settings(archive, depths, widths, exit_scores)
+    return traces, codebooks, exit_scores, exit_settings
+
+
+def _read_exit_settings(archive: _Archive, depths: int, widths: int, exit_scores: dict) -> ExitSettings:
+    """Calibrated exit settings: known sub-networks and policies, accuracy
+    drops in [0, 1], thresholds finite or +inf (never exit), +inf past the
+    sub-network's depth."""
+    source = archive.source
+    shape, _ = archive.header("settings/subnet")
+    if len(shape) != 1 or shape[0] > MAX_EXIT_SETTINGS:
+        raise CatalogError(f"{source}: catalog exit settings have inconsistent shapes (settings/subnet has shape "
+                           f"{_short(shape)}, expected at most {MAX_EXIT_SETTINGS} rows)")
+    n = shape[0]
     try:
-        with np.load(npz_path, allow_pickle=False) as arrays:
-            codebooks = {key[len("codebook/"):]: arrays[key].astype(np.float32)
-                         for key in arrays.files if key.startswith("codebook/")}
-            for name in SIGNALS:
-                if name not in codebooks:
-                    raise CatalogError(f"{npz_path} lacks the codebook of {name!r}")
-            for split, count in meta["splits"].items():
-                fields = {name: arrays[f"{split}/{name}"] for name in ("labels", "prediction", *SIGNALS)}
-                for name in SIGNALS:
-                    _check_codes(f"{split}/{name}", fields[name], codebooks[name])
-                    fields[name] = codebooks[name][fields[name]]
-                _check_shape(f"{split}/labels", fields["labels"], (int(count),))
-                for name in ("prediction", *SIGNALS):
-                    _check_shape(f"{split}/{name}", fields[name], (int(count), depths, widths))
-                traces[split] = Traces(**fields)
-            exit_scores: dict = {}
-            exit_extra_macs: dict = {}
-            for policy, info in meta.get("exit_policies", {}).items():
-                exit_extra_macs[policy] = np.asarray(info["extra_macs"], dtype=np.int64)
-                _check_shape(f"exit_policies.{policy}.extra_macs", exit_extra_macs[policy], (depths, widths))
-                exit_scores[policy] = {}
-                for split in info["splits"]:
-                    fields = {k: arrays[f"{split}/exit/{policy}/{k}"] for k in ("score", "prediction")
-                              if f"{split}/exit/{policy}/{k}" in arrays.files}
-                    if "score" not in fields or f"exit/{policy}" not in codebooks:
-                        raise CatalogError(f"catalog lacks {split} scores of exit policy {policy!r}")
-                    _check_codes(f"{split}/exit/{policy}/score", fields["score"], codebooks[f"exit/{policy}"])
-                    fields["score"] = codebooks[f"exit/{policy}"][fields["score"]]
-                    for k, array in fields.items():
-                        _check_shape(f"{split}/exit/{policy}/{k}", array, (len(traces[split]), depths, widths))
-                    exit_scores[policy][split] = fields
-            exit_settings = None
-            if "settings/subnet" in arrays.files:
-                exit_settings = ExitSettings(arrays["settings/subnet"].astype(np.int64), arrays["settings/policy"],
-                                             arrays["settings/accuracy_drop"].astype(np.float64),
-                                             arrays["settings/thresholds"])
-                n = len(exit_settings.subnet)
-                if exit_settings.thresholds.shape != (n, depths) or exit_settings.policy.shape != (n,) \
-                        or exit_settings.accuracy_drop.shape != (n,):
-                    raise CatalogError("catalog exit settings have inconsistent shapes")
-                if n and not (0 <= exit_settings.subnet.min() and exit_settings.subnet.max() < depths * widths):
-                    raise CatalogError("catalog exit settings name sub-networks out of range")
-    except CatalogError:
-        raise
-    except Exception as exc:  # zipfile, KeyError, ValueError from a damaged archive
-        raise CatalogError(f"cannot read traces from {npz_path}: {exc.__class__.__name__}: {exc}") from None
-    return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
-                   classes=list(meta["classes"]), depths=depths, widths=widths, costs=costs, latency=latency,
-                   traces=traces, provenance=dict(meta.get("provenance", {})), exit_scores=exit_scores,
-                   exit_extra_macs=exit_extra_macs, exit_settings=exit_settings, codebooks=codebooks)
+        subnet = archive.read("settings/subnet", (n,), "iu").astype(np.int64)
+        policy = archive.read("settings/policy", (n,), "U")
+        drop = archive.read("settings/accuracy_drop", (n,), "fiu").astype(np.float64)
+        thresholds = archive.read("settings/thresholds", (n, depths), "f")
+    except CatalogError as exc:
+        raise CatalogError(f"catalog exit settings have inconsistent shapes: {exc}") from None
+    _check_values(source, "settings/subnet", subnet, (subnet < 0) | (subnet >= depths * widths),
+                  f"names no sub-network (out of range 0..{depths * widths - 1})")
+    known = np.asarray(sorted({*TRACE_POLICIES, *exit_scores}))
+    _check_values(source, "settings/policy", policy, ~np.isin(policy, known),
+                  f"not an exit policy of this catalog ({', '.join(known)})")
+    _check_values(source, "settings/accuracy_drop", drop, ~((drop >= 0) & (drop <= 1)), "not in [0, 1]")
+    _check_values(source, "settings/thresholds", thresholds, np.isnan(thresholds), "NaN is no threshold")
+    _check_values(source, "settings/thresholds", thresholds, np.isneginf(thresholds),
+                  "-inf (always exit at once) is no calibrated threshold")
+    depth = subnet // widths + 1  # specs are ordered depth-major (nets.spec.all_specs)
+    past = np.arange(depths)[None, :] >= depth[:, None]
+    _check_values(source, "settings/thresholds", thresholds, past & ~np.isposinf(thresholds),
+                  "past its sub-network's depth, where only +inf (never exit) is stored")
+    return ExitSettings(subnet, policy, drop, thresholds)

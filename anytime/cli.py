@@ -2,7 +2,9 @@
 packages.  It is the one place that ties ``nets``, ``anytime``, ``scheduler``
 and ``simulator`` together, so it imports each lazily, inside its subcommand.
 
-Every error a user can cause ends in one line on stderr and exit status 2.
+Every failure ends in one line on stderr: exit status 2 for usage and input
+errors, 3 for a budget or allocation that cannot be met, 1 for I/O and
+internal errors.
 """
 
 from __future__ import annotations
@@ -17,17 +19,26 @@ log = logging.getLogger("anytime")
 
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
 
+# Exit statuses: what a script calling the tool can tell apart.  An
+# AnytimeError carries its own (2 for bad input, 3 for a budget or an
+# allocation that cannot be met).
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from nets.data import load_cifar10
     from nets.registry import create_net
-    from nets.train import TrainConfig, train
+    from nets.errors import ConfigError
+    from nets.train import TrainConfig, check_run_folder, train
 
+    check_run_folder(args.out, args.name or args.net, args.resume)  # before the data and the model
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          threads=args.threads, lambda_scheme=args.lambda_scheme,
                          full_output_weight=args.full_output_weight, distill_weight=args.distill_weight,
-                         max_batches=args.max_batches)
+                         max_batches=args.max_batches, precision=args.precision)
     net_config = json.loads(args.net_config) if args.net_config else {}
+    if not isinstance(net_config, dict):
+        raise ConfigError(f"--net-config must be a JSON object, got {args.net_config!r:.60}")
     model = create_net(args.net, **net_config)
     data = load_cifar10(args.data, val_size=args.val_size, seed=args.seed, cache_dir=args.cache_dir)
     card = train(model, args.name or args.net, data, config, args.out, resume=args.resume,
@@ -41,9 +52,13 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     from anytime.builder import ProfileConfig, build_catalog
+    from nets.errors import OutputError
     from nets.data import load_cifar10
     from nets.registry import create_net, load_weights, weights_path
 
+    _check_new_catalog(args.out)  # before minutes of profiling, not after
+    if args.csv and Path(args.csv).exists():
+        raise OutputError(f"{args.csv} exists; choose another name (nothing was changed)")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = create_net(args.net)
@@ -62,19 +77,38 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_new_catalog(stem: str | Path) -> None:
+    """Refuse a catalog destination whose files exist or cannot be written."""
+    import os
+
+    from nets.errors import OutputError
+
+    stem = Path(stem)
+    for suffix in (".json", ".npz"):
+        if stem.name.endswith(suffix):
+            stem = stem.with_name(stem.name[: -len(suffix)])
+    taken = [str(stem) + s for s in (".json", ".npz") if Path(str(stem) + s).exists()]
+    if taken:
+        raise OutputError(f"{taken[0]} exists; choose another catalog name (nothing was changed)")
+    parent = stem.parent if str(stem.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {parent}: permission denied")
+
+
 def _cmd_plot_catalog(args: argparse.Namespace) -> int:
     from anytime.catalog import load_catalog
+    from anytime.outputs import ResultsFolder
     from anytime.plots import accuracy_table_markdown, plot_budget, plot_heatmaps
 
     catalog = load_catalog(args.catalog)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = args.out / "accuracy_grid.md"
-    table.write_text(accuracy_table_markdown(catalog))
-    written = [plot_heatmaps(catalog, args.out / "catalog_heatmaps.png", device=args.device),
-               plot_budget(catalog, args.out / "catalog_mac_budget.png", args.mac_budget), table]
-    if args.csv:
-        written.append(catalog.to_csv(args.out / "catalog.csv"))
-    print("\n".join(str(p) for p in written))
+    with ResultsFolder(args.out, kind="plot-catalog", details={"catalog": catalog.net}) as staging:
+        table = staging / "accuracy_grid.md"
+        table.write_text(accuracy_table_markdown(catalog))
+        written = [plot_heatmaps(catalog, staging / "catalog_heatmaps.png", device=args.device),
+                   plot_budget(catalog, staging / "catalog_mac_budget.png", args.mac_budget), table]
+        if args.csv:
+            written.append(catalog.to_csv(staging / "catalog.csv"))
+    print("\n".join(str(args.out / Path(p).name) for p in written))
     return 0
 
 
@@ -82,29 +116,29 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     from anytime.calibrate import (calibrate_ladder, calibrate_policies, compare_at_equal_macs, fit_scorers,
                                    policy_curves)
     from anytime.catalog import load_catalog
+    from anytime.outputs import ResultsFolder
     from anytime.plots import plot_exit_curves
     from nets.spec import SubnetSpec
 
     catalog = load_catalog(args.catalog)
+    if args.fit and args.out:
+        _check_new_catalog(args.out)  # without --out the fitted catalog replaces its own input
+    report_folder = ResultsFolder(args.report, kind="exits")
+    report_folder.check()  # before the fitting, which takes minutes
     if args.fit:
         import torch
 
         from nets.data import load_cifar10
-        from nets.registry import create_net, load_weights, weights_path
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        model = create_net(catalog.net, **{k: v for k, v in catalog.net_config.items() if k != "family"})
-        load_weights(model, args.weights or weights_path(catalog.net))
+        model = catalog.load_net(args.weights)  # refuses weights that are not the catalog's
         data = load_cifar10(args.data, val_size=len(catalog.traces["val"]), seed=args.seed, cache_dir=args.cache_dir)
         fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=not args.quiet, seed=args.seed)
         calibrate_ladder(catalog, progress=not args.quiet)
     spec = SubnetSpec.parse(args.subnet) if args.subnet else SubnetSpec(catalog.depths, catalog.widths)
     results = calibrate_policies(catalog, spec, tolerance=args.tolerance)
     curves = policy_curves(catalog, spec)
-    args.report.mkdir(parents=True, exist_ok=True)
-    plot_exit_curves(curves, results, args.report / f"exits_{spec}.png",
-                     f"{catalog.net} {spec}: early exits, calibrated on val, reported on test")
     report = {"policies": [r.to_dict() for r in results]}
     if "gate" in curves and "gate_ce" in curves:
         report["hinge_vs_cross_entropy"] = compare_at_equal_macs(curves, "gate", "gate_ce",
@@ -117,7 +151,10 @@ def _cmd_exits(args: argparse.Namespace) -> int:
 
         refinement = calibrate_width_refinement(catalog, spec, args.tolerance)
         report["width_refinement"] = {**asdict(refinement), "macs_fraction": refinement.macs_fraction}
-    (args.report / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
+    with report_folder as staging:
+        plot_exit_curves(curves, results, staging / f"exits_{spec}.png",
+                         f"{catalog.net} {spec}: early exits, calibrated on val, reported on test")
+        (staging / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
     if args.fit:  # after the report: the cross-entropy gates serve only the comparison above
         catalog.save(args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
     print(f"{'policy':10s} {'val acc':>8s} {'test acc':>9s} {'exp. MACs (M)':>14s} {'of full':>8s}")
@@ -177,17 +214,19 @@ def _family_catalog(stem: str | None, family: str):
     return catalog
 
 
-def _parse_tenant(text: str):
-    """``NAME:RATE_HZ:DEADLINE_MS[:WEIGHT]`` -> (name, rate, deadline, weight)."""
+def parse_tenant(text: str) -> tuple[str, float, float, float]:
+    """``NAME:RATE_HZ:DEADLINE_MS[:WEIGHT]`` -> (name, rate, deadline, weight);
+    the numbers' ranges are the scheduler's to check (``Tenant``)."""
     from scheduler.errors import TenantError
 
+    shown = text if len(text) <= 60 else text[:57] + "..."
     parts = text.split(":")
-    if len(parts) not in (3, 4) or not parts[0]:
-        raise TenantError(f"--tenant {text!r}: expected NAME:RATE_HZ:DEADLINE_MS[:WEIGHT], e.g. camera:30:50")
+    if len(parts) not in (3, 4) or not parts[0].strip():
+        raise TenantError(f"--tenant {shown!r}: expected NAME:RATE_HZ:DEADLINE_MS[:WEIGHT], e.g. camera:30:50")
     try:
         numbers = [float(p) for p in parts[1:]]
     except ValueError:
-        raise TenantError(f"--tenant {text!r}: rate, deadline and weight must be numbers") from None
+        raise TenantError(f"--tenant {shown!r}: rate, deadline and weight must be numbers") from None
     return parts[0], numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1.0
 
 
@@ -205,7 +244,7 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     device_name = args.device or next((d for d, t in catalog.latency.items() if t.measured), None)
     tenants = [Tenant(name, catalog, rate_hz=rate, deadline_ms=deadline, weight=weight, family=args.family,
                       latency_quantile=args.quantile)
-               for name, rate, deadline, weight in (_parse_tenant(t) for t in args.tenant)]
+               for name, rate, deadline, weight in (parse_tenant(t) for t in args.tenant)]
     result = allocate(tenants, SharedDevice(device_name, share=args.share, memory_bytes=args.memory_bytes),
                       time_limit_s=args.time_limit_s)
     if args.json:
@@ -232,16 +271,9 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    import shutil
-
-    from tqdm import tqdm
-
-    from anytime.catalog import load_catalog
-    from simulator.engine import check_policies, simulate
-    from simulator.report import draw_report, results_table, write_results
     from simulator.scenario import load_scenario, parse_policies
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario)  # a bad scenario is refused before the heavy imports
     changes = {}
     if args.policies:
         changes["policies"] = parse_policies(args.policies.split(","), "--policies")
@@ -250,40 +282,57 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         changes["seed"] = args.seed
     scenario = scenario.with_overrides(**changes) if changes else scenario
+    from tqdm import tqdm
+
+    from anytime.catalog import load_catalog
+    from anytime.outputs import ResultsFolder
+    from simulator.engine import check_policies, simulate
+    from simulator.report import draw_report, results_table, write_results
     from simulator.scenario import split_label
 
     catalog = load_catalog(args.catalog) if args.catalog else None
     check_policies(scenario, catalog)  # a policy that cannot run fails now, not after the others ran
-    results = []
-    for policy in scenario.policies:
-        net = split_label(policy)[2]
-        with tqdm(total=scenario.duration_s, desc=policy, unit="sim s", disable=args.quiet, leave=False,
-                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}]") as bar:
-            # "@NET" runs on that network's shipped catalog; the others on --catalog or the scenario's
-            results.append(simulate(scenario, policy, None if net else catalog, progress=bar.update))
-    # write beside the destination, then swap: a failed run never clobbers earlier results
-    out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    write_results(results, scenario, partial)
-    if not args.no_report:
-        draw_report(partial)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    # the destination is checked, locked and proven writable before the long work
+    with ResultsFolder(args.out, kind="simulate", details={"scenario": scenario.name}) as staging:
+        results = []
+        for policy in scenario.policies:
+            net = split_label(policy)[2]
+            with tqdm(total=scenario.duration_s, desc=policy, unit="sim s", disable=args.quiet or not _tty(),
+                      leave=False,
+                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}]") as bar:
+                # "@NET" runs on that network's shipped catalog; the others on --catalog or the scenario's
+                results.append(simulate(scenario, policy, None if net else catalog, progress=bar.update))
+        write_results(results, scenario, staging)
+        if not args.no_report:
+            draw_report(staging)
     from simulator.report import load_results
 
-    print(results_table(load_results(out)[0]))
-    print(f"results in {out}/ (summary.json, results.csv{'' if args.no_report else ', figures/'})")
+    print(results_table(load_results(args.out)[0]))
+    print(f"results in {args.out}/ (summary.json, results.csv{'' if args.no_report else ', figures/'})")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    import shutil
+
+    from anytime.outputs import ResultsFolder, read_manifest
+    from nets.errors import OutputError
     from simulator.report import draw_report, load_results, results_table
 
-    paths = draw_report(args.results)
-    print(results_table(load_results(args.results)[0]))
-    print("\n".join(str(p) for p in paths))
+    results = Path(args.results)
+    manifest = read_manifest(results) if results.is_dir() else None
+    if manifest is None or manifest.get("kind") != "simulate":
+        raise OutputError(f"{args.results} is not a results folder written by 'anytime simulate'")
+    with ResultsFolder(results, kind="simulate", details={k: v for k, v in manifest.items()
+                                                           if k not in ("tool", "kind", "status", "files",
+                                                                        "created")}) as staging:
+        for name in manifest["files"]:
+            if not name.startswith("figures/"):  # the pictures are what is redrawn
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(results / name, staging / name)
+        paths = draw_report(staging)
+    print(results_table(load_results(results)[0]))
+    print("\n".join(str(results / p.relative_to(staging)) for p in paths))
     return 0
 
 
@@ -302,8 +351,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (status 2), like every other error."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anytime", description="Anytime inference with doubly nested networks.")
+    parser = _Parser(prog="anytime", description="Anytime inference with doubly nested networks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -326,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--max-batches", type=int, default=0, help="batches per epoch (0: all); for smoke runs")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto: bfloat16 autocast where the CPU has native bfloat16 (AMX, AVX-512 BF16), "
+                        "else float32 (default: auto)")
     p.add_argument("--cache-dir", default="data/cache", help="where decoded images are cached")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -346,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot-catalog", help="heat maps and the MAC-budget picture of a catalog")
     p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for the pictures")
+    p.add_argument("--out", type=Path, default=Path("reports/catalog"),
+                   help="results folder for the pictures: new, empty or an earlier one of this tool's "
+                        "(default: %(default)s)")
     p.add_argument("--mac-budget", type=float, default=24e6, help="MAC budget of the feasibility picture")
     p.add_argument("--device", help="latency device shown (default: the measured one)")
     p.add_argument("--csv", action="store_true", help="also write catalog.csv")
@@ -364,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learned scores left out of the saved catalog (default: gate_ce, report-only)")
     p.add_argument("--subnet", help="sub-network of the report, e.g. d16w8 (default: the full one)")
     p.add_argument("--tolerance", type=float, default=0.003, help="accuracy drop allowed on val when calibrating")
-    p.add_argument("--report", type=Path, default=Path("reports"), help="folder for the picture and table")
+    p.add_argument("--report", type=Path, default=Path("reports/exits"),
+                   help="results folder for the picture and table: new, empty or an earlier one of this "
+                        "tool's (default: %(default)s)")
     _add_run_options(p)
     p.set_defaults(func=_cmd_exits)
 
@@ -400,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="run a scenario under each of its policies and write results and pictures")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")
-    p.add_argument("--out", required=True, help="results folder (replaced only when the run succeeds)")
+    p.add_argument("--out", required=True,
+                   help="results folder: new, empty or an earlier one of this tool's, replaced only when the "
+                        "run succeeds; a folder holding anything else is refused")
     p.add_argument("--policies", help="comma-separated policies instead of the scenario's, e.g. nested,superserve")
     p.add_argument("--duration-s", type=float, help="simulated seconds instead of the scenario's")
     p.add_argument("--seed", type=int, help="seed instead of the scenario's")
@@ -416,20 +481,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every failure ends in one line on stderr and the
+    exit status of its kind (see the README's "Exit status")."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from nets.errors import AnytimeError
 
+    where = f"anytime {args.command}"
     try:
         return args.func(args)
     except AnytimeError as exc:
-        print(f"anytime {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{where}: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_status
     except json.JSONDecodeError as exc:
-        print(f"anytime {args.command}: error: bad JSON: {exc}", file=sys.stderr)
-        return 2
+        print(f"{where}: error: bad JSON: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        print(f"{where}: I/O error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug still ends in one line; -v logs the traceback
+        log.debug("internal error", exc_info=True)
+        print(f"{where}: internal error: {type(exc).__name__}: {_one_line(exc)}"
+              f"{'' if args.verbose else ' (rerun with -v for details)'}", file=sys.stderr)
+        if args.verbose:
+            log.error("traceback", exc_info=True)
+        return EXIT_INTERNAL
+
+
+def _tty() -> bool:
+    """Progress bars only on a terminal: carriage returns do not belong in logs."""
+    return sys.stderr.isatty()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -9,47 +9,13 @@ right is ``prediction == label``, so it is never stored twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from anytime.traces import SIGNALS, Traces
 from nets.data import batches, to_float
 from nets.dnnet import DNNet
-
-SIGNALS = ("top1_prob", "margin", "entropy")
-
-
-@dataclass
-class Traces:
-    """Per-sample outcomes of every sub-network on one split."""
-
-    labels: np.ndarray  # [N] uint8
-    prediction: np.ndarray  # [N, depths, widths] uint8
-    # float signals [N, depths, widths]; stored as uint8 codes into a per-signal
-    # codebook (anytime.catalog), so a loaded catalog holds the codebook values
-    top1_prob: np.ndarray
-    margin: np.ndarray  # top-1 minus top-2 probability
-    entropy: np.ndarray  # nats
-
-    @property
-    def correct(self) -> np.ndarray:
-        """``[N, depths, widths]`` bool: the sub-network's answer is right."""
-        return self.prediction == self.labels[:, None, None]
-
-    @property
-    def accuracy(self) -> np.ndarray:
-        """``[depths, widths]`` top-1 accuracy."""
-        return self.correct.mean(axis=0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"labels": self.labels, "prediction": self.prediction,
-                **{name: getattr(self, name) for name in SIGNALS}}
-
 
 def confidence_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Prediction, top-1 probability, margin and entropy over the last axis."""

@@ -31,8 +31,20 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from anytime.macs import OpRecord
 from nets.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One aten operation of a forward pass."""
+
+    name: str
+    macs: int
+    bytes_read: int
+    bytes_written: int
+    largest_output_bytes: int  # the biggest single tensor it produced
+    channels: int = 0  # channels of its output when that is a feature map (NCHW), else 0
+
 
 DEVICES_FILE = Path(__file__).resolve().parent / "data" / "devices.yaml"
 

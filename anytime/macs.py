@@ -15,13 +15,14 @@ roofline latency model.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from anytime.latency_model import OpRecord  # the record type lives with the model that reads it
 
 
 def _on_meta(model: nn.Module) -> nn.Module:
@@ -52,18 +53,6 @@ def count_params(model: nn.Module) -> int:
 def count_buffers_bytes(model: nn.Module) -> int:
     """Bytes of persistent buffers (batch-norm statistics) in float32."""
     return sum(b.numel() * b.element_size() for b in model.buffers())
-
-
-@dataclass(frozen=True)
-class OpRecord:
-    """One aten operation of a forward pass."""
-
-    name: str
-    macs: int
-    bytes_read: int
-    bytes_written: int
-    largest_output_bytes: int  # the biggest single tensor it produced
-    channels: int = 0  # channels of its output when that is a feature map (NCHW), else 0
 
 
 def _tensor_bytes(values) -> int:

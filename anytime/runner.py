@@ -64,7 +64,7 @@ class AnytimeRunner:
         self.thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32))
         extracted = model.extract(spec).eval()
         self.segments: list[nn.Module] = [nn.Sequential(*extracted[:4])] + list(extracted[4:4 + spec.depth - 1])
-        self.heads = [model.heads[d].as_linear(spec.width).eval() for d in range(spec.depth)]
+        self.heads = [model.heads[d].as_module(spec.width).eval() for d in range(spec.depth)]
         self.full_channels = list(model.depth_channels)
         w = spec.width - 1
         cost = catalog.costs["exit_path_macs"][: spec.depth, w].astype(np.int64)
@@ -128,8 +128,8 @@ class AnytimeRunner:
                 timed_out[running] = exit_depth[running] > 0
                 break
             h = segment(h)
-            pooled = h.mean(dim=(2, 3))
-            logits = self.heads[depth](pooled)
+            pooled = h.mean(dim=(2, 3))  # what the gates read
+            logits = self.heads[depth](h)
             score, answer = self._score(depth, logits, pooled)
             # the last answer passed so far: what an interrupted sample returns
             prediction[running] = answer

@@ -29,7 +29,7 @@ from anytime.catalog import load_catalog  # noqa: E402
 from anytime.exits import (calibrate_for_accuracy, calibrate_width_refinement, evaluate_thresholds,  # noqa: E402
                            no_exit, path_traces)
 from anytime.runner import AnytimeRunner, WidthLadderRunner  # noqa: E402
-from nets import SubnetSpec, create_net  # noqa: E402
+from nets import SubnetSpec  # noqa: E402
 from nets.data import load_cifar10, to_float  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     catalog = load_catalog(args.catalog)
-    model = create_net(catalog.net, pretrained=True)
+    model = catalog.load_net()
     data = load_cifar10(args.data, cache_dir="data/cache")
     spec = SubnetSpec(catalog.depths, catalog.widths)
     if args.widths:

@@ -31,7 +31,7 @@ from _common import machine  # noqa: E402
 from anytime.catalog import load_catalog  # noqa: E402
 from simulator.devices import Device, Job  # noqa: E402
 from simulator.engine import Simulation  # noqa: E402
-from simulator.scenario import Event, load_scenario  # noqa: E402
+from simulator.scenario import MAX_REQUESTS_CEILING, Event, load_scenario  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,7 +136,8 @@ def long_run(requests: int) -> dict:
     cycles = int(duration // period) + 1
     events = tuple(Event(e.at_s + k * period, e.kind, e.target, e.value) for k in range(cycles)
                    for e in scenario.events if e.at_s + k * period <= duration)
-    scenario = scenario.with_overrides(duration_s=duration, events=events)
+    # the run stops at `requests` (max_requests below); the scenario cap is only a guard against mistakes
+    scenario = scenario.with_overrides(duration_s=duration, events=events, max_requests=MAX_REQUESTS_CEILING)
     simulation = Simulation(scenario, "nested", catalog, max_requests=requests)
     samples = []
 

@@ -48,12 +48,19 @@ class DNNetConfig:
     blocks_per_stage: int = 5  # 5 -> ResNet-32 (6n + 2 layers), 15 blocks, 16 output depths
     width_groups: int = 8  # G: width positions; must divide every stage width
     head_scale: float = 0.0  # fixed multiplier of every head's logits; 0 means G (see GroupHeads)
+    # Side of the grid the heads before the last depth pool to (Shallow-Deep
+    # Networks' feature reduction): 1 is the paper's global average, which
+    # leaves shallow exits weak; the last depth always pools globally, so the
+    # full-depth slice stays exactly a plain ResNet.
+    head_pool: int = 1
     mean: tuple[float, ...] = CIFAR10_MEAN  # input normalisation lives inside the model
     std: tuple[float, ...] = CIFAR10_STD
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.head_pool < 1:
+            raise ConfigError(f"head_pool must be >= 1, got {self.head_pool}")
         if self.blocks_per_stage < 1 or not self.stage_widths:
             raise ConfigError("a DNNet needs at least one stage of at least one block")
         if self.width_groups < 1 or any(w % self.width_groups for w in self.stage_widths):
@@ -162,7 +169,10 @@ class DNNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.depth_channels = tuple(channels)
         scale = config.head_scale or None
-        self.heads = nn.ModuleList(GroupHeads(c, groups, config.num_classes, scale) for c in channels)
+        last = len(channels) - 1
+        self.heads = nn.ModuleList(
+            GroupHeads(c, groups, config.num_classes, scale, pool_size=1 if d == last else config.head_pool)
+            for d, c in enumerate(channels))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -192,12 +202,14 @@ class DNNet(nn.Module):
         every depth (a list of ``[batch, channels]``), which exit gates read.
         """
         h = F.relu(self.stem_bn(self.stem(self.normalize(x))))
-        pooled = [h.mean(dim=(2, 3))]
+        maps = [h]
         for block in self.blocks:
             h = block(h)
-            pooled.append(h.mean(dim=(2, 3)))
-        logits = torch.stack([head.forward_all(p) for head, p in zip(self.heads, pooled)], dim=1)
-        return (logits, pooled) if return_features else logits
+            maps.append(h)
+        logits = torch.stack([head.forward_all(m) for head, m in zip(self.heads, maps)], dim=1)
+        if not return_features:
+            return logits
+        return logits, [m.mean(dim=(2, 3)) for m in maps]
 
     def forward(self, x: torch.Tensor, spec: SubnetSpec | None = None) -> torch.Tensor:
         """Logits ``[batch, classes]`` of one sub-network (the full net when None),
@@ -209,7 +221,7 @@ class DNNet(nn.Module):
         h = F.relu(_bn(self.stem_bn, h))
         for index in range(spec.depth - 1):
             h = self.blocks[index](h, self.channels_at(index + 1, width))
-        return self.heads[spec.depth - 1](h.mean(dim=(2, 3)), width)
+        return self.heads[spec.depth - 1](h, width)
 
     def extract(self, spec: SubnetSpec) -> nn.Sequential:
         """A standalone plain model of one sub-network, made only of standard
@@ -234,7 +246,7 @@ class DNNet(nn.Module):
             out_channels = self.channels_at(index + 1, width)
             layers.append(self.blocks[index].extract(in_channels, out_channels))
             in_channels = out_channels
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.heads[spec.depth - 1].as_linear(width)]
+        layers += list(self.heads[spec.depth - 1].as_module(width))
         model = nn.Sequential(*layers)
         model.train(self.training)
         return model
@@ -301,7 +313,7 @@ class DNNet(nn.Module):
     def state_logits(self, state: "WidthState") -> torch.Tensor:
         """Logits of the state's slice (the average of its group heads)."""
         h = state.outs[-1] if state.outs else state.stem
-        return self.heads[state.depth - 1](h.mean(dim=(2, 3)), state.width)
+        return self.heads[state.depth - 1](h, state.width)
 
 
 @dataclass

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 
 class AnytimeError(Exception):
-    """Base class of every error caused by bad input to the project."""
+    """Base class of every error caused by bad input to the project.
+
+    ``exit_status`` is what the command line exits with: 2 for usage and input
+    errors (the default), 3 for a budget or allocation that cannot be met;
+    I/O and internal errors, which are not AnytimeErrors, exit 1.
+    """
+
+    exit_status = 2
 
 
 class SpecError(AnytimeError, ValueError):
@@ -38,3 +45,14 @@ class DataError(AnytimeError):
 
 class ConfigError(AnytimeError, ValueError):
     """A configuration value is out of its valid range."""
+
+
+class TrainingDivergedError(AnytimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_status = 1  # the settings were valid; the run itself failed
+
+
+class OutputError(AnytimeError):
+    """An output destination is not the tool's to write: it holds someone
+    else's files, another run is writing it, or it cannot be written."""

@@ -102,12 +102,22 @@ class GroupHeads(nn.Module):
 
     Averaging makes a wider answer refine a narrower one as a bigger ensemble
     refines a smaller one, and cumulative sums give every width in one pass.
+
+    ``pool_size`` is the side of the grid each channel is average-pooled to
+    before its group's linear head (Shallow-Deep Networks' feature reduction,
+    Kaya et al. 2019): 1 is the doubly nested paper's global average; 4 keeps
+    where things are, which early, shallow features need to classify.  Either
+    way head i reads only group i's channels, so the heads stay channel-causal.
     """
 
-    def __init__(self, channels: int, groups: int, num_classes: int, scale: float | None = None):
+    def __init__(self, channels: int, groups: int, num_classes: int, scale: float | None = None,
+                 pool_size: int = 1):
         super().__init__()
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         self.groups = groups
-        self.group_channels = channels // groups
+        self.pool_size = pool_size
+        self.group_features = channels // groups * pool_size * pool_size
         # Every head's logits are multiplied by a fixed ``scale`` (default G).
         # Without it, averaging c heads divides the classifier's gradient and
         # its output by c each: the width-G classifier then learns G^2 times
@@ -117,32 +127,46 @@ class GroupHeads(nn.Module):
         # reparametrisation of each head, so the output is still the average
         # of the first c heads.
         self.scale = float(groups if scale is None else scale)
-        bound = 1.0 / (self.scale * channels ** 0.5)  # effective weights start like nn.Linear's on all channels
-        self.weight = nn.Parameter(torch.empty(groups, self.group_channels, num_classes).uniform_(-bound, bound))
+        # effective weights start like nn.Linear's on all features
+        bound = 1.0 / (self.scale * (channels * pool_size * pool_size) ** 0.5)
+        self.weight = nn.Parameter(torch.empty(groups, self.group_features, num_classes).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(groups, num_classes).uniform_(-bound, bound))
 
-    def per_group(self, pooled: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """``[batch, C, H, W]`` -> ``[batch, C * pool_size**2]``, channel-major
+        (so each group's features stay contiguous)."""
+        if self.pool_size == 1:
+            return feature_map.mean(dim=(2, 3))
+        return F.adaptive_avg_pool2d(feature_map, self.pool_size).flatten(1)
+
+    def per_group(self, feature_map: torch.Tensor, width: int | None = None) -> torch.Tensor:
         """Logits of each of the first ``width`` heads: ``[batch, width, classes]``."""
         width = self.groups if width is None else width
-        features = pooled[:, : width * self.group_channels].reshape(pooled.shape[0], width, self.group_channels)
+        pooled = self.pool(feature_map)
+        features = pooled[:, : width * self.group_features].reshape(pooled.shape[0], width, self.group_features)
         return self.scale * (torch.einsum("bgc,gck->bgk", features, self.weight[:width]) + self.bias[:width])
 
-    def forward_all(self, pooled: torch.Tensor) -> torch.Tensor:
+    def forward_all(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Averaged logits for every width: ``[batch, groups, classes]``."""
-        logits = self.per_group(pooled)
-        counts = torch.arange(1, self.groups + 1, device=pooled.device, dtype=logits.dtype)
+        logits = self.per_group(feature_map)
+        counts = torch.arange(1, self.groups + 1, device=feature_map.device, dtype=logits.dtype)
         return logits.cumsum(dim=1) / counts[None, :, None]
 
-    def forward(self, pooled: torch.Tensor, width: int) -> torch.Tensor:
+    def forward(self, feature_map: torch.Tensor, width: int) -> torch.Tensor:
         """Averaged logits of width ``width`` only: ``[batch, classes]``."""
-        return self.per_group(pooled, width).mean(dim=1)
+        return self.per_group(feature_map, width).mean(dim=1)
 
     def as_linear(self, width: int) -> nn.Linear:
         """The width-``width`` averaged head as one plain ``nn.Linear`` on the
         concatenated pooled features of the first ``width`` groups."""
-        in_features = width * self.group_channels
+        in_features = width * self.group_features
         linear = nn.Linear(in_features, self.weight.shape[2])
         with torch.no_grad():
             linear.weight.copy_(self.weight[:width].reshape(in_features, -1).t() * (self.scale / width))
             linear.bias.copy_(self.bias[:width].mean(dim=0) * self.scale)
         return linear
+
+    def as_module(self, width: int) -> nn.Sequential:
+        """The width-``width`` head as plain layers on a feature map:
+        pooling, flattening and the averaged ``nn.Linear``."""
+        return nn.Sequential(nn.AdaptiveAvgPool2d(self.pool_size), nn.Flatten(), self.as_linear(width))

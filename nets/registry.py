@@ -3,11 +3,20 @@
 ``create_net("dnnet_resnet32_cifar10", pretrained=True)`` builds a network and,
 on request, loads its shipped weights from ``nets/weights/<name>.pt`` with
 ``torch.load(..., weights_only=True)``.  Registering a name twice is an error.
+
+Weights are checked before they are used: a file whose sha256 differs from the
+one recorded for it (a catalog's ``weights_sha256``, passed as
+``expected_sha256``, or a ``weights_sha256`` in the model card ``<stem>.json``
+beside it) is refused, and so is a state_dict holding NaN or infinite values,
+always, each with one :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,9 +66,10 @@ def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pt"
 
 
-def create_net(name: str, pretrained: bool = False, **config) -> nn.Module:
+def create_net(name: str, pretrained: bool = False, weights_sha256: str | None = None, **config) -> nn.Module:
     """Build the network registered as ``name``; ``config`` overrides its
-    configuration fields.  ``pretrained`` loads the shipped weights."""
+    configuration fields.  ``pretrained`` loads the shipped weights, checked
+    against ``weights_sha256`` when given (a catalog's record of them)."""
     if name not in _REGISTRY:
         raise UnknownNetError(f"unknown network {name!r}; registered: {', '.join(list_nets())}")
     try:
@@ -70,32 +80,122 @@ def create_net(name: str, pretrained: bool = False, **config) -> nn.Module:
         path = weights_path(name)
         if not path.exists():
             raise CheckpointError(f"no shipped weights for {name!r} (expected {path})")
-        load_weights(model, path)
+        load_weights(model, path, expected_sha256=weights_sha256)
     model.eval()
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a plain ``state_dict`` (or a training checkpoint holding one) into
-    ``model``, with one clear error when it is missing, corrupt or mismatched."""
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_CARD_BYTES = 16 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_sha256(path: str | Path) -> str | None:
+    """The ``weights_sha256`` that the model card beside weights ``path``
+    (``<stem>.json``) records, or None when there is no card or it records
+    none.  A card that cannot be read is logged and ignored: it is metadata,
+    and the weights are still checked for non-finite values."""
+    card = Path(path).with_suffix(".json")
+    if not card.is_file():
+        return None
+    if card.stat().st_size > MAX_CARD_BYTES:  # a card is a few kB: never read a huge file whole
+        log.warning("ignoring the model card %s: larger than %d bytes", card, MAX_CARD_BYTES)
+        return None
+    try:
+        recorded = json.loads(card.read_text()).get("weights_sha256")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, RecursionError) as exc:
+        log.warning("ignoring the unreadable model card %s: %s", card, exc.__class__.__name__)
+        return None
+    if recorded is not None and not (isinstance(recorded, str) and SHA256_HEX.fullmatch(recorded)):
+        raise CheckpointError(f"model card {card}: weights_sha256 = {_short(recorded)} is not a sha256 hex digest")
+    return recorded
+
+
+def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> object:
+    """``torch.load(path, weights_only=True)`` of a file that exists, matches
+    ``expected_sha256`` when given, and unpickles; one :class:`CheckpointError`
+    otherwise (torch raises several types for corrupt files)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if expected_sha256 is not None:
+        if not (isinstance(expected_sha256, str) and SHA256_HEX.fullmatch(expected_sha256)):
+            raise CheckpointError(f"expected sha256 {_short(expected_sha256)} of {path} is not a sha256 hex digest")
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            raise CheckpointError(f"{path} has sha256 {actual[:12]}..., not the recorded {expected_sha256[:12]}...: "
+                                  "corrupt or replaced weights")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
+                              f"{_cut(str(exc), 120)}") from None
+
+
+def nonfinite_tensors(state: object, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in ``state`` (nested dicts, lists
+    and tuples, as in optimizer states) holding NaN or infinite values."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            return [] if bool(torch.isfinite(state).all()) else [prefix or "tensor"]
+        return []
+    if isinstance(state, dict):
+        items = ((f"{prefix}.{k}" if prefix else str(k), v) for k, v in state.items())
+    elif isinstance(state, (list, tuple)):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(state))
+    else:
+        return []
+    return [name for key, value in items for name in nonfinite_tensors(value, key)]
+
+
+def load_weights(model: nn.Module, path: str | Path, expected_sha256: str | None = None) -> nn.Module:
+    """Load a plain ``state_dict`` (or a training checkpoint holding one) into
+    ``model``, with one clear :class:`CheckpointError` when it is missing,
+    corrupt, mismatched, not the recorded file or holds non-finite values.
+
+    ``expected_sha256`` is the file's recorded sha256 (a catalog's
+    ``weights_sha256``); without it, the model card beside the file is the
+    reference when it records one.  Non-finite values are always refused."""
+    path = Path(path)
+    expected = expected_sha256 if expected_sha256 is not None else card_sha256(path) if path.is_file() else None
+    state = read_checkpoint(path, expected)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state_dict")
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path} does not hold a state_dict: {_cut(', '.join(not_tensors), 80)} are not tensors")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite values in {len(bad)} tensors "
+                              f"({_cut(', '.join(bad), 80)}): corrupt or diverged weights")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[:3])
-        raise CheckpointError(f"checkpoint {path} does not fit this network's configuration: {detail}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this network's configuration: "
+                              f"{_cut(detail, 300)}") from None
     return model
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters: a message never prints a whole value."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: object) -> str:
+    return _cut(repr(value), 60)
 
 
 @register_net("dnnet_resnet32_cifar10")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -29,9 +30,36 @@ from tqdm import tqdm
 
 from nets.data import Cifar10, augment, batches, to_float
 from nets.dnnet import DNNet
-from nets.errors import CheckpointError, ConfigError
+from nets.errors import CheckpointError, ConfigError, TrainingDivergedError
+from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX-512 BF16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision a run uses: ``auto`` becomes bfloat16 only where native."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
 
 
 @dataclass
@@ -52,10 +80,22 @@ class TrainConfig:
     distill_weight: float = 0.5  # per output, share of distillation from the full output vs labels
     max_batches: int = 0  # stop each epoch after this many batches (smoke tests); 0 = all
     channels_last: bool = True  # NHWC is ~15% faster for these convolutions on this CPU (measured)
+    # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AMX or
+    # AVX-512 BF16), float32 elsewhere, where emulated bfloat16 is slower
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs, batch_size and lr must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.max_batches < 0 or self.threads < 0:
+            raise ConfigError("epochs and batch_size must be positive, max_batches and threads non-negative")
+        for name in ("lr", "momentum", "weight_decay", "full_output_weight", "distill_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError(f"lr must be positive and momentum, weight_decay non-negative "
+                              f"(got {self.lr}, {self.momentum}, {self.weight_decay})")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lambda_scheme not in ("uniform", "depth"):
             raise ConfigError(f"lambda_scheme must be 'uniform' or 'depth', got {self.lambda_scheme!r}")
         for name in ("full_output_weight", "distill_weight"):
@@ -112,6 +152,21 @@ def _environment() -> dict:
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
 
 
+def check_run_folder(out_dir: str | Path, name: str, resume: bool) -> None:
+    """Refuse to start a fresh run where one already is: a run's weights and
+    log are never overwritten by a call that did not write them."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir} is a file, not a run folder")
+    if resume:
+        return
+    earlier = [p.name for p in (out_dir / "checkpoint.pt", out_dir / "train_log.jsonl", out_dir / f"{name}.pt")
+               if p.exists()]
+    if earlier:
+        raise CheckpointError(f"{out_dir} already holds a run ({', '.join(earlier)}); "
+                              "resume it or choose another output folder")
+
+
 def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_dir: str | Path,
           resume: bool = False, progress: bool = True, model_config: dict | None = None) -> dict:
     """Train ``model`` on ``data`` and write ``<out_dir>/<name>.pt`` (a plain
@@ -140,10 +195,23 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
                                                    steps_per_epoch=steps_per_epoch, pct_start=0.15)
     checkpoint_path = out_dir / "checkpoint.pt"
     log_path = out_dir / "train_log.jsonl"
+    check_run_folder(out_dir, name, resume)
+    precision = resolve_precision(config.precision)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    log.info("training %s in %s", name, precision)
     start_epoch, wall_time, history = 0, 0.0, []
     if resume and checkpoint_path.exists():
+        # read_checkpoint: one CheckpointError for an empty, cut, garbage or unsafe file
+        state = read_checkpoint(checkpoint_path)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{checkpoint_path} does not hold a training checkpoint")
+        bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
+        if bad:
+            raise CheckpointError(f"{checkpoint_path} holds NaN or infinite values in {len(bad)} tensors "
+                                  f"({', '.join(bad[:3])}): corrupt or diverged, resume from an earlier run")
         try:
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            if json.loads(state["train_config"]) != asdict(config):
+                raise CheckpointError(f"{checkpoint_path} was written with another training configuration")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
@@ -151,13 +219,11 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
             torch.set_rng_state(state["torch_rng"])
             start_epoch, wall_time = int(state["epoch"]), float(state["wall_time"])
             history = json.loads(state["history"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"cannot resume from {checkpoint_path}: {exc}") from None
-        if json.loads(state["train_config"]) != asdict(config):
-            raise CheckpointError(f"{checkpoint_path} was written with another training configuration")
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            detail = " ".join(str(exc).split())
+            raise CheckpointError(f"cannot resume from {checkpoint_path}: {exc.__class__.__name__}: "
+                                  f"{detail[:300]}") from None
         log.info("resuming %s from epoch %d", name, start_epoch)
-    elif not resume and log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -171,11 +237,17 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
             if step >= steps_per_epoch:
                 break
             inputs = to_float(augment(x, generator)).contiguous(memory_format=memory_format)
+            with autocast:
+                logits = model.forward_all(inputs) if nested else model(inputs)
+            logits = logits.float()  # the loss in float32 whatever the forward's precision
             if nested:
-                loss, _ = joint_loss(model.forward_all(inputs), y, weights,
-                                     config.full_output_weight, config.distill_weight)
+                loss, _ = joint_loss(logits, y, weights, config.full_output_weight, config.distill_weight)
             else:
-                loss = F.cross_entropy(model(inputs), y)
+                loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"{name}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"the last good checkpoint ({checkpoint_path}, epoch {epoch}) is kept")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -187,7 +259,7 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
         wall_time += epoch_time
         val = evaluate(model, data.val_images, data.val_labels)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "epoch_seconds": round(epoch_time, 2),
-                  "lr": schedule.get_last_lr()[0],
+                  "lr": schedule.get_last_lr()[0], "precision": precision,
                   "val_accuracy_full": float(val[-1, -1] if nested else val),
                   **({"val_accuracy_grid": np.round(val, 4).tolist()} if nested else {})}
         history.append({k: v for k, v in record.items() if k != "val_accuracy_grid"})
@@ -211,13 +283,15 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
                  "test": len(data.test_images), "val_split": "class-stratified, seed " + str(config.seed)},
         "epochs": config.epochs,
         "wall_time_seconds": round(wall_time, 1),
-        "environment": _environment(),
+        "environment": {**_environment(), "precision": precision},
         "test_accuracy_full": float(test[-1, -1] if nested else test),
         **({"test_accuracy_grid": np.round(test, 4).tolist()} if nested else {}),
         "history": history,
     }
     model.to(memory_format=torch.contiguous_format)
-    torch.save(model.state_dict(), out_dir / f"{name}.pt")
+    weights_file = out_dir / f"{name}.pt"
+    torch.save(model.state_dict(), weights_file)
+    card["weights_sha256"] = file_sha256(weights_file)  # the card vouches for these exact bytes
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     return card
 

@@ -24,6 +24,8 @@ class InfeasibleBudget(AnytimeError):
     """No option meets the budget.  ``resource`` names the constraint that
     fails and ``cheapest`` the option that comes closest on it."""
 
+    exit_status = 3  # the input was valid; the request cannot be met
+
     def __init__(self, message: str, resource: str, cheapest: str):
         super().__init__(message)
         self.resource = resource

@@ -146,7 +146,7 @@ def measured_latencies(catalog, members, threshold: float, nested: dict, images:
     """Per-image wall time at batch 1 of the four executions, side by side
     on the same images: every member, members until confident, the nested
     net's full sub-network, and its calibrated width ladder."""
-    model = create_net(catalog.net, pretrained=True).eval()
+    model = catalog.load_net().eval()
     full = model.extract(SubnetSpec(catalog.depths, catalog.widths)).eval()
     runner = WidthLadderRunner(model, catalog.depths, steps, nested["threshold"], catalog)
     normal, flexible = FlexibleEnsemble(members), FlexibleEnsemble(members, threshold)

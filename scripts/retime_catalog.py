@@ -16,7 +16,6 @@ import torch
 
 from anytime.builder import ProfileConfig, retime_catalog
 from anytime.catalog import SHIPPED_STEM, load_catalog
-from nets.registry import create_net
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     stem = Path(args.stem)
     catalog = load_catalog(stem)
-    model = create_net(catalog.net, pretrained=True)
+    model = catalog.load_net()
     local = next(key for key, table in catalog.latency.items() if table.measured)
     before = catalog.latency_table(local).p50_ms[0].copy()
     config = ProfileConfig(local_device_key=local, passes=args.passes, repeats_batch1=args.repeats,

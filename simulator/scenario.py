@@ -7,6 +7,15 @@ values are plain numbers, so a wrong unit shows up as an unknown key
 (``"33 ms"``); either gives one :class:`ScenarioError` naming the file and the
 key, with a suggestion when the key is close to a known one.
 
+A scenario is bounded before anything runs (the ``MAX_*`` limits below):
+files above 256 KiB, nesting deeper than 16 levels and YAML anchors/aliases
+are refused unexpanded; every number must be finite and in range; a run may
+expect at most ``max_requests`` requests per policy (1,000,000 unless the
+file sets ``max_requests:``, at most 100,000,000); an arrival ``trace:`` must
+be a regular file inside the scenario's folder.  Overrides
+(:meth:`Scenario.with_overrides`, e.g. ``--duration-s``) are checked the same
+way.  Messages quote a bad value shortened and never a trace's contents.
+
 A minimal scenario::
 
     name: phone
@@ -25,15 +34,59 @@ A minimal scenario::
 from __future__ import annotations
 
 import difflib
+import logging
 import math
+import os
 import re
-from dataclasses import dataclass, field
+import reprlib
+import stat
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
 from nets.errors import AnytimeError
 from simulator.workloads import Arrivals
+
+log = logging.getLogger(__name__)
+
+# ---- what a scenario may cost -----------------------------------------------
+# Checked on load and on every override, before anything runs, so that a small
+# file cannot ask for a run that never ends or exhausts memory.  The shipped
+# scenarios sit far inside every limit (at most 600 s, 500 requests/s, 5 apps,
+# 8 events, 88,400 requests, files under 3 KB).
+MAX_SCENARIO_BYTES = 256 * 1024  # read before parsing; a scenario is a few KB
+MAX_NESTING = 16  # mappings and lists inside each other (the shipped ones use 4)
+MAX_DURATION_S = 86_400.0  # one simulated day
+MIN_RATE_HZ = 1e-6  # one request in about 11 days
+MAX_RATE_HZ = 100_000.0  # per app: a request every 10 us
+MAX_DEVICES = 32
+MAX_LINKS = 64
+MAX_APPS = 32  # the allocator is solved for all apps of a device at once
+MAX_EVENTS = 10_000  # each may re-run the allocator (about 13 ms each: about 2 min in all)
+MAX_POLICIES = 64
+MAX_RATE_ESTIMATES = 10_000  # duration_s / rate_window_s: each estimate may re-run the allocator
+# expected requests per policy: the simulator runs about 45,000 requests per
+# wall second, so the default is about 20 s per policy; ``max_requests:`` in
+# the file raises it on purpose, up to the ceiling (about 40 min per policy)
+DEFAULT_MAX_REQUESTS = 1_000_000
+MAX_REQUESTS_CEILING = 100_000_000
+MIN_REQUESTS_PER_ON_PERIOD = 1e-3  # onoff: rate_hz x on_s; fewer and the generator spins over empty periods
+MAX_SEED = 2 ** 32 - 1
+MAX_DEADLINE_MS = 3_600_000.0  # an hour
+MAX_MEMORY_MB = 1e7  # 10 TB
+MAX_MACS = 1e15
+MAX_SPEED = 1e3  # clock scale; its inverse is the smallest
+MAX_BANDWIDTH_MBPS = 1e6  # 1 Tbit/s; a thousandth of a Mbit/s is the smallest
+MAX_WEIGHT = 1e3
+MAX_IN_FLIGHT = 100_000
+MAX_NAME_CHARS = 64
+MAX_TEXT_CHARS = 4_000
+MAX_PATH_CHARS = 1_024
+SHOWN_CHARS = 60  # a value quoted in a message is cut to this
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # device, link and app names end up in file names
+ARRIVAL_KINDS = ("periodic", "poisson", "gamma", "onoff", "trace")
 
 POLICIES = {
     "nested": "the nested scheduler: any depth, width and calibrated exits (allocate / select_subnet)",
@@ -57,6 +110,22 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 class ScenarioError(AnytimeError, ValueError):
     """A scenario file is malformed: the message names the file and the key."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = SHOWN_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxlevel = 2
+
+
+def shown(value: object) -> str:
+    """``value`` for an error message: a short repr, never the whole of a
+    long string or a deep structure (cut to about ``SHOWN_CHARS``)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print; the type is enough
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -126,25 +195,42 @@ class Scenario:
     hysteresis: float = 0.005  # accuracy gain needed to switch before the dwell time is over
     min_dwell_s: float = 1.0
     rate_window_s: float = 10.0  # the scheduler re-estimates each app's rate over this window (0: never)
+    max_requests: int = DEFAULT_MAX_REQUESTS  # refuse a scenario expected to run more requests per policy
     source: str = field(default="", compare=False)  # the file it came from
 
     def device(self, name: str) -> DeviceSpec:
         return next(d for d in self.devices if d.name == name)
 
-    def with_overrides(self, **changes) -> "Scenario":
-        from dataclasses import replace
+    def expected_requests(self) -> float:
+        """About how many requests one policy's run simulates: each app's mean
+        rate (a trace's own count) until its first rate event, then the
+        events' rates, up to ``duration_s``."""
+        total = 0.0
+        for app in self.apps:
+            changes = sorted((e.at_s, e.value) for e in self.events
+                             if e.kind == "rate" and e.target == app.name and e.value is not None
+                             and e.at_s < self.duration_s)
+            total += app.arrivals.expected_requests(changes[0][0] if changes else self.duration_s)
+            ends = [at for at, _ in changes[1:]] + [self.duration_s]
+            total += sum(rate_hz * (end - at) for (at, rate_hz), end in zip(changes, ends))
+        return total
 
-        duration = changes.get("duration_s", self.duration_s)
-        if not (isinstance(duration, (int, float)) and duration > 0):
-            raise ScenarioError(f"duration_s must be positive, got {duration!r}")
-        return replace(self, **changes)
+    def with_overrides(self, **changes) -> "Scenario":
+        """A copy with ``changes`` (e.g. the command line's ``--duration-s``),
+        checked with the same limits as a scenario file."""
+        known = {f.name for f in fields(self)}
+        unknown = [key for key in changes if key not in known]
+        if unknown:
+            raise ScenarioError(f"{self.source}: cannot override {', '.join(shown(k) for k in unknown)}: "
+                                f"not a scenario key")
+        return validated(replace(self, **changes), f"{self.source} (overriding {', '.join(changes)})")
 
 
 # ---- loading ---------------------------------------------------------------
 
 class _Reader:
     """Typed access to one mapping of the YAML file, with errors that name the
-    file and the key path."""
+    file and the key path and quote a bad value only shortened."""
 
     def __init__(self, data: object, where: str, source: str, known: tuple[str, ...]):
         self.source, self.where = source, where
@@ -153,12 +239,15 @@ class _Reader:
         self.data = data
         for key in data:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
+                close = (difflib.get_close_matches(key, known, n=1)
+                         if isinstance(key, str) and len(key) <= MAX_NAME_CHARS else [])
                 hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
                 raise ScenarioError(f"{source}: {self._path(key)}: unknown key{hint}")
 
-    def _path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else str(key)
+    def _path(self, key: object) -> str:
+        # a key is the file's text: quoted and shortened unless it is short and printable
+        name = key if isinstance(key, str) and 0 < len(key) <= SHOWN_CHARS and key.isprintable() else shown(key)
+        return f"{self.where}.{name}" if self.where else name
 
     def fail(self, message: str, key: str | None = None) -> None:
         where = self._path(key) if key is not None else (self.where or "top level")
@@ -167,14 +256,25 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def string(self, key: str, default: str | None = None) -> str:
+    def string(self, key: str, default: str | None = None, *, max_chars: int = MAX_TEXT_CHARS) -> str:
         if key not in self.data:
             if default is None:
                 self.fail("is required", key)
             return default
         value = self.data[key]
         if not isinstance(value, str) or not value:
-            self.fail(f"expected a non-empty string, got {value!r}", key)
+            self.fail(f"expected a non-empty string, got {shown(value)}", key)
+        if len(value) > max_chars:
+            self.fail(f"is {len(value):,} characters long, at most {max_chars:,}", key)
+        return value
+
+    def name(self, key: str) -> str:
+        """A device, link or app name: it names files of the results, so only
+        letters, digits, '_', '.' and '-'."""
+        value = self.string(key, max_chars=MAX_NAME_CHARS)
+        if not _NAME.fullmatch(value):
+            self.fail(f"a name is letters, digits, '_', '.' and '-' (starting with a letter or digit), "
+                      f"got {shown(value)}", key)
         return value
 
     def number(self, key: str, default: float | None = None, *, positive: bool = False, minimum: float | None = None,
@@ -185,23 +285,27 @@ class _Reader:
             return default
         value = self.data[key]
         unit = _unit_of(key)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        if isinstance(value, str) and len(value) <= 40 and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # PyYAML reads 15e6 (no exponent sign) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"expected a number{unit}, got {value!r}", key)
-        if math.isnan(value) or math.isinf(value):
-            self.fail(f"expected a finite number{unit}, got {value!r}", key)
+            self.fail(f"expected a number{unit}, got {shown(value)}", key)
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond any float
+            finite = False
+        if not finite:
+            self.fail(f"expected a finite number{unit}, got {shown(value)}", key)
         if integer and value != int(value):
-            self.fail(f"expected a whole number, got {value!r}", key)
+            self.fail(f"expected a whole number, got {shown(value)}", key)
         if positive and value <= 0:
-            self.fail(f"must be positive, got {value!r}", key)
+            self.fail(f"must be positive, got {shown(value)}", key)
         if minimum is not None and value < minimum:
-            self.fail(f"must be >= {minimum}, got {value!r}", key)
+            self.fail(f"must be >= {_limit(minimum)}, got {shown(value)}", key)
         if maximum is not None and value > maximum:
-            self.fail(f"must be <= {maximum}, got {value!r}", key)
+            self.fail(f"must be <= {_limit(maximum)}, got {shown(value)}", key)
         return int(value) if integer else float(value)
 
-    def sequence(self, key: str, required: bool = True) -> list:
+    def sequence(self, key: str, required: bool = True, *, max_items: int | None = None) -> list:
         if key not in self.data:
             if required:
                 self.fail("is required", key)
@@ -209,15 +313,86 @@ class _Reader:
         value = self.data[key]
         if not isinstance(value, list):
             self.fail(f"expected a list, got {type(value).__name__}", key)
+        if max_items is not None and len(value) > max_items:
+            self.fail(f"has {len(value):,} items, at most {max_items:,}", key)
         return value
 
 
+def _limit(bound: float) -> str:
+    """A limit for a message: whole numbers in full (86,400), others short."""
+    return f"{bound:,.0f}" if bound == int(bound) and abs(bound) < 1e15 else f"{bound:g}"
+
+
 def _unit_of(key: str) -> str:
-    for suffix, unit in (("_ms", "milliseconds"), ("_s", "seconds"), ("_hz", "per second"), ("_mbps", "Mbit/s"),
-                         ("_mb_per_s", "MB/s"), ("_mb", "MB")):
+    # longest suffix first: storage_mb_per_s is MB/s, not seconds
+    for suffix, unit in (("_mb_per_s", "MB/s"), ("_ms", "milliseconds"), ("_us", "microseconds"), ("_s", "seconds"),
+                         ("_hz", "requests per second"), ("_mbps", "Mbit/s"), ("_mb", "MB")):
         if key.endswith(suffix):
             return f" of {unit}"
     return ""
+
+
+class _ScenarioLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing while it composes (before any value is
+    built or expanded) what no scenario needs: anchors and aliases, whose
+    expansion makes a few hundred bytes into billions of items, and nesting
+    deeper than ``MAX_NESTING``."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a scenario; write values out",
+                event.start_mark)
+        nested = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if nested:
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_NESTING} levels deep", event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. an int of 5,000 digits, February 30th
+            raise yaml.constructor.ConstructorError(
+                None, None, f"this value cannot be read ({type(exc).__name__})", node.start_mark) from None
+
+
+def _read_scenario_text(path: Path) -> str:
+    """The file's text, only from a regular file and at most
+    ``MAX_SCENARIO_BYTES`` (a device or pipe is refused before any read)."""
+    regular = True
+    try:
+        # O_NONBLOCK: opening a named pipe must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if regular:
+                with os.fdopen(fd, "rb", closefd=False) as f:  # a buffered read loops until it has them all
+                    data = f.read(MAX_SCENARIO_BYTES + 1)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ScenarioError(f"cannot read scenario {path}: "
+                            f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    if not regular:
+        raise ScenarioError(f"{path}: not a regular file (a scenario is a YAML file)")
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{path}: larger than {MAX_SCENARIO_BYTES // 1024} KiB; a scenario is a few KB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -225,30 +400,49 @@ def load_scenario(path: str | Path) -> Scenario:
     :class:`ScenarioError` naming the file and the key."""
     path = Path(path)
     source = str(path)
+    text = _read_scenario_text(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = yaml.load(text, Loader=_ScenarioLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = str(exc.problem or exc.context or "malformed")
+        problem = problem if len(problem) <= 2 * SHOWN_CHARS else problem[: 2 * SHOWN_CHARS - 3] + "..."
+        raise ScenarioError(f"{source}: not valid YAML{at}: {problem}") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # e.g. an integer of more than 4300 digits, an impossible date
+        raise ScenarioError(f"{source}: not valid YAML: a value cannot be read ({type(exc).__name__})") from None
     return parse_scenario(data, source)
 
 
+_TOP_KEYS = ("name", "description", "duration_s", "seed", "catalog", "devices", "links", "apps", "events",
+             "policies", "reallocation_ms", "decision_us", "hysteresis", "min_dwell_s", "rate_window_s",
+             "max_requests")
+# the top level's numbers and their limits, read the same way from a file and from overrides
+_TOP_NUMBERS: dict[str, dict] = {
+    "duration_s": dict(positive=True, maximum=MAX_DURATION_S),
+    "seed": dict(default=0, minimum=0, maximum=MAX_SEED, integer=True),
+    "reallocation_ms": dict(default=5.0, minimum=0, maximum=60_000.0),
+    "decision_us": dict(default=10.0, minimum=0, maximum=1e6),
+    "hysteresis": dict(default=0.005, minimum=0, maximum=1),
+    "min_dwell_s": dict(default=1.0, minimum=0, maximum=MAX_DURATION_S),
+    "rate_window_s": dict(default=10.0, minimum=0, maximum=MAX_DURATION_S),
+    "max_requests": dict(default=DEFAULT_MAX_REQUESTS, minimum=1, maximum=MAX_REQUESTS_CEILING, integer=True),
+}
+
+
 def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
-    top = _Reader(data, "", source, ("name", "description", "duration_s", "seed", "catalog", "devices", "links",
-                                     "apps", "events", "policies", "reallocation_ms", "decision_us", "hysteresis",
-                                     "min_dwell_s", "rate_window_s"))
-    devices = tuple(_device(item, f"devices[{i}]", source) for i, item in enumerate(top.sequence("devices")))
+    top = _Reader(data, "", source, _TOP_KEYS)
+    devices = tuple(_device(item, f"devices[{i}]", source)
+                    for i, item in enumerate(top.sequence("devices", max_items=MAX_DEVICES)))
     if not devices:
         top.fail("needs at least one device", "devices")
     device_names = _unique([d.name for d in devices], "devices", top)
     links = tuple(_link(item, f"links[{i}]", source, device_names)
-                  for i, item in enumerate(top.sequence("links", required=False)))
+                  for i, item in enumerate(top.sequence("links", required=False, max_items=MAX_LINKS)))
     link_names = _unique([link.name for link in links], "links", top)
     apps = tuple(_app(item, f"apps[{i}]", source, device_names, link_names)
-                 for i, item in enumerate(top.sequence("apps")))
+                 for i, item in enumerate(top.sequence("apps", max_items=MAX_APPS)))
     links_by_name = {link.name: link for link in links}
     for i, app in enumerate(apps):
         if app.split is not None:
@@ -259,23 +453,60 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
     if not apps:
         top.fail("needs at least one app", "apps")
     app_names = _unique([a.name for a in apps], "apps", top)
-    duration = top.number("duration_s", positive=True)
+    numbers = {key: top.number(key, **limits) for key, limits in _TOP_NUMBERS.items()}
+    duration = numbers["duration_s"]
     targets = {"background": device_names, "speed": device_names, "memory": device_names,
                "macs_budget": app_names, "bandwidth": link_names, "delay": link_names, "rate": app_names}
     events = tuple(sorted((_event(item, f"events[{i}]", source, targets, duration)
-                           for i, item in enumerate(top.sequence("events", required=False))),
+                           for i, item in enumerate(top.sequence("events", required=False, max_items=MAX_EVENTS))),
                           key=lambda e: e.at_s))
-    policies = parse_policies(top.sequence("policies", required=False) or ["nested", "static_largest"],
-                              f"{source}: policies")
-    return Scenario(
-        name=top.string("name"), duration_s=duration, devices=devices, apps=apps, events=events, links=links,
-        policies=tuple(policies), seed=int(top.number("seed", 0, minimum=0, integer=True)),
-        description=top.string("description", ""), catalog=top.string("catalog", ""),
-        reallocation_ms=top.number("reallocation_ms", 5.0, minimum=0),
-        decision_us=top.number("decision_us", 10.0, minimum=0),
-        hysteresis=top.number("hysteresis", 0.005, minimum=0, maximum=1),
-        min_dwell_s=top.number("min_dwell_s", 1.0, minimum=0),
-        rate_window_s=top.number("rate_window_s", 10.0, minimum=0), source=source)
+    policies = parse_policies(top.sequence("policies", required=False, max_items=MAX_POLICIES)
+                              or ["nested", "static_largest"], f"{source}: policies")
+    scenario = Scenario(
+        name=top.string("name", max_chars=200), devices=devices, apps=apps, events=events, links=links,
+        policies=tuple(policies), description=top.string("description", ""),
+        catalog=top.string("catalog", "", max_chars=MAX_PATH_CHARS), source=source, **numbers)
+    _check_cost(scenario, source)
+    return scenario
+
+
+def validated(scenario: Scenario, source: str) -> Scenario:
+    """``scenario`` checked against the top level's limits, its policies and
+    what a run may cost (for one changed after loading; ``source`` names it in
+    messages)."""
+    top = _Reader({key: getattr(scenario, key) for key in _TOP_NUMBERS}, "", source, tuple(_TOP_NUMBERS))
+    numbers = {key: top.number(key, **limits) for key, limits in _TOP_NUMBERS.items()}
+    if not isinstance(scenario.policies, (tuple, list)):
+        top.fail(f"expected a list of policy names, got {type(scenario.policies).__name__}", "policies")
+    if len(scenario.policies) > MAX_POLICIES:
+        top.fail(f"has {len(scenario.policies):,} items, at most {MAX_POLICIES}", "policies")
+    policies = parse_policies(list(scenario.policies), f"{source}: policies")
+    for key, limit in (("devices", MAX_DEVICES), ("links", MAX_LINKS), ("apps", MAX_APPS), ("events", MAX_EVENTS)):
+        if len(getattr(scenario, key)) > limit:
+            top.fail(f"has {len(getattr(scenario, key)):,} items, at most {limit:,}", key)
+    scenario = replace(scenario, policies=policies, **numbers)
+    _check_cost(scenario, source)
+    return scenario
+
+
+def _check_cost(scenario: Scenario, source: str) -> None:
+    """Refuse a scenario whose run would take too long, before it starts."""
+    if scenario.rate_window_s > 0 and scenario.duration_s / scenario.rate_window_s > MAX_RATE_ESTIMATES:
+        raise ScenarioError(
+            f"{source}: rate_window_s: {scenario.rate_window_s:g} s over {scenario.duration_s:g} s is "
+            f"{scenario.duration_s / scenario.rate_window_s:,.0f} rate estimates, at most {MAX_RATE_ESTIMATES:,} "
+            f"(each may re-run the allocator); use a longer window or 0 for none")
+    try:
+        expected = scenario.expected_requests()
+    except AnytimeError as exc:  # a trace that changed since it was read
+        raise ScenarioError(f"{source}: apps: {exc}") from None
+    if expected > scenario.max_requests:
+        raise ScenarioError(
+            f"{source}: expects about {expected:,.0f} requests per policy ({scenario.duration_s:g} s of "
+            f"{len(scenario.apps)} app(s)), more than max_requests ({scenario.max_requests:,}); shorten duration_s "
+            f"or lower the rates, or set max_requests: N (up to {MAX_REQUESTS_CEILING:,}) in the scenario to allow "
+            f"a longer run on purpose")
+    log.debug("%s: about %.0f requests per policy", source, expected)
 
 
 def split_label(label: str) -> tuple[str, bool, str | None]:
@@ -290,21 +521,22 @@ def parse_policies(policies: list, where: str) -> tuple[str, ...]:
     """Check policy labels: a name of ``POLICIES``, optionally + "+interrupt",
     optionally "@NET" to run it on another shipped network's catalog (model
     families compared in one run)."""
-    from anytime.catalog import shipped_catalogs
-
     seen = []
     for policy in policies:
         if not isinstance(policy, str):
-            raise ScenarioError(f"{where}: a policy is a name, got {policy!r}")
+            raise ScenarioError(f"{where}: a policy is a name, got {shown(policy)}")
         base, _, net = split_label(policy)
-        if net is not None and net not in shipped_catalogs():
-            raise ScenarioError(f"{where}: policy {policy!r}: no shipped catalog for network {net!r} "
-                                f"(have {', '.join(shipped_catalogs())})")
+        if net is not None:
+            from anytime.catalog import shipped_catalogs
+
+            if net not in shipped_catalogs():
+                raise ScenarioError(f"{where}: policy {shown(policy)}: no shipped catalog for network {shown(net)} "
+                                    f"(have {', '.join(shipped_catalogs())})")
         if base not in POLICIES:
-            raise ScenarioError(f"{where}: unknown policy {policy!r}; use one of {', '.join(POLICIES)} "
+            raise ScenarioError(f"{where}: unknown policy {shown(policy)}; use one of {', '.join(POLICIES)} "
                                 f"(optionally with {INTERRUPT_SUFFIX!r})")
         if policy in seen:
-            raise ScenarioError(f"{where}: policy {policy!r} is listed twice")
+            raise ScenarioError(f"{where}: policy {shown(policy)} is listed twice")
         seen.append(policy)
     return tuple(seen)
 
@@ -322,42 +554,72 @@ def _device(data: object, where: str, source: str) -> DeviceSpec:
     r = _Reader(data, where, source, ("name", "profile", "discipline", "memory_mb", "speed", "storage_mb_per_s"))
     discipline = r.string("discipline", "ps")
     if discipline not in ("ps", "fcfs"):
-        r.fail(f"must be 'ps' or 'fcfs', got {discipline!r}", "discipline")
-    return DeviceSpec(r.string("name"), r.string("profile"), discipline,
-                      r.number("memory_mb", optional=True, positive=True), r.number("speed", 1.0, positive=True),
-                      r.number("storage_mb_per_s", 200.0, positive=True))
+        r.fail(f"must be 'ps' or 'fcfs', got {shown(discipline)}", "discipline")
+    return DeviceSpec(r.name("name"), r.string("profile", max_chars=MAX_NAME_CHARS), discipline,
+                      r.number("memory_mb", optional=True, positive=True, maximum=MAX_MEMORY_MB),
+                      r.number("speed", 1.0, positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
+                      r.number("storage_mb_per_s", 200.0, positive=True, minimum=1e-3, maximum=1e6))
 
 
 def _link(data: object, where: str, source: str, devices: set) -> LinkSpec:
     r = _Reader(data, where, source, ("name", "source", "target", "bandwidth_mbps", "delay_ms"))
-    link = LinkSpec(r.string("name"), r.string("source"), r.string("target"),
-                    r.number("bandwidth_mbps", positive=True), r.number("delay_ms", 0.0, minimum=0))
+    link = LinkSpec(r.name("name"), r.string("source", max_chars=MAX_NAME_CHARS),
+                    r.string("target", max_chars=MAX_NAME_CHARS),
+                    r.number("bandwidth_mbps", positive=True, minimum=1 / MAX_BANDWIDTH_MBPS,
+                             maximum=MAX_BANDWIDTH_MBPS),
+                    r.number("delay_ms", 0.0, minimum=0, maximum=MAX_DEADLINE_MS))
     for key in ("source", "target"):
         if getattr(link, key) not in devices:
             r.fail(f"unknown device {getattr(link, key)!r}", key)
     return link
 
 
+def _trace_path(reader: _Reader, trace: str, source: str) -> str:
+    """The trace's absolute path, which must lie inside the scenario's folder
+    (symbolic links followed): a scenario names its own data, not any file
+    the user running it can read."""
+    try:
+        folder = Path(source).parent.resolve()
+        path = (folder / trace).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL in the path, a symlink loop
+        reader.fail(f"is not a usable path: {shown(trace)}", "trace")
+    if not path.is_relative_to(folder):
+        reader.fail(f"must be a file inside the scenario's folder (symbolic links followed), got {shown(trace)}",
+                    "trace")
+    return str(path)
+
+
 def _app(data: object, where: str, source: str, devices: set, links: set) -> AppSpec:
     r = _Reader(data, where, source, ("name", "device", "arrivals", "deadline_ms", "weight", "macs_budget",
                                       "max_in_flight", "split"))
-    device = r.string("device")
+    device = r.string("device", max_chars=MAX_NAME_CHARS)
     if device not in devices:
         r.fail(f"unknown device {device!r}; the scenario has {', '.join(sorted(devices))}", "device")
     if "arrivals" not in r.data:
         r.fail("is required", "arrivals")
     a = _Reader(r.data["arrivals"], f"{where}.arrivals", source,
                 ("kind", "rate_hz", "jitter", "cv", "on_s", "off_s", "trace", "trace_column"))
-    kind = a.string("kind")
-    trace = a.string("trace", "")
-    if trace and not Path(trace).is_absolute():
-        trace = str((Path(source).parent / trace).resolve())
+    kind = a.string("kind", max_chars=MAX_NAME_CHARS)
+    if kind not in ARRIVAL_KINDS:
+        a.fail(f"unknown arrival kind {shown(kind)}; use {', '.join(ARRIVAL_KINDS)}", "kind")
+    trace = a.string("trace", "", max_chars=MAX_PATH_CHARS)
+    if trace:
+        trace = _trace_path(a, trace, source)
+    if kind == "trace":  # a trace sets its own rate; rate_hz is not used
+        rate_hz = a.number("rate_hz", 0.0, minimum=0, maximum=MAX_RATE_HZ)
+    else:
+        rate_hz = a.number("rate_hz", positive=True, minimum=MIN_RATE_HZ, maximum=MAX_RATE_HZ)
+    on_s = a.number("on_s", 1.0, positive=True, minimum=1e-3, maximum=MAX_DURATION_S)
+    if kind == "onoff" and rate_hz * on_s < MIN_REQUESTS_PER_ON_PERIOD:
+        a.fail(f"rate_hz x on_s is {rate_hz * on_s:.3g} requests per on period, at least "
+               f"{MIN_REQUESTS_PER_ON_PERIOD:g} (fewer and the generator spins over empty periods)", "on_s")
+    jitter = a.number("jitter", 0.0, minimum=0, maximum=0.99)
+    cv = a.number("cv", 1.0, positive=True, minimum=0.01, maximum=100.0)
+    off_s = a.number("off_s", 1.0, positive=True, minimum=1e-3, maximum=MAX_DURATION_S)
+    trace_column = a.string("trace_column", "", max_chars=MAX_NAME_CHARS)
     try:
-        arrivals = Arrivals(kind, rate_hz=a.number("rate_hz", 0.0 if kind == "trace" else None, positive=kind != "trace"),
-                            jitter=a.number("jitter", 0.0, minimum=0, maximum=0.99),
-                            cv=a.number("cv", 1.0, positive=True), on_s=a.number("on_s", 1.0, positive=True),
-                            off_s=a.number("off_s", 1.0, positive=True), trace=trace,
-                            trace_column=a.string("trace_column", ""))
+        arrivals = Arrivals(kind, rate_hz=rate_hz, jitter=jitter, cv=cv, on_s=on_s, off_s=off_s, trace=trace,
+                            trace_column=trace_column)
         if arrivals.kind == "trace":
             arrivals.mean_rate_hz  # reads the trace now: a missing or malformed file fails at load time
     except AnytimeError as exc:
@@ -365,21 +627,23 @@ def _app(data: object, where: str, source: str, devices: set, links: set) -> App
     split = None
     if r.has("split"):
         s = _Reader(r.data["split"], f"{where}.split", source, ("server", "link", "at_depth"))
-        split = SplitSpec(s.string("server"), s.string("link"), int(s.number("at_depth", minimum=1, integer=True)))
+        split = SplitSpec(s.string("server", max_chars=MAX_NAME_CHARS), s.string("link", max_chars=MAX_NAME_CHARS),
+                          int(s.number("at_depth", minimum=1, maximum=1_000, integer=True)))
         if split.server not in devices:
             s.fail(f"unknown device {split.server!r}", "server")
         if split.link not in links:
             s.fail(f"unknown link {split.link!r}", "link")
-    return AppSpec(r.string("name"), device, arrivals, r.number("deadline_ms", positive=True),
-                   r.number("weight", 1.0, positive=True), r.number("macs_budget", optional=True, positive=True),
-                   int(r.number("max_in_flight", 64, minimum=1, integer=True)), split)
+    return AppSpec(r.name("name"), device, arrivals, r.number("deadline_ms", positive=True, maximum=MAX_DEADLINE_MS),
+                   r.number("weight", 1.0, positive=True, maximum=MAX_WEIGHT),
+                   r.number("macs_budget", optional=True, positive=True, maximum=MAX_MACS),
+                   int(r.number("max_in_flight", 64, minimum=1, maximum=MAX_IN_FLIGHT, integer=True)), split)
 
 
 def _event(data: object, where: str, source: str, targets: dict[str, set], duration: float) -> Event:
     r = _Reader(data, where, source, ("at_s",) + EVENT_KINDS)
     at = r.number("at_s", minimum=0)
     if at > duration:
-        r.fail(f"is after the end of the scenario ({duration} s)", "at_s")
+        r.fail(f"is after the end of the scenario ({duration:g} s)", "at_s")
     kinds = [k for k in EVENT_KINDS if r.has(k)]
     if len(kinds) != 1:
         r.fail(f"an event sets exactly one of {', '.join(EVENT_KINDS)}, got {kinds or 'none'}")
@@ -389,17 +653,14 @@ def _event(data: object, where: str, source: str, targets: dict[str, set], durat
     value_key = {"background": "share", "speed": "scale", "memory": "used_mb", "macs_budget": "macs",
                  "bandwidth": "bandwidth_mbps", "delay": "delay_ms", "rate": "rate_hz"}[kind]
     body = _Reader(r.data[kind], f"{where}.{kind}", source, (target_key, value_key))
-    target = body.string(target_key)
+    target = body.string(target_key, max_chars=MAX_NAME_CHARS)
     if target not in targets[kind]:
         body.fail(f"unknown {target_key} {target!r}", target_key)
-    if kind == "background":
-        value = body.number(value_key, minimum=0, maximum=0.95)
-    elif kind == "memory":
-        value = body.number(value_key, minimum=0)
-    elif kind == "macs_budget":
-        value = body.number(value_key, optional=True, positive=True)
-    elif kind == "delay":
-        value = body.number(value_key, minimum=0)
-    else:
-        value = body.number(value_key, positive=True)
-    return Event(at, kind, target, value)
+    limits = {"background": dict(minimum=0, maximum=0.95),
+              "speed": dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
+              "memory": dict(minimum=0, maximum=MAX_MEMORY_MB),
+              "macs_budget": dict(optional=True, positive=True, maximum=MAX_MACS),
+              "bandwidth": dict(positive=True, minimum=1 / MAX_BANDWIDTH_MBPS, maximum=MAX_BANDWIDTH_MBPS),
+              "delay": dict(minimum=0, maximum=MAX_DEADLINE_MS),
+              "rate": dict(positive=True, minimum=MIN_RATE_HZ, maximum=MAX_RATE_HZ)}[kind]
+    return Event(at, kind, target, body.number(value_key, **limits))

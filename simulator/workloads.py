@@ -16,7 +16,11 @@ generator, so two policies compared in one run see the same arrivals:
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import reprlib
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from nets.errors import ConfigError
+
+# What one trace may cost to read and replay.  The file is read whole (bounded
+# by its size) and a per-minute-count trace is expanded into one timestamp per
+# request, so rows and requests are capped as well: 1,000,000 rows is 694 days
+# of minutes, 10,000,000 requests about 160 MB of timestamps while sorting.
+MAX_TRACE_BYTES = 16 * 1024 * 1024
+MAX_TRACE_ROWS = 1_000_000
+MAX_TRACE_REQUESTS = 10_000_000
+MAX_TRACE_TIMESTAMP_S = 1e9  # about 32 years: anything later is a unit mistake
+MAX_COUNT_PER_MINUTE = 6_000_000  # 100,000 requests/s, the scenarios' per-app rate limit
 
 
 @dataclass(frozen=True)
@@ -39,13 +53,14 @@ class Arrivals:
 
     def __post_init__(self) -> None:
         if self.kind not in ("periodic", "poisson", "gamma", "onoff", "trace"):
-            raise ConfigError(f"unknown arrival kind {self.kind!r}; use periodic, poisson, gamma, onoff or trace")
+            raise ConfigError(f"unknown arrival kind {reprlib.repr(self.kind)}; "
+                              "use periodic, poisson, gamma, onoff or trace")
         if self.kind != "trace" and not (self.rate_hz > 0 and math.isfinite(self.rate_hz)):
-            raise ConfigError(f"arrival rate_hz must be a positive number, got {self.rate_hz!r}")
+            raise ConfigError(f"arrival rate_hz must be a positive number, got {reprlib.repr(self.rate_hz)}")
         if not 0 <= self.jitter < 1:
-            raise ConfigError(f"periodic jitter must be in [0, 1), got {self.jitter}")
-        if self.cv <= 0 or self.on_s <= 0 or self.off_s <= 0:
-            raise ConfigError("cv, on_s and off_s must be positive")
+            raise ConfigError(f"periodic jitter must be in [0, 1), got {reprlib.repr(self.jitter)}")
+        if not all(math.isfinite(v) and v > 0 for v in (self.cv, self.on_s, self.off_s)):
+            raise ConfigError("cv, on_s and off_s must be positive finite numbers")
         if self.kind == "trace" and not self.trace:
             raise ConfigError("a trace arrival process needs a 'trace' CSV path")
 
@@ -56,6 +71,13 @@ class Arrivals:
         if self.kind == "trace":
             return _trace_mean_rate(Path(self.trace), self.trace_column)
         return self.rate_hz
+
+    def expected_requests(self, until_s: float) -> float:
+        """About how many requests arrive in ``[0, until_s]`` (a trace's own
+        count, the mean rate's otherwise)."""
+        if self.kind == "trace":
+            return _trace_requests_until(Path(self.trace), self.trace_column, until_s)
+        return self.mean_rate_hz * until_s
 
     def gaps(self, seed: int) -> Iterator[float]:
         """Inter-arrival gaps (seconds), endless except for a finite trace."""
@@ -100,22 +122,98 @@ def _trace_mean_rate(path: Path, column: str) -> float:
     return float(values.sum()) / (60.0 * len(values))
 
 
+def _trace_requests_until(path: Path, column: str, until_s: float) -> float:
+    """Requests the trace replays in ``[0, until_s]`` (a partly covered minute
+    of a count trace counts in proportion)."""
+    column, values = _read_trace(path, column)
+    if column == "timestamp":
+        return float(np.count_nonzero(values <= until_s))
+    minutes_covered = np.clip(until_s / 60.0 - np.arange(len(values)), 0.0, 1.0)
+    return float(values @ minutes_covered)
+
+
+def _shown(path: Path) -> str:
+    """The trace's path for a message, its tail kept when it is long."""
+    text = str(path)
+    return text if len(text) <= 80 else "..." + text[-77:]
+
+
+def _read_limited(fd: int, limit_bytes: int) -> bytes:
+    """Up to ``limit_bytes`` of an open regular file (a buffered read loops
+    until it has them or the file ends); the descriptor stays open."""
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        return f.read(limit_bytes)
+
+
+def _read_trace_text(path: Path) -> str:
+    """The trace's text, read only from a regular file and only up to
+    ``MAX_TRACE_BYTES`` (a device such as /dev/zero or a pipe is refused
+    before anything is read from it)."""
+    regular = True
+    try:
+        # O_NONBLOCK: opening a named pipe must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            data = _read_limited(fd, MAX_TRACE_BYTES + 1) if regular else b""
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(f"cannot read arrival trace {_shown(path)}: "
+                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    if not regular:
+        raise ConfigError(f"arrival trace {_shown(path)} is not a regular file")
+    if len(data) > MAX_TRACE_BYTES:
+        raise ConfigError(f"arrival trace {_shown(path)} is larger than {MAX_TRACE_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"arrival trace {_shown(path)} is not UTF-8 text") from None
+
+
 def _read_trace(path: Path, column: str) -> tuple[str, np.ndarray]:
+    """The trace's column (``column``, else "timestamp" if the header has it,
+    else "count_per_minute") as finite, in-range numbers.  Messages give line
+    numbers and column names, never the file's contents."""
+    shown = _shown(path)
+    reader = csv.reader(io.StringIO(_read_trace_text(path), newline=""))
+    values: list[float] = []
     try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise ConfigError(f"cannot read arrival trace {path}: {exc}") from None
-    if not rows:
-        raise ConfigError(f"arrival trace {path} is empty")
-    column = column or ("timestamp" if "timestamp" in rows[0] else "count_per_minute")
-    if column not in rows[0]:
-        raise ConfigError(f"arrival trace {path} has no column {column!r} (has {', '.join(rows[0])})")
-    try:
-        values = np.array([float(r[column]) for r in rows])
-    except ValueError as exc:
-        raise ConfigError(f"arrival trace {path}: column {column!r} is not numeric: {exc}") from None
-    return column, values
+        header = next(reader, None)
+        wanted = column or ("timestamp" if header and "timestamp" in header else "count_per_minute")
+        if header is None:
+            raise ConfigError(f"arrival trace {shown} is empty")
+        if wanted not in header:
+            raise ConfigError(f"arrival trace {shown} has no column {wanted[:60]!r} in its header (first line)")
+        index = len(header) - 1 - header[::-1].index(wanted)  # the last of equal names, as csv.DictReader does
+        for row in reader:
+            if not row:
+                continue  # a blank line, skipped as csv.DictReader skips it
+            if len(values) >= MAX_TRACE_ROWS:
+                raise ConfigError(f"arrival trace {shown} has more than {MAX_TRACE_ROWS:,} rows")
+            try:
+                values.append(float(row[index]))
+            except (IndexError, ValueError):
+                raise ConfigError(f"arrival trace {shown}: line {reader.line_num}: column {wanted[:60]!r} "
+                                  "is not a number") from None
+    except csv.Error:
+        raise ConfigError(f"arrival trace {shown}: line {reader.line_num}: not valid CSV") from None
+    if not values:
+        raise ConfigError(f"arrival trace {shown} is empty")
+    array = np.array(values)
+    if wanted == "timestamp":
+        bad = ~((array >= 0) & (array <= MAX_TRACE_TIMESTAMP_S))  # NaN fails both comparisons
+        what = f"a time in [0, {MAX_TRACE_TIMESTAMP_S:g}] seconds"
+    else:
+        bad = ~((array >= 0) & (array <= MAX_COUNT_PER_MINUTE) & (array == np.floor(array)))
+        what = f"a whole count in [0, {MAX_COUNT_PER_MINUTE:,}] per minute"
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ConfigError(f"arrival trace {shown}: data row {row + 1}: column {wanted[:60]!r} must be {what}")
+    if wanted != "timestamp" and array.sum() > MAX_TRACE_REQUESTS:
+        raise ConfigError(f"arrival trace {shown} replays {array.sum():,.0f} requests, more than "
+                          f"{MAX_TRACE_REQUESTS:,}")
+    return wanted, array
 
 
 def _trace_gaps(path: Path, column: str, rng: np.random.Generator) -> Iterator[float]:
@@ -123,8 +221,6 @@ def _trace_gaps(path: Path, column: str, rng: np.random.Generator) -> Iterator[f
     if column == "timestamp":
         times = np.sort(values)
     else:  # per-minute counts: spread each minute's requests uniformly at random inside it
-        if (values < 0).any():
-            raise ConfigError(f"arrival trace {path}: negative counts")
         times = np.sort(np.concatenate([minute * 60 + rng.uniform(0, 60, int(n)) for minute, n in enumerate(values)]))
     previous = 0.0
     for t in times:

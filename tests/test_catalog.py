@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from anytime.builder import ProfileConfig, build_catalog
-from anytime.catalog import (SHIPPED_STEM, CatalogError, encode, floor_to_codebook, load_catalog, make_codebook,
+from anytime.catalog import (CatalogError, encode, floor_to_codebook, load_catalog, make_codebook,
                              shipped_catalogs)
 from anytime.evaluate import confidence_signals
 from anytime.latency_model import DeviceModel, fit_device_model, load_device_models, relative_errors

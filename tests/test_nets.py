@@ -12,7 +12,8 @@ from torch import nn
 
 from nets import DNNet, DNNetConfig, SubnetSpec, all_specs, create_net, list_nets
 from nets.data import augment, load_cifar10
-from nets.errors import CheckpointError, ConfigError, DataError, RegistryError, SpecError, UnknownNetError
+from nets.errors import (CheckpointError, ConfigError, DataError, RegistryError, SpecError, TrainingDivergedError,
+                         UnknownNetError)
 from nets.registry import load_weights, register_net
 from nets.train import TrainConfig, joint_loss, loss_weights, train
 
@@ -29,10 +30,12 @@ def _randomise_batch_norm(model: nn.Module, seed: int = 0) -> None:
             module.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
-@pytest.fixture
-def tiny() -> DNNet:
+@pytest.fixture(params=[1, 4], ids=["global-heads", "pool4-heads"])
+def tiny(request) -> DNNet:
+    """The tiny nested net with both head designs: the paper's globally
+    pooled heads and Shallow-Deep-style heads on a 4x4 pooled grid."""
     torch.manual_seed(0)
-    model = create_net("dnnet_tiny")
+    model = create_net("dnnet_tiny", head_pool=request.param)
     _randomise_batch_norm(model)
     return model.eval()
 
@@ -219,11 +222,25 @@ def test_forward_rejects_spec_outside_net(tiny):
         tiny.extract(SubnetSpec(1, 3))
 
 
+def test_pooled_heads_keep_the_last_depth_plain():
+    """Only heads before the last depth pool to a grid, so the full-depth
+    slice is a plain ResNet (the zoo's equivalence), and the grid heads'
+    weights are counted in every extracted slice."""
+    model = create_net("dnnet_tiny", head_pool=4)
+    assert [h.pool_size for h in model.heads] == [4] * (model.depths - 1) + [1]
+    shallow = model.extract(SubnetSpec(1, model.widths))
+    assert shallow[-1].in_features == model.depth_channels[0] * 16
+    deep = model.extract(SubnetSpec(model.depths, model.widths))
+    assert deep[-1].in_features == model.depth_channels[-1]
+
+
 def test_config_validation():
     with pytest.raises(ConfigError):
         DNNetConfig(width_groups=3)
     with pytest.raises(ConfigError):
         create_net("dnnet_tiny", no_such_field=1)
+    with pytest.raises(ConfigError):
+        DNNetConfig(head_pool=0)
     assert DNNetConfig.from_dict(DNNetConfig().to_dict()) == DNNetConfig()
 
 
@@ -379,6 +396,51 @@ def test_training_smoke_loss_falls(cifar_batches_dir, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
 
 
+def test_nan_loss_stops_with_the_last_good_checkpoint(cifar_batches_dir, tmp_path):
+    """A loss that turns NaN in epoch 2 stops the run with a typed error; the
+    checkpoint of epoch 1 stays, resumable."""
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny")
+    config = TrainConfig(epochs=3, batch_size=30, lr=0.05, max_batches=2)
+    calls = {"train": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["train"] += 1
+            if calls["train"] > 2:  # the first step of epoch 2
+                return output * float("nan")
+        return output
+
+    model.stem.register_forward_hook(poison)
+    with pytest.raises(TrainingDivergedError, match="epoch 2"):
+        train(model, "tiny", data, config, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "tiny.pt").exists()
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run(cifar_batches_dir, tmp_path):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    config = TrainConfig(epochs=1, batch_size=30, lr=0.05, max_batches=1)
+    train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path, progress=False)
+    weights = (tmp_path / "tiny.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path, progress=False)
+    assert (tmp_path / "tiny.pt").read_bytes() == weights
+
+
+def test_bfloat16_is_chosen_only_where_native(monkeypatch):
+    import nets.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_flags", lambda: frozenset({"avx512f"}))
+    assert train_module.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(train_module, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert train_module.resolve_precision("auto") == "bfloat16"
+    assert train_module.resolve_precision("float32") == "float32"
+
+
 def test_resume_continues_exactly(cifar_batches_dir, tmp_path):
     data = load_cifar10(cifar_batches_dir, val_size=20)
     config = TrainConfig(epochs=3, batch_size=30, lr=0.05)
@@ -427,6 +489,10 @@ def test_train_config_validation():
         TrainConfig(full_output_weight=1.5)
     with pytest.raises(ConfigError):
         TrainConfig(lambda_scheme="cubic")
+    for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"lr": -0.1}, {"weight_decay": float("nan")},
+                {"momentum": -1}, {"epochs": 0}, {"max_batches": -1}, {"precision": "float8"}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
 
 
 def test_baseline_file_prefers_a_finished_run(tmp_path):

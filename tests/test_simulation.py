@@ -345,4 +345,4 @@ def test_cli_simulate_and_report(capsys, tmp_path):
     assert (out / "summary.json").read_bytes() == before  # a failed run loses nothing
     assert main(["report", str(out)]) == 0
     assert main(["report", str(tmp_path / "nothing")]) == 2
-    assert "no summary.json" in capsys.readouterr().err
+    assert "not a results folder" in capsys.readouterr().err
