@@ -39,10 +39,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     net_config = json.loads(args.net_config) if args.net_config else {}
     if not isinstance(net_config, dict):
         raise ConfigError(f"--net-config must be a JSON object, got {args.net_config!r:.60}")
+    import torch
+
+    torch.manual_seed(args.seed)  # the initial weights are part of what the seed reproduces
     model = create_net(args.net, **net_config)
     data = load_cifar10(args.data, val_size=args.val_size, seed=args.seed, cache_dir=args.cache_dir)
     card = train(model, args.name or args.net, data, config, args.out, resume=args.resume,
-                 progress=not args.quiet)
+                 progress=not args.quiet and _tty())
+    if not card:  # another process of a torchrun group: rank 0 reports
+        return 0
     print(json.dumps({"name": card["name"], "test_accuracy_full": card["test_accuracy_full"],
                       "wall_time_seconds": card["wall_time_seconds"], "out": str(args.out)}))
     return 0

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from anytime.catalog import CatalogError
-from anytime.exits import _ladder_sweep
+from anytime.exits import ladder_sweep
 
 
 def running_average_traces(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def calibrate_flexible(margin: np.ndarray, correct: np.ndarray, member_costs: np
         raise CatalogError(f"member_costs must be {margin.shape[1]} non-negative numbers, got {member_costs}")
     if not 0 <= tolerance < 1:
         raise CatalogError(f"tolerance must be in [0, 1), got {tolerance}")
-    thresholds, accuracy, cost = _ladder_sweep(margin, correct, np.cumsum(member_costs))
+    thresholds, accuracy, cost = ladder_sweep(margin, correct, np.cumsum(member_costs))
     normal = float(correct[:, -1].mean())
     ok = np.flatnonzero(accuracy >= normal - tolerance - 1e-12)  # +inf (every member) always qualifies
     i = ok[np.argmin(cost[ok])]

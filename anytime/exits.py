@@ -241,7 +241,7 @@ def width_refinement(catalog: Catalog, spec: SubnetSpec, wider: int, margin_thre
     return width_ladder(catalog, spec.depth, (spec.width, wider), margin_threshold, split)
 
 
-def _ladder_arrays(catalog: Catalog, depth: int, widths: tuple[int, ...], split: str):
+def ladder_arrays(catalog: Catalog, depth: int, widths: tuple[int, ...], split: str):
     """Per-step margins and correctness ``[N, K]`` and the MACs of stopping at
     each step ``[K]``: the widest slice computed so far plus every narrower
     head evaluated on the way."""
@@ -254,7 +254,7 @@ def _ladder_arrays(catalog: Catalog, depth: int, widths: tuple[int, ...], split:
     return margin, correct, cost
 
 
-def _check_ladder(catalog: Catalog, widths: tuple[int, ...]) -> None:
+def check_ladder(catalog: Catalog, widths: tuple[int, ...]) -> None:
     if len(widths) < 2 or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 \
             or widths[-1] > catalog.widths:
         raise CatalogError(f"a width ladder is 2 or more increasing widths within 1..{catalog.widths}, got {widths}")
@@ -267,8 +267,8 @@ def width_ladder(catalog: Catalog, depth: int, widths: tuple[int, ...], margin_t
     ``margin_threshold``, add groups up to the next width of the ladder (only
     the new groups are computed); the last width always answers.  Returns
     (accuracy, expected MACs) on ``split``."""
-    _check_ladder(catalog, widths)
-    margin, correct, cost = _ladder_arrays(catalog, depth, widths, split)
+    check_ladder(catalog, widths)
+    margin, correct, cost = ladder_arrays(catalog, depth, widths, split)
     confident = margin >= margin_threshold
     confident[:, -1] = True
     stop = confident.argmax(axis=1)
@@ -276,7 +276,7 @@ def width_ladder(catalog: Catalog, depth: int, widths: tuple[int, ...], margin_t
     return float(correct[rows, stop].mean()), float(cost[stop].mean())
 
 
-def _ladder_sweep(margin: np.ndarray, correct: np.ndarray, cost: np.ndarray):
+def ladder_sweep(margin: np.ndarray, correct: np.ndarray, cost: np.ndarray):
     """Accuracy and expected cost for every distinct threshold, exactly.
 
     A sample stops at the first step whose running-maximum margin reaches the
@@ -354,7 +354,7 @@ def calibrate_width_refinement(catalog: Catalog, spec: SubnetSpec, tolerance: fl
     for size in range(1, longest):
         for narrower in combinations(range(1, top), size):
             ladder = narrower + (top,)
-            thresholds, accuracy, cost = _ladder_sweep(*_ladder_arrays(catalog, spec.depth, ladder, "val"))
+            thresholds, accuracy, cost = ladder_sweep(*ladder_arrays(catalog, spec.depth, ladder, "val"))
             ok = np.flatnonzero(accuracy >= full_val - tolerance)
             if len(ok) == 0:
                 continue

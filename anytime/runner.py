@@ -159,13 +159,13 @@ class WidthLadderRunner:
 
     def __init__(self, model: DNNet, depth: int, ladder: tuple[int, ...], margin_threshold: float,
                  catalog: Catalog):
-        from anytime.exits import _ladder_arrays, _check_ladder
+        from anytime.exits import ladder_arrays, check_ladder
 
-        _check_ladder(catalog, ladder)
+        check_ladder(catalog, ladder)
         SubnetSpec(depth, ladder[-1]).check_within(model.depths, model.widths)
         self.model, self.depth, self.ladder = model.eval(), depth, tuple(ladder)
         self.threshold = float(margin_threshold)
-        self.step_macs = _ladder_arrays(catalog, depth, ladder, "test")[2]
+        self.step_macs = ladder_arrays(catalog, depth, ladder, "test")[2]
         self.codebook = torch.as_tensor(catalog.codebooks["margin"]) if "margin" in catalog.codebooks else None
         self._weights: dict = {}  # sliced weights, built on first use
 

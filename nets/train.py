@@ -19,17 +19,21 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nets.data import Cifar10, augment, batches, to_float
 from nets.dnnet import DNNet
+from nets.distributed import init_from_environment, rank_and_size, use_global_batch_norm
 from nets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
 
@@ -167,6 +171,78 @@ def check_run_folder(out_dir: str | Path, name: str, resume: bool) -> None:
                               "resume it or choose another output folder")
 
 
+class TrainingObjective(nn.Module):
+    """What training minimises, in one place: the joint loss over every
+    output of a nested net, cross-entropy for a single-output model.  The
+    training loop (and DistributedDataParallel, which wraps this module) only
+    calls it, so the loop never asks what model it trains."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.nested = isinstance(model, DNNet)
+        self.lambdas = loss_weights(model.depths, model.widths, config.lambda_scheme) if self.nested else None
+        self.autocast_bfloat16 = resolve_precision(config.precision) == "bfloat16"
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bfloat16):
+            logits = self.model.forward_all(inputs) if self.nested else self.model(inputs)
+        logits = logits.float()  # the loss in float32 whatever the forward's precision
+        if not self.nested:
+            return F.cross_entropy(logits, labels)
+        return joint_loss(logits, labels, self.lambdas, self.config.full_output_weight,
+                          self.config.distill_weight)[0]
+
+
+@dataclass
+class _Run:
+    """The state of one training run that a checkpoint holds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    epoch: int = 0
+    wall_time: float = 0.0
+    history: list = field(default_factory=list)  # per-epoch records, as the model card keeps them
+
+    def state(self, config: TrainConfig) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "wall_time": self.wall_time,
+                "history": json.dumps(self.history), "train_config": json.dumps(asdict(config))}
+
+    def resume(self, path: Path, config: TrainConfig) -> None:
+        """Continue exactly where the checkpoint at ``path`` stopped."""
+        # read_checkpoint: one CheckpointError for an empty, cut, garbage or unsafe file
+        state = read_checkpoint(path)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} does not hold a training checkpoint")
+        bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
+        if bad:
+            raise CheckpointError(f"{path} holds NaN or infinite values in {len(bad)} tensors "
+                                  f"({', '.join(bad[:3])}): corrupt or diverged, resume from an earlier run")
+        try:
+            if json.loads(state["train_config"]) != asdict(config):
+                raise CheckpointError(f"{path} was written with another training configuration")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.epoch, self.wall_time = int(state["epoch"]), float(state["wall_time"])
+            self.history = json.loads(state["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            detail = " ".join(str(exc).split())
+            raise CheckpointError(f"cannot resume from {path}: {exc.__class__.__name__}: {detail[:300]}") from None
+
+    def save(self, path: Path, config: TrainConfig) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(config), tmp)
+        tmp.replace(path)  # atomic: a kill mid-save keeps the previous epoch
+
+
 def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_dir: str | Path,
           resume: bool = False, progress: bool = True, model_config: dict | None = None) -> dict:
     """Train ``model`` on ``data`` and write ``<out_dir>/<name>.pt`` (a plain
@@ -174,107 +250,124 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
 
     A checkpoint ``<out_dir>/checkpoint.pt`` is written after every epoch;
     ``resume=True`` continues from it exactly (weights, optimizer, schedule and
-    random state).  Returns the model card.
+    random state).  Under ``torchrun`` every process trains on its shard of
+    each global batch (``nets.distributed``) and only rank 0 writes.  Returns
+    the model card (rank 0; other ranks get an empty dict).
     """
     out_dir = Path(out_dir)
+    check_run_folder(out_dir, name, resume)
+    owns_group = init_from_environment()
+    rank, world_size = rank_and_size()
+    if config.batch_size % world_size:
+        raise ConfigError(f"batch_size {config.batch_size} must divide among {world_size} processes")
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    nested = isinstance(model, DNNet)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
-    weights = loss_weights(model.depths, model.widths, config.lambda_scheme) if nested else None
     steps_per_epoch = len(data.train_images) // config.batch_size
     if config.max_batches:
         steps_per_epoch = min(steps_per_epoch, config.max_batches)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                   steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    run = _Run(model, optimizer,
+               torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=0.15),
+               torch.Generator().manual_seed(config.seed))
     checkpoint_path = out_dir / "checkpoint.pt"
-    log_path = out_dir / "train_log.jsonl"
-    check_run_folder(out_dir, name, resume)
     precision = resolve_precision(config.precision)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    log.info("training %s in %s", name, precision)
-    start_epoch, wall_time, history = 0, 0.0, []
+    log.info("training %s in %s on %d process(es)", name, precision, world_size)
     if resume and checkpoint_path.exists():
-        # read_checkpoint: one CheckpointError for an empty, cut, garbage or unsafe file
-        state = read_checkpoint(checkpoint_path)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{checkpoint_path} does not hold a training checkpoint")
-        bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
-        if bad:
-            raise CheckpointError(f"{checkpoint_path} holds NaN or infinite values in {len(bad)} tensors "
-                                  f"({', '.join(bad[:3])}): corrupt or diverged, resume from an earlier run")
-        try:
-            if json.loads(state["train_config"]) != asdict(config):
-                raise CheckpointError(f"{checkpoint_path} was written with another training configuration")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, wall_time = int(state["epoch"]), float(state["wall_time"])
-            history = json.loads(state["history"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            detail = " ".join(str(exc).split())
-            raise CheckpointError(f"cannot resume from {checkpoint_path}: {exc.__class__.__name__}: "
-                                  f"{detail[:300]}") from None
-        log.info("resuming %s from epoch %d", name, start_epoch)
+        run.resume(checkpoint_path, config)
+        log.info("resuming %s from epoch %d", name, run.epoch)
+    objective = TrainingObjective(model, config)
+    if world_size > 1:
+        use_global_batch_norm(model)
+        # channels-last weights give channels-last gradients, which DDP copies
+        # into its flat buckets; it warns about the copy, which is all it costs
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        objective = DistributedDataParallel(objective)
+    try:
+        while run.epoch < config.epochs:
+            loss, seconds = _train_epoch(objective, run, data, config, steps_per_epoch, name,
+                                         progress and rank == 0, checkpoint_path)
+            run.epoch += 1
+            run.wall_time += seconds
+            if rank == 0:
+                _end_epoch(run, data, config, loss, seconds, precision, out_dir / "train_log.jsonl")
+                run.save(checkpoint_path, config)
+            if world_size > 1:
+                dist.barrier()
+        card = _finish(run, name, data, config, out_dir, precision, model_config, progress) if rank == 0 else {}
+        if world_size > 1:
+            dist.barrier()  # the weights are written before any process returns
+        return card
+    finally:
+        use_global_batch_norm(model, enabled=False)
+        if owns_group:
+            dist.destroy_process_group()
 
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        started = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(batches(data.train_images, data.train_labels, config.batch_size, shuffle=True,
-                           generator=generator, drop_last=True),
-                   total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            inputs = to_float(augment(x, generator)).contiguous(memory_format=memory_format)
-            with autocast:
-                logits = model.forward_all(inputs) if nested else model(inputs)
-            logits = logits.float()  # the loss in float32 whatever the forward's precision
-            if nested:
-                loss, _ = joint_loss(logits, y, weights, config.full_output_weight, config.distill_weight)
-            else:
-                loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"{name}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint ({checkpoint_path}, epoch {epoch}) is kept")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        epoch_time = time.perf_counter() - started
-        wall_time += epoch_time
-        val = evaluate(model, data.val_images, data.val_labels)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "epoch_seconds": round(epoch_time, 2),
-                  "lr": schedule.get_last_lr()[0], "precision": precision,
-                  "val_accuracy_full": float(val[-1, -1] if nested else val),
-                  **({"val_accuracy_grid": np.round(val, 4).tolist()} if nested else {})}
-        history.append({k: v for k, v in record.items() if k != "val_accuracy_grid"})
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.info("epoch %d/%d loss %.4f val %.4f (%.0f s)", epoch + 1, config.epochs, record["train_loss"],
-                 record["val_accuracy_full"], epoch_time)
-        tmp = checkpoint_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "wall_time": wall_time,
-                    "history": json.dumps(history), "train_config": json.dumps(asdict(config))}, tmp)
-        tmp.replace(checkpoint_path)  # atomic: a kill mid-save keeps the previous epoch
 
+def _train_epoch(objective: nn.Module, run: _Run, data: Cifar10, config: TrainConfig, steps: int, name: str,
+                 progress: bool, checkpoint_path: Path) -> tuple[float, float]:
+    """One epoch; returns the mean training loss (over every process) and its seconds."""
+    rank, world_size = rank_and_size()
+    shard = config.batch_size // world_size
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    run.model.train()
+    started = time.perf_counter()
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
+    bar = tqdm(batches(data.train_images, data.train_labels, config.batch_size, shuffle=True,
+                       generator=run.generator, drop_last=True),
+               total=steps, desc=f"{name} epoch {run.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    for step, (x, y) in enumerate(bar):
+        if step >= steps:
+            break
+        # every process augments the same global batch (same generator), then takes its shard
+        inputs = to_float(augment(x, run.generator))[rank * shard:(rank + 1) * shard]
+        labels = y[rank * shard:(rank + 1) * shard]
+        loss = objective(inputs.contiguous(memory_format=memory_format), labels)
+        finite = torch.isfinite(loss.detach()).to(torch.float64)
+        if world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every process stops together
+        if not finite:
+            raise TrainingDivergedError(
+                f"{name}: the loss became {loss.item()} at epoch {run.epoch + 1}, step {step + 1}; "
+                f"the last good checkpoint ({checkpoint_path}, epoch {run.epoch}) is kept")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.schedule.step()
+        totals += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64)
+        bar.set_postfix(loss=f"{totals[0] / totals[1]:.3f}")
+    if world_size > 1:
+        dist.all_reduce(totals)
+    return float(totals[0] / max(totals[1], 1)), time.perf_counter() - started
+
+
+def _end_epoch(run: _Run, data: Cifar10, config: TrainConfig, loss: float, seconds: float, precision: str,
+               log_path: Path) -> None:
+    """Validate, log and remember one finished epoch (rank 0)."""
+    val = evaluate(run.model, data.val_images, data.val_labels)
+    nested = val.ndim == 2
+    record = {"epoch": run.epoch, "train_loss": loss, "epoch_seconds": round(seconds, 2),
+              "lr": run.schedule.get_last_lr()[0], "precision": precision,
+              "val_accuracy_full": float(val[-1, -1] if nested else val),
+              **({"val_accuracy_grid": np.round(val, 4).tolist()} if nested else {})}
+    run.history.append({k: v for k, v in record.items() if k != "val_accuracy_grid"})
+    with log_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    log.info("epoch %d/%d loss %.4f val %.4f (%.0f s)", run.epoch, config.epochs, loss,
+             record["val_accuracy_full"], seconds)
+
+
+def _finish(run: _Run, name: str, data: Cifar10, config: TrainConfig, out_dir: Path, precision: str,
+            model_config: dict | None, progress: bool) -> dict:
+    """Test, then write the weights and the model card that vouches for them (rank 0)."""
+    model = run.model
     test = evaluate(model, data.test_images, data.test_labels, progress=progress)
+    nested = test.ndim == 2
     card = {
         "name": name,
         "config": model_config if model_config is not None else getattr(model, "config_dict", dict)(),
@@ -282,11 +375,11 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
         "data": {"source": Path(data.source).name, "train": len(data.train_images), "val": len(data.val_images),
                  "test": len(data.test_images), "val_split": "class-stratified, seed " + str(config.seed)},
         "epochs": config.epochs,
-        "wall_time_seconds": round(wall_time, 1),
-        "environment": {**_environment(), "precision": precision},
+        "wall_time_seconds": round(run.wall_time, 1),
+        "environment": {**_environment(), "precision": precision, "processes": rank_and_size()[1]},
         "test_accuracy_full": float(test[-1, -1] if nested else test),
         **({"test_accuracy_grid": np.round(test, 4).tolist()} if nested else {}),
-        "history": history,
+        "history": run.history,
     }
     model.to(memory_format=torch.contiguous_format)
     weights_file = out_dir / f"{name}.pt"

@@ -38,7 +38,7 @@ import torch
 
 from anytime.catalog import load_catalog
 from anytime.ensemble import FlexibleEnsemble, calibrate_flexible, cascade, running_average_traces
-from anytime.exits import _ladder_arrays, _ladder_sweep, calibrate_width_refinement, width_ladder
+from anytime.exits import ladder_arrays, ladder_sweep, calibrate_width_refinement, width_ladder
 from anytime.macs import count_macs
 from anytime.profile import time_model
 from anytime.runner import WidthLadderRunner
@@ -63,7 +63,7 @@ def nested_widths(catalog, tolerance: float, steps=NESTED_STEPS) -> dict:
     fixed ladder ``steps`` and the best ladder of any widths, both calibrated
     exactly on val, reported on test (costs in MACs)."""
     depth = catalog.depths
-    margin, correct, cost = _ladder_arrays(catalog, depth, steps, "val")
+    margin, correct, cost = ladder_arrays(catalog, depth, steps, "val")
     calibration = calibrate_flexible(margin, correct, np.diff(cost, prepend=0.0), tolerance)
     accuracy, macs = width_ladder(catalog, depth, steps, calibration.threshold, "test")
     best = calibrate_width_refinement(catalog, SubnetSpec(depth, catalog.widths), tolerance)
@@ -76,8 +76,8 @@ def nested_widths(catalog, tolerance: float, steps=NESTED_STEPS) -> dict:
 
 def nested_ladder_curve(catalog, steps=NESTED_STEPS) -> tuple[np.ndarray, np.ndarray]:
     """Test accuracy and mean MACs of the nested ladder at every threshold."""
-    margin, correct, cost = _ladder_arrays(catalog, catalog.depths, steps, "test")
-    _, accuracy, mean_cost = _ladder_sweep(margin, correct, cost)
+    margin, correct, cost = ladder_arrays(catalog, catalog.depths, steps, "test")
+    _, accuracy, mean_cost = ladder_sweep(margin, correct, cost)
     return accuracy, mean_cost
 
 
@@ -201,7 +201,7 @@ def main() -> None:
     }
     report["measured_batch1_ms"] = measured_latencies(catalog, members, calibration.threshold, report["nested_widths"],
                                                       to_float(data.test_images[: args.timed_images]))
-    _, curve_accuracy, curve_macs = _ladder_sweep(test_margin, test_correct, np.cumsum(member_macs))
+    _, curve_accuracy, curve_macs = ladder_sweep(test_margin, test_correct, np.cumsum(member_macs))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ensemble.json").write_text(json.dumps(report, indent=1) + "\n")
     draw(report, (curve_accuracy, curve_macs), nested_ladder_curve(catalog), args.out / "ensemble.png")

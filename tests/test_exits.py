@@ -123,13 +123,13 @@ def test_width_refinement_calibration_is_the_cheapest_that_meets_the_target(trai
 def test_ladder_sweep_matches_direct_evaluation():
     """The incremental sweep gives, at every threshold, what evaluating the
     ladder directly gives (random margins, 3 steps)."""
-    from anytime.exits import _ladder_sweep
+    from anytime.exits import ladder_sweep
 
     rng = np.random.default_rng(1)
     margin = np.round(rng.random((300, 3)), 2)  # rounded: many ties
     correct = rng.random((300, 3)) < np.array([0.5, 0.7, 0.9])
     cost = np.array([1.0, 2.5, 4.0])
-    thresholds, accuracy, expected = _ladder_sweep(margin, correct, cost)
+    thresholds, accuracy, expected = ladder_sweep(margin, correct, cost)
     for t, a, c in zip(thresholds, accuracy, expected):
         confident = margin >= t
         confident[:, -1] = True
@@ -206,12 +206,12 @@ def test_runner_reproduces_traces(trained, policy):
 def test_width_ladder_runner_reproduces_traces(trained):
     """Really widening (only the new groups computed) answers like the traces
     say the calibrated ladder does: same widths, same predictions, same MACs."""
-    from anytime.exits import _ladder_arrays
+    from anytime.exits import ladder_arrays
     from anytime.runner import WidthLadderRunner
 
     model, data, catalog, _ = trained
     depth, ladder = catalog.depths, (1, 2)
-    margin, _, cost = _ladder_arrays(catalog, depth, ladder, "test")
+    margin, _, cost = ladder_arrays(catalog, depth, ladder, "test")
     threshold = float(np.quantile(margin[:, 0], 0.5))
     confident = margin >= threshold
     confident[:, -1] = True
