@@ -253,7 +253,7 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     result = allocate(tenants, SharedDevice(device_name, share=args.share, memory_bytes=args.memory_bytes),
                       time_limit_s=args.time_limit_s)
     if args.json:
-        print(json.dumps({"objective": result.objective, "optimal": result.optimal,
+        print(json.dumps({"objective": result.objective, "optimal": result.optimal, "gap": result.gap,
                           "utilisation": result.utilisation, "solve_seconds": result.solve_seconds,
                           "choices": {name: {"subnet": c.spec, "policy": c.policy, "thresholds": c.thresholds,
                                              "accuracy": c.accuracy, "expected_ms": c.expected_ms,
@@ -269,7 +269,7 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
         print(f"| {c.tenant} | {c.spec} | {c.policy} | {100 * c.accuracy:.2f}% | {c.expected_ms:.3f} | "
               f"{c.response_ms:.3f} | {tenant.deadline_ms:g} |")
     print(f"weighted accuracy {result.objective:.4f}, device load {100 * result.utilisation:.1f}% of the share, "
-          f"{'proven optimal' if result.optimal else 'best found, NOT proven optimal'} in "
+          f"{'proven optimal' if result.optimal else f'best found, within {100 * result.gap:.3g}% of the optimum (proven)'} in "
           f"{1000 * result.solve_seconds:.0f} ms ({result.options_after_pruning} options after pruning, "
           f"{result.options_solved} left to CP-SAT)")
     return 0
@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_select)
 
-    p = sub.add_parser("allocate", help="share one device among several applications (CP-SAT, proven optimal)")
+    p = sub.add_parser("allocate", help="share one device among several applications (proven optimal, or the best "
+                                        "found with its proven gap)")
     p.add_argument("--tenant", action="append", required=True, metavar="NAME:RATE_HZ:DEADLINE_MS[:WEIGHT]",
                    help="an application: requests per second, deadline per request (queueing included), "
                         "weight in the objective; repeat for each")
@@ -462,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=float, default=0.99, choices=(0.5, 0.9, 0.99),
                    help="the job size whose predicted response must meet the deadline")
     p.add_argument("--family", default="nested", choices=OPTION_FAMILIES)
-    p.add_argument("--time-limit-s", type=float, default=5.0, help="CP-SAT's limit; past it, the best found")
+    p.add_argument("--time-limit-s", type=float, default=5.0,
+                   help="limit of the whole allocation (> 0); past it, the best found and its proven gap "
+                        "(default: %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_allocate)
 

@@ -2,8 +2,8 @@
 allocation, switching policies and the lattice of sub-networks."""
 
 from scheduler.budget import Budget
-from scheduler.errors import BudgetError, InfeasibleBudget, TenantError, UnknownDeviceError
+from scheduler.errors import AllocationNotFound, BudgetError, InfeasibleBudget, TenantError, UnknownDeviceError
 from scheduler.select import Selection, select_subnet
 
-__all__ = ["Budget", "BudgetError", "InfeasibleBudget", "Selection", "TenantError", "UnknownDeviceError",
+__all__ = ["AllocationNotFound", "Budget", "BudgetError", "InfeasibleBudget", "Selection", "TenantError", "UnknownDeviceError",
            "select_subnet"]

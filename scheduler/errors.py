@@ -25,8 +25,18 @@ class InfeasibleBudget(AnytimeError):
     fails and ``cheapest`` the option that comes closest on it."""
 
     exit_status = 3  # the input was valid; the request cannot be met
+    proven = True  # nothing can meet it (AllocationNotFound: nothing was found in time)
 
     def __init__(self, message: str, resource: str, cheapest: str):
         super().__init__(message)
         self.resource = resource
         self.cheapest = cheapest
+
+
+class AllocationNotFound(InfeasibleBudget):
+    """No allocation was found within the time limit, and none was proven
+    impossible either (a longer time limit may find one).  A subclass of
+    :class:`InfeasibleBudget` so that callers that fall back when no
+    allocation is available keep doing so; ``proven`` tells the two apart."""
+
+    proven = False

@@ -175,14 +175,12 @@ class OptionTable:
         key = (device, quantile, family, with_macs)
         front = self._fronts.get(key)
         if front is None:
-            from scheduler.select import _pareto  # select imports this module
-
             costs = self.devices[device]
             columns = [costs.expected_ms, costs.latency_ms[quantile], self.memory, -self.accuracy]
             if with_macs:
                 columns.append(self.macs)
             rows = np.flatnonzero(self.family_mask(family))
-            front = self._fronts[key] = rows[_pareto(np.stack(columns, axis=1)[rows])]
+            front = self._fronts[key] = rows[pareto_front(np.stack(columns, axis=1)[rows])]
         return front
 
     def thresholds_of(self, i: int) -> tuple[float, ...] | None:
@@ -205,3 +203,32 @@ def option_table(catalog: Catalog) -> OptionTable:
     if table is None:
         table = _TABLES[catalog] = OptionTable(catalog)
     return table
+
+
+def pareto_front(columns: np.ndarray, block: int = 256) -> np.ndarray:
+    """Rows not dominated by another row (<= in every column, all minimised);
+    of identical rows only the first survives.
+
+    Rows are visited in lexicographic order, in which any dominator comes
+    before the rows it dominates, so a row is dropped exactly when an earlier
+    row is <= it everywhere (by transitivity, equivalently an earlier kept
+    row).  Vectorised by blocks of rows: each block is checked against the
+    rows kept so far and against its own earlier rows.
+    """
+    n = len(columns)
+    order = np.lexsort(columns.T[::-1])
+    ordered = np.asarray(columns, dtype=np.float64)[order]
+    keep_ordered = np.zeros(n, dtype=bool)
+    kept = ordered[:0]
+    for start in range(0, n, block):
+        rows = ordered[start:start + block]
+        dominated = np.zeros(len(rows), dtype=bool)
+        if len(kept):
+            dominated = (kept[None, :, :] <= rows[:, None, :]).all(axis=2).any(axis=1)
+        earlier = (rows[None, :, :] <= rows[:, None, :]).all(axis=2)  # [i, j]: row j <= row i
+        dominated |= np.tril(earlier, k=-1).any(axis=1)
+        keep_ordered[start:start + block] = ~dominated
+        kept = np.concatenate([kept, rows[~dominated]])
+    keep = np.zeros(n, dtype=bool)
+    keep[order[keep_ordered]] = True
+    return keep

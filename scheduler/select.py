@@ -21,7 +21,7 @@ from anytime.catalog import Catalog, load_catalog
 from nets.spec import SubnetSpec
 from scheduler.budget import Budget
 from scheduler.errors import BudgetError, InfeasibleBudget, UnknownDeviceError
-from scheduler.options import NO_EXIT, OptionTable, option_table
+from scheduler.options import NO_EXIT, OptionTable, option_table, pareto_front
 
 RESOURCES = ("macs", "latency_ms", "memory_bytes", "energy_mj")
 _UNITS = {"macs": "MACs", "latency_ms": "ms", "memory_bytes": "bytes", "energy_mj": "mJ"}
@@ -86,7 +86,7 @@ class Frontier:
         columns = np.stack([table.macs, costs.latency_ms[quantile], table.memory,
                             np.nan_to_num(costs.energy_mj, nan=0.0), -table.accuracy], axis=1)
         allowed = np.flatnonzero(table.family_mask(family))
-        index = allowed[_pareto(columns[allowed])]
+        index = allowed[pareto_front(columns[allowed])]
         order = np.lexsort((columns[index, 3], columns[index, 2], columns[index, 1], columns[index, 0],
                             -table.accuracy[index]))
         self.rows = index[order]
@@ -151,35 +151,6 @@ class Frontier:
             need = f"{failing} <= {values[failing][1]:.4g}, the cheapest option needs {values[failing][0][best]:.4g}"
         return InfeasibleBudget(f"no option meets the budget on {self.device}: {need} "
                                 f"({spec}, exits: {policy})", failing, str(spec))
-
-
-def _pareto(columns: np.ndarray, block: int = 256) -> np.ndarray:
-    """Rows not dominated by another row (<= in every column, all minimised);
-    of identical rows only the first survives.
-
-    Rows are visited in lexicographic order, in which any dominator comes
-    before the rows it dominates, so a row is dropped exactly when an earlier
-    row is <= it everywhere (by transitivity, equivalently an earlier kept
-    row).  Vectorised by blocks of rows: each block is checked against the
-    rows kept so far and against its own earlier rows.
-    """
-    n = len(columns)
-    order = np.lexsort(columns.T[::-1])
-    ordered = np.asarray(columns, dtype=np.float64)[order]
-    keep_ordered = np.zeros(n, dtype=bool)
-    kept = ordered[:0]
-    for start in range(0, n, block):
-        rows = ordered[start:start + block]
-        dominated = np.zeros(len(rows), dtype=bool)
-        if len(kept):
-            dominated = (kept[None, :, :] <= rows[:, None, :]).all(axis=2).any(axis=1)
-        earlier = (rows[None, :, :] <= rows[:, None, :]).all(axis=2)  # [i, j]: row j <= row i
-        dominated |= np.tril(earlier, k=-1).any(axis=1)
-        keep_ordered[start:start + block] = ~dominated
-        kept = np.concatenate([kept, rows[~dominated]])
-    keep = np.zeros(n, dtype=bool)
-    keep[order[keep_ordered]] = True
-    return keep
 
 
 class Scheduler:

@@ -46,7 +46,8 @@ from scheduler.allocate import SharedDevice, Tenant, allocate, allocation_fits
 from scheduler.budget import Budget
 from scheduler.errors import InfeasibleBudget
 from scheduler.options import OptionTable
-from scheduler.select import _pareto, scheduler_for
+from scheduler.options import pareto_front
+from scheduler.select import scheduler_for
 from simulator.behaviour import SplitCosts, split_costs
 from scheduler.switching import NESTED_SWITCH, ZooSwitchCost, keep_current
 from simulator.scenario import INTERRUPT_SUFFIX, POLICIES, split_label
@@ -311,7 +312,7 @@ class SuperServePolicy(Policy):
             rows = np.flatnonzero(table.family_mask(self.ladder_family))
             costs = split_costs(sim.catalog, table, rows, app.device.spec.profile,
                                 sim.devices[split.server].spec.profile, split.at_depth)
-            keep = _pareto(np.stack([costs.edge_s, costs.beyond, costs.server_s, costs.beyond * costs.feature_bytes,
+            keep = pareto_front(np.stack([costs.edge_s, costs.beyond, costs.server_s, costs.beyond * costs.feature_bytes,
                                      table.memory[rows], -table.accuracy[rows]], axis=1))
             self._split_options[app.name] = SplitCosts(*(getattr(costs, f)[keep] for f in
                                                          ("rows", "edge_s", "beyond", "server_s", "feature_bytes")))

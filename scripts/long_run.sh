@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The long trainings of issue 13: the nested net and every baseline under one
+# recipe and epoch count, one after another, one thread each, resumable.
+#
+# An unfinished run lives in checkpoints/<name>/ (checkpoint.pt, train_log.jsonl,
+# stdout.log), which is COMMITTED: a fresh clone on a new machine continues it
+# by running this script again.  The checkpoint is replaced every epoch, never
+# accumulated.  A finished run's weights and model card move to
+# runs/long/<name>/ (for scripts/ship_model.sh) and its checkpoint folder is
+# removed (commit that removal too).
+#
+#   nohup scripts/long_run.sh > runs/long_run.log 2>&1 &      # every run in order
+#   scripts/long_run.sh dnnet_resnet32_cifar10                # only the runs named
+#   git add -A checkpoints && git commit -m "long run: checkpoint"   # before a session ends
+#
+# EPOCHS and THREADS override the defaults below; the recipe lives here and in
+# nothing else, so every run is trained the same way.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+epochs=${EPOCHS:-150}
+threads=${THREADS:-1}
+wanted=("$@")
+# the recipe (issue 13's ablations, docs/RESULTS.md): joint loss with in-place
+# distillation, pooled-grid heads for the nested nets
+recipe=(--epochs "$epochs" --threads "$threads" --lr 0.1 --batch-size 128)
+nested_heads='"head_pool": 4'
+
+run() {  # run NAME NET [extra args...]
+  local name=$1 net=$2; shift 2
+  if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then return 0; fi
+  local out="checkpoints/$name" done="runs/long/$name"
+  if [ -f "$done/$name.pt" ]; then echo "done: $name"; return 0; fi
+  local resume=(); [ -f "$out/checkpoint.pt" ] && resume=(--resume)
+  mkdir -p "$out"
+  anytime train "$net" --name "$name" --out "$out" --quiet "${recipe[@]}" "${resume[@]}" "$@" \
+    >>"$out/stdout.log" 2>&1 || { echo "failed: $name (see $out/stdout.log)"; return 1; }
+  mkdir -p "$done"
+  mv "$out/$name.pt" "$out/$name.json" "$out/train_log.jsonl" "$done/"
+  rm -rf "$out"
+  echo "done: $name (weights in $done; commit the removal of $out)"
+}
+
+run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 --net-config "{$nested_heads}"
+run anytime_resnet32_cifar10 anytime_resnet32_cifar10 --net-config "{$nested_heads}"
+run resnet32_cifar10 resnet32_cifar10
+for w in 0.25 0.5 0.75; do
+  run "resnet32_w${w}" resnet32_cifar10 --net-config "{\"width_multiplier\": $w}"
+done
+for seed in 1 2 3; do
+  run "resnet14_w0.5_seed${seed}" resnet32_cifar10 --seed "$seed" --net-config '{"blocks_per_stage": 2, "width_multiplier": 0.5}'
+done
