@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 from anytime.catalog import load_catalog  # noqa: E402
-from scheduler.allocate import SharedDevice, Tenant, allocate, integer_value  # noqa: E402
+from scheduler.allocate import SharedDevice, Tenant, allocate  # noqa: E402
+from scheduler.reference import integer_value  # noqa: E402
 from scheduler.errors import InfeasibleBudget  # noqa: E402
 from scheduler.options import option_table  # noqa: E402
 

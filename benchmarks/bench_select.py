@@ -25,7 +25,8 @@ from _common import machine  # noqa: E402
 from anytime.catalog import load_catalog  # noqa: E402
 from scheduler import Budget, InfeasibleBudget  # noqa: E402
 from scheduler.options import option_table  # noqa: E402
-from scheduler.select import Scheduler, brute_force_select  # noqa: E402
+from scheduler.reference import brute_force_select  # noqa: E402
+from scheduler.select import Scheduler  # noqa: E402
 
 
 def random_budgets(table, device: str, count: int, seed: int = 0) -> list[Budget]:

@@ -267,11 +267,12 @@ def _integer_front(columns: np.ndarray, block: int = 512) -> np.ndarray:
     return keep
 
 
-def _capacity(device: SharedDevice) -> int | None:
+def capacity_units(device: SharedDevice) -> int | None:
+    """The device's memory in the model's integer units (None: unlimited)."""
     return None if device.memory_bytes is None else int(device.memory_bytes // MEMORY_UNIT)
 
 
-def _build_model(rows: list[TenantOptions], capacity: int | None, new_bool, add, exactly_one, maximize,
+def build_integer_model(rows: list[TenantOptions], capacity: int | None, new_bool, add, exactly_one, maximize,
                  weighted_sum=None, new_int=None, load_limit: int | None = None, at_least: int | None = None):
     """The multiple-choice model, written once for both solver APIs: one
     boolean per tenant and option, exactly one per tenant, a memory row,
@@ -377,7 +378,7 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
                           f"{more}")
     clock = _Clock(float(time_limit_s), deterministic)
     rows = [tenant_options(t, device) for t in tenants]
-    capacity = _capacity(device)
+    capacity = capacity_units(device)
     layout = _Layout.of(rows)
     coarse = _coarse_levels(layout, capacity)
     reason = _infeasibility(layout, capacity, coarse)
@@ -938,7 +939,7 @@ def greedy_value(tenants: list[Tenant], device: SharedDevice) -> int | None:
     this greedy first and only improves on it, so it returns no less unless
     its time limit cut the greedy short."""
     rows = [tenant_options(t, device) for t in tenants]
-    capacity = _capacity(device)
+    capacity = capacity_units(device)
     layout = _Layout.of(rows)
     levels = _coarse_levels(layout, capacity)
     picks = _greedy(layout, rows, capacity, levels, _Clock(math.inf, deterministic=True))
@@ -1074,7 +1075,7 @@ def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, worke
         return "UNKNOWN", None, float("nan"), 0.0, math.inf
     clock.charge(options * BUILD_SECONDS_PER_OPTION)
     model = cp_model.CpModel()
-    chosen = _build_model(rows, capacity, model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize,
+    chosen = build_integer_model(rows, capacity, model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize,
                           cp_model.LinearExpr.WeightedSum, model.NewIntVar, load_limit, at_least)
     if hint_rows is not None:
         for r, xs, wanted in zip(rows, chosen, hint_rows):
@@ -1318,38 +1319,3 @@ def integer_objective(rows: list[TenantOptions], picks: tuple[int, ...], capacit
     if capacity is not None and sum(int(r.memory[p]) for r, p in zip(rows, picks)) > capacity:
         return None
     return sum(int(r.value[p]) for r, p in zip(rows, picks))
-
-
-def integer_value(allocation: Allocation, tenants: list[Tenant], device: SharedDevice) -> int | None:
-    """An allocation's objective in the integer model: equal optima can differ
-    in the float ``objective`` when several allocations tie after rounding."""
-    rows = [tenant_options(t, device) for t in tenants]
-    picks = tuple(int(np.flatnonzero(r.index == allocation.choices[t.name].option_row)[0])
-                  for t, r in zip(tenants, rows))
-    return integer_objective(rows, picks, _capacity(device))
-
-
-def brute_force(tenants: list[Tenant], device: SharedDevice) -> int | None:
-    """Exhaustive search of the same integer model (small instances only)."""
-    rows = [tenant_options(t, device) for t in tenants]
-    capacity = _capacity(device)
-    best = None
-    for picks in itertools.product(*(range(len(r.index)) for r in rows)):
-        value = integer_objective(rows, picks, capacity)
-        if value is not None and (best is None or value > best):
-            best = value
-    return best
-
-
-def solve_with_scip(tenants: list[Tenant], device: SharedDevice) -> int | None:
-    """The same integer model solved by SCIP through pywraplp: a second engine
-    to cross-check CP-SAT."""
-    from ortools.linear_solver import pywraplp
-
-    rows = [tenant_options(t, device) for t in tenants]
-    solver = pywraplp.Solver.CreateSolver("SCIP")
-    _build_model(rows, _capacity(device), solver.BoolVar, solver.Add, lambda xs: solver.Add(sum(xs) == 1),
-                 solver.Maximize)
-    if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return None
-    return int(round(solver.Objective().Value()))

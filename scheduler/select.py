@@ -206,26 +206,3 @@ def select_subnet(budget: Budget, catalog: Catalog | None = None, family: str = 
     if not isinstance(budget, Budget):
         raise BudgetError(f"select_subnet takes a Budget, got {type(budget).__name__}")
     return scheduler_for(catalog).select(budget, family)
-
-
-def brute_force_select(budget: Budget, catalog: Catalog) -> tuple[float, float] | None:
-    """Reference for tests and the benchmark: check every option (no frontier,
-    no sorting) and return the best (accuracy, MACs), or None."""
-    table = option_table(catalog)
-    device = budget.device or next(d for d, t in catalog.latency.items() if t.measured)
-    costs = table.devices[device]
-    ok = np.ones(len(table), dtype=bool)
-    if budget.macs is not None:
-        ok &= table.macs <= budget.macs
-    if budget.latency_ms is not None:
-        ok &= costs.latency_ms[budget.latency_quantile] <= budget.latency_ms * budget.share
-    if budget.memory_bytes is not None:
-        ok &= table.memory <= budget.memory_bytes
-    if budget.energy_mj is not None:
-        ok &= costs.energy_mj <= budget.energy_mj
-    if budget.min_accuracy is not None:
-        ok &= table.accuracy >= budget.min_accuracy
-    if not ok.any():
-        return None
-    best_accuracy = table.accuracy[ok].max()
-    return float(best_accuracy), float(table.macs[ok & (table.accuracy == best_accuracy)].min())

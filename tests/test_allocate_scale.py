@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from anytime.catalog import SHIPPED_STEM, load_catalog
 from nets.errors import AnytimeError
-from scheduler.allocate import (SCALE, SharedDevice, Tenant, allocate, allocation_fits,
-                                brute_force, greedy_value, integer_value, tenant_options)
+from scheduler.allocate import SCALE, SharedDevice, Tenant, allocate, allocation_fits, greedy_value, tenant_options
 from scheduler.errors import AllocationNotFound, InfeasibleBudget, TenantError
 from scheduler.options import option_table
+from scheduler.reference import brute_force, integer_value
 
 pytestmark = pytest.mark.skipif(not SHIPPED_STEM.with_name(SHIPPED_STEM.name + ".json").exists(),
                                 reason="no shipped catalog")
@@ -229,7 +229,7 @@ def test_level_sums_by_changes_equal_per_tenant_sums(shipped):
     levels = levels[levels >= low]
     per_tenant = module._TenantSums(layout, levels, per_tenant=True)
     by_changes = module._TenantSums(layout, levels, per_tenant=False)
-    capacity = module._capacity(device)
+    capacity = module.capacity_units(device)
     grid = module.COARSE_LOAD_MULTIPLIERS
     exact, _, _ = module._level_bounds(layout, capacity, per_tenant, grid, [0.0, 0.5])
     fast, _, _ = module._level_bounds(layout, capacity, by_changes, grid, [0.0, 0.5])
@@ -248,7 +248,7 @@ def test_level_bounds_hold_for_the_greedy(shipped):
 
     tenants, device = _bench_like(shipped, 20, seed=5)
     rows = [tenant_options(t, device) for t in tenants]
-    capacity = module._capacity(device)
+    capacity = module.capacity_units(device)
     layout = module._Layout.of(rows)
     levels = module._coarse_levels(layout, capacity)
     clock = module._Clock(math.inf, deterministic=True)

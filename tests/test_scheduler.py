@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 from anytime.catalog import SHIPPED_STEM, LatencyTable, load_catalog
 from nets import SubnetSpec
 from scheduler import Budget, BudgetError, InfeasibleBudget, TenantError, UnknownDeviceError, select_subnet
-from scheduler.allocate import (SharedDevice, Tenant, allocate, brute_force, integer_value, solve_with_scip,
-                                tenant_options)
+from scheduler.allocate import SharedDevice, Tenant, allocate, tenant_options
 from scheduler.lattice import build_lattice, cheapest_upgrade, degradation_path
 from scheduler.options import option_table
-from scheduler.select import brute_force_select
+from scheduler.reference import brute_force, brute_force_select, integer_value, solve_with_scip
 from scheduler.switching import NESTED_SWITCH, SwitchingPolicy, ZooSwitchCost, fits
 
 
@@ -281,7 +280,7 @@ def test_deadline_level_bounds_are_valid(catalog):
     """Every level's Lagrangian bound is at least the best allocation whose
     largest deadline term is at most that level (by enumeration), and the best
     over levels is the optimum: the decomposition the search relies on."""
-    from scheduler.allocate import SCALE, _capacity, _deadline_level_bounds
+    from scheduler.allocate import SCALE, capacity_units, _deadline_level_bounds
 
     rng = np.random.default_rng(3)
     checked = 0
@@ -290,7 +289,7 @@ def test_deadline_level_bounds_are_valid(catalog):
         rows = [tenant_options(t, device) for t in tenants]
         if np.prod([len(r.index) for r in rows]) > 400_000:
             continue
-        capacity = _capacity(device)
+        capacity = capacity_units(device)
         grids = np.meshgrid(*[np.arange(len(r.index)) for r in rows], indexing="ij")
         picks = [g.ravel() for g in grids]
         field = lambda name: sum(getattr(r, name)[p] for r, p in zip(rows, picks))  # noqa: E731
@@ -314,13 +313,13 @@ def test_deadline_level_bounds_are_valid(catalog):
 def test_swaps_reach_a_local_optimum(catalog):
     import itertools
 
-    from scheduler.allocate import _capacity, _improve_by_swaps, integer_objective
+    from scheduler.allocate import capacity_units, _improve_by_swaps, integer_objective
 
     rng = np.random.default_rng(5)
     tenants, device = _random_instance(catalog, rng, 4)
     device = SharedDevice(device.name, share=device.share)  # no memory row: the cheapest start is feasible
     rows = [tenant_options(t, device) for t in tenants]
-    capacity = _capacity(device)
+    capacity = capacity_units(device)
     start = [int(np.argmin(r.utilisation)) for r in rows]  # the cheapest options: feasible, poor
     assert integer_objective(rows, tuple(start), capacity) is not None
     candidates = np.ones(sum(len(r.index) for r in rows), dtype=bool)
