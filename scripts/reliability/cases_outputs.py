@@ -285,3 +285,43 @@ for argv, name in [((), "no command"), (("frobnicate",), "an unknown command"),
                    (("report",), "report without a folder")]:
     CASES.append(Case("cli", name, 2, argv))
 CASES.append(Case("cli", "nets (valid)", 0, ("nets",)))
+
+# --- signals: a run killed while it replaces earlier results ------------------
+
+
+def _killed_run(sig: int, delay_s: float):
+    """call: start `anytime simulate` over earlier results, send ``sig`` after
+    ``delay_s``, then check that old or new results are whole, and that the
+    next run succeeds and leaves nothing behind."""
+
+    def call(scratch: Path) -> None:
+        import subprocess
+        import sys
+        import time
+
+        argv = [sys.executable, "-m", "anytime.cli", "simulate", str(REPO / "scenarios" / "phone.yaml"),
+                "--out", "res", "--duration-s", "20", "--quiet"]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        subprocess.run(argv, cwd=scratch, env=env, check=True, capture_output=True)
+        before = (scratch / "res" / "summary.json").read_bytes()
+        child = subprocess.Popen(argv, cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay_s)
+        child.send_signal(sig)
+        child.wait()
+        manifest = json.loads((scratch / "res" / MANIFEST).read_text())
+        if manifest["status"] != "complete" or not all((scratch / "res" / f).is_file() for f in manifest["files"]):
+            raise RuntimeError("incomplete results in place after the kill")
+        if (scratch / "res" / "summary.json").read_bytes() != before:
+            raise RuntimeError("the same seed gave other results")
+        subprocess.run(argv, cwd=scratch, env=env, check=True, capture_output=True)
+        leftovers = sorted(p.name for p in scratch.iterdir() if p.name != "res")
+        if leftovers:
+            raise RuntimeError(f"leftovers after the next run: {leftovers}")
+
+    return call
+
+
+for _sig, _name in ((2, "SIGINT"), (9, "SIGKILL")):
+    for _delay in (1.0, 4.0, 8.0):
+        CASES.append(Case("signals", f"{_name} {_delay:g} s into simulate replacing earlier results", 0,
+                          call=_killed_run(_sig, _delay), timeout_s=180))
