@@ -20,10 +20,11 @@ cd "$(dirname "$0")/.."
 epochs=${EPOCHS:-150}
 threads=${THREADS:-1}
 wanted=("$@")
-# the recipe (issue 13's ablations, docs/RESULTS.md): joint loss with in-place
-# distillation, pooled-grid heads for the nested nets
+# the recipe (issue 13's ablations, docs/RESULTS.md): one-cycle SGD; for the
+# nested nets the joint loss with in-place distillation, deeper outputs
+# weighted more (lambda grows with depth) and heads on a 4x4 pooled grid
 recipe=(--epochs "$epochs" --threads "$threads" --lr 0.1 --batch-size 128)
-nested_heads='"head_pool": 4'
+nested=(--lambda-scheme depth --net-config '{"head_pool": 4}')
 
 run() {  # run NAME NET [extra args...]
   local name=$1 net=$2; shift 2
@@ -40,8 +41,8 @@ run() {  # run NAME NET [extra args...]
   echo "done: $name (weights in $done; commit the removal of $out)"
 }
 
-run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 --net-config "{$nested_heads}"
-run anytime_resnet32_cifar10 anytime_resnet32_cifar10 --net-config "{$nested_heads}"
+run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 "${nested[@]}"
+run anytime_resnet32_cifar10 anytime_resnet32_cifar10 "${nested[@]}"
 run resnet32_cifar10 resnet32_cifar10
 for w in 0.25 0.5 0.75; do
   run "resnet32_w${w}" resnet32_cifar10 --net-config "{\"width_multiplier\": $w}"
