@@ -36,17 +36,15 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import os
 import re
 import reprlib
-import stat
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
 from nets.errors import AnytimeError
-from simulator.workloads import Arrivals
+from simulator.workloads import Arrivals, read_regular_text
 
 log = logging.getLogger(__name__)
 
@@ -368,31 +366,6 @@ class _ScenarioLoader(yaml.SafeLoader):
                 None, None, f"this value cannot be read ({type(exc).__name__})", node.start_mark) from None
 
 
-def _read_scenario_text(path: Path) -> str:
-    """The file's text, only from a regular file and at most
-    ``MAX_SCENARIO_BYTES`` (a device or pipe is refused before any read)."""
-    regular = True
-    try:
-        # O_NONBLOCK: opening a named pipe must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            if regular:
-                with os.fdopen(fd, "rb", closefd=False) as f:  # a buffered read loops until it has them all
-                    data = f.read(MAX_SCENARIO_BYTES + 1)
-        finally:
-            os.close(fd)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ScenarioError(f"cannot read scenario {path}: "
-                            f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
-    if not regular:
-        raise ScenarioError(f"{path}: not a regular file (a scenario is a YAML file)")
-    if len(data) > MAX_SCENARIO_BYTES:
-        raise ScenarioError(f"{path}: larger than {MAX_SCENARIO_BYTES // 1024} KiB; a scenario is a few KB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -400,7 +373,7 @@ def load_scenario(path: str | Path) -> Scenario:
     :class:`ScenarioError` naming the file and the key."""
     path = Path(path)
     source = str(path)
-    text = _read_scenario_text(path)
+    text = read_regular_text(path, MAX_SCENARIO_BYTES, "scenario", ScenarioError)
     try:
         data = yaml.load(text, Loader=_ScenarioLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

@@ -138,37 +138,33 @@ def _shown(path: Path) -> str:
     return text if len(text) <= 80 else "..." + text[-77:]
 
 
-def _read_limited(fd: int, limit_bytes: int) -> bytes:
-    """Up to ``limit_bytes`` of an open regular file (a buffered read loops
-    until it has them or the file ends); the descriptor stays open."""
-    with os.fdopen(fd, "rb", closefd=False) as f:
-        return f.read(limit_bytes)
-
-
-def _read_trace_text(path: Path) -> str:
-    """The trace's text, read only from a regular file and only up to
-    ``MAX_TRACE_BYTES`` (a device such as /dev/zero or a pipe is refused
-    before anything is read from it)."""
+def read_regular_text(path: Path, max_bytes: int, what: str, error: type[Exception] = ConfigError) -> str:
+    """The UTF-8 text of ``path``, read only from a regular file and only up
+    to ``max_bytes`` (a device such as /dev/zero or a pipe is refused before
+    anything is read from it); ``error`` (naming ``what``) otherwise."""
     regular = True
     try:
         # O_NONBLOCK: opening a named pipe must not wait for a writer
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            data = _read_limited(fd, MAX_TRACE_BYTES + 1) if regular else b""
+            data = b""
+            if regular:
+                with os.fdopen(fd, "rb", closefd=False) as f:  # a buffered read loops until it has them all
+                    data = f.read(max_bytes + 1)
         finally:
             os.close(fd)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ConfigError(f"cannot read arrival trace {_shown(path)}: "
-                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        raise error(f"cannot read {what} {_shown(path)}: "
+                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     if not regular:
-        raise ConfigError(f"arrival trace {_shown(path)} is not a regular file")
-    if len(data) > MAX_TRACE_BYTES:
-        raise ConfigError(f"arrival trace {_shown(path)} is larger than {MAX_TRACE_BYTES:,} bytes")
+        raise error(f"{what} {_shown(path)} is not a regular file")
+    if len(data) > max_bytes:
+        raise error(f"{what} {_shown(path)} is larger than {max_bytes:,} bytes")
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"arrival trace {_shown(path)} is not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {_shown(path)} is not UTF-8 text (byte {exc.start})") from None
 
 
 def _read_trace(path: Path, column: str) -> tuple[str, np.ndarray]:
@@ -176,7 +172,7 @@ def _read_trace(path: Path, column: str) -> tuple[str, np.ndarray]:
     else "count_per_minute") as finite, in-range numbers.  Messages give line
     numbers and column names, never the file's contents."""
     shown = _shown(path)
-    reader = csv.reader(io.StringIO(_read_trace_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_regular_text(path, MAX_TRACE_BYTES, "arrival trace"), newline=""))
     values: list[float] = []
     try:
         header = next(reader, None)
