@@ -368,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_models_commands(sub)
+    _add_catalog_commands(sub)
+    _add_scheduler_commands(sub)
+    _add_simulator_commands(sub)
+    return parser
+
+
+def _add_models_commands(sub) -> None:
+    """nets, train, profile: the commands that build and measure networks."""
     p = sub.add_parser("nets", help="list the registered networks")
     p.set_defaults(func=_cmd_nets)
 
@@ -408,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=5000)
     p.set_defaults(func=_cmd_profile)
 
+
+def _add_catalog_commands(sub) -> None:
+    """plot-catalog, exits: the commands that read a catalog."""
     p = sub.add_parser("plot-catalog", help="heat maps and the MAC-budget picture of a catalog")
     p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--out", type=Path, default=Path("reports/catalog"),
@@ -436,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_exits)
 
+
+def _add_scheduler_commands(sub) -> None:
+    """select, allocate: the scheduler's decisions."""
     p = sub.add_parser("select", help="select_subnet: the best sub-network and exits under budgets")
     p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--macs", type=float, help="expected MACs per inference")
@@ -469,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_allocate)
 
+
+def _add_simulator_commands(sub) -> None:
+    """simulate, report: scenarios and their results."""
     p = sub.add_parser("simulate", help="run a scenario under each of its policies and write results and pictures")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")
     p.add_argument("--out", required=True,
@@ -485,7 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="draw the pictures of a results folder written by 'simulate'")
     p.add_argument("results", help="results folder")
     p.set_defaults(func=_cmd_report)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
