@@ -207,6 +207,15 @@ class _Run:
     wall_time: float = 0.0
     history: list = field(default_factory=list)  # per-epoch records, as the model card keeps them
 
+    @classmethod
+    def start(cls, model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> "_Run":
+        """A fresh run: SGD with one-cycle learning rates, the data order seeded."""
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay, nesterov=config.nesterov)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                       steps_per_epoch=steps_per_epoch, pct_start=0.15)
+        return cls(model, optimizer, schedule, torch.Generator().manual_seed(config.seed))
+
     def state(self, config: TrainConfig) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
@@ -269,12 +278,7 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
     steps_per_epoch = len(data.train_images) // config.batch_size
     if config.max_batches:
         steps_per_epoch = min(steps_per_epoch, config.max_batches)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
-    run = _Run(model, optimizer,
-               torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                   steps_per_epoch=steps_per_epoch, pct_start=0.15),
-               torch.Generator().manual_seed(config.seed))
+    run = _Run.start(model, config, steps_per_epoch)
     checkpoint_path = out_dir / "checkpoint.pt"
     precision = resolve_precision(config.precision)
     log.info("training %s in %s on %d process(es)", name, precision, world_size)
