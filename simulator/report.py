@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,32 @@ def load_results(out_dir: str | Path) -> tuple[dict, dict[str, dict]]:
     return summary, timelines
 
 
+@dataclass
+class _ReportView:
+    """What every picture of a results folder reads."""
+
+    plt: object  # matplotlib.pyplot, imported only when pictures are drawn
+    summary: dict
+    timelines: dict
+    figures: Path
+
+    @property
+    def policies(self) -> list[str]:
+        return list(self.summary["policies"])
+
+    @property
+    def first(self) -> dict:
+        return self.timelines[self.policies[0]]
+
+    @property
+    def apps(self) -> list[str]:
+        return self.first["apps"]
+
+    @property
+    def colours(self) -> tuple:
+        return self.plt.get_cmap("tab10").colors
+
+
 def draw_report(out_dir: str | Path) -> list[Path]:
     """Draw the pictures of a results folder; returns their paths."""
     import matplotlib
@@ -133,14 +160,17 @@ def draw_report(out_dir: str | Path) -> list[Path]:
     summary, timelines = load_results(out_dir)
     figures = Path(out_dir) / "figures"
     figures.mkdir(exist_ok=True)
-    written = []
-    policies = list(summary["policies"])
-    first = timelines[policies[0]]
-    apps = first["apps"]
-    colours = plt.get_cmap("tab10").colors
-    times = (np.arange(first["bins"]) + 0.5) * first["duration_s"] / first["bins"]
+    view = _ReportView(plt, summary, timelines, figures)
+    return [path for draw in (_draw_utilisation, _draw_selection_timeline, _draw_latency_cdf, _draw_accuracy_vs_cost)
+            for path in draw(view)]
 
-    # 1. utilisation of every device over time, stacked by application, per policy
+
+def _draw_utilisation(view: _ReportView) -> list[Path]:
+    """Utilisation of every device over time, stacked by application, per policy."""
+    plt, summary, timelines, figures = view.plt, view.summary, view.timelines, view.figures
+    policies, apps, colours, first = view.policies, view.apps, view.colours, view.first
+    times = (np.arange(first["bins"]) + 0.5) * first["duration_s"] / first["bins"]
+    written = []
     for device in first["utilisation"]:
         rows = int(np.ceil(len(policies) / 2))
         fig, axes = plt.subplots(rows, 2, figsize=(12, 2.2 * rows), sharex=True, sharey=True, squeeze=False)
@@ -165,8 +195,15 @@ def draw_report(out_dir: str | Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, figures / f"utilisation_{device}.png"))
         plt.close(fig)
+    return written
 
-    # 2. budget vs the chosen option over time: the adaptive policies' choices
+
+def _draw_selection_timeline(view: _ReportView) -> list[Path]:
+    """The adaptive policies' chosen options per app over the budgets they answer to
+    (capacity left, memory, MAC caps)."""
+    plt, summary, timelines, figures = view.plt, view.summary, view.timelines, view.figures
+    policies, apps, colours, first = view.policies, view.apps, view.colours, view.first
+    written = []
     # per app, over the budget they answer to (capacity left, memory, MAC caps)
     adaptive = [p for p in policies if "+" not in p and p != "oracle"
                 and any(len(timelines[p]["option_macs"][a]) > 1 for a in apps)] or policies[:1]
@@ -210,8 +247,14 @@ def draw_report(out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     written.append(_save(fig, figures / "selection_timeline.png"))
     plt.close(fig)
+    return written
 
-    # 3. latency CDF per policy (all applications pooled)
+
+def _draw_latency_cdf(view: _ReportView) -> list[Path]:
+    """Latency CDF per policy, all applications pooled."""
+    plt, summary, timelines, figures = view.plt, view.summary, view.timelines, view.figures
+    policies, apps, colours = view.policies, view.apps, view.colours
+    written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     edges_ms = np.concatenate([[LATENCY_BINS[0]], LATENCY_BINS]) * 1000
     for k, policy in enumerate(policies):
@@ -228,8 +271,13 @@ def draw_report(out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     written.append(_save(fig, figures / "latency_cdf.png"))
     plt.close(fig)
+    return written
 
-    # 4. accuracy vs cost per policy
+
+def _draw_accuracy_vs_cost(view: _ReportView) -> list[Path]:
+    """On-time accuracy against mean MACs per policy."""
+    plt, summary, figures, policies, colours = view.plt, view.summary, view.figures, view.policies, view.colours
+    written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, policy in enumerate(policies):
         overall = summary["policies"][policy]["overall"]
