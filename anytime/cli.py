@@ -22,7 +22,7 @@ DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
 # Exit statuses: what a script calling the tool can tell apart.  An
 # AnytimeError carries its own (2 for bad input, 3 for a budget or an
 # allocation that cannot be met).
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+EXIT_INTERNAL, EXIT_INPUT = 1, 2
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
