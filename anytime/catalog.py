@@ -379,7 +379,7 @@ class Catalog:
         if self.zoo_widths:
             raise CatalogError("a catalog with a zoo mixes two model families' answers: save the "
                                "nested catalog and the zoo traces (anytime.zoo) separately")
-        stem = _stem(stem)
+        stem = catalog_stem(stem)
         exit_scores = {p: v for p, v in self.exit_scores.items() if p not in exclude_policies}
         stem.parent.mkdir(parents=True, exist_ok=True)
         self.quantize(exclude_policies)
@@ -428,7 +428,8 @@ class Catalog:
         return json_path, npz_path
 
 
-def _stem(path: str | Path) -> Path:
+def catalog_stem(path: str | Path) -> Path:
+    """The stem of a catalog's file pair, from the stem or either file's name."""
     path = Path(path)
     for suffix in (".json", ".npz"):
         if path.name.endswith(suffix):
@@ -449,7 +450,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     argument, the shipped catalog of ``dnnet_resnet32_cifar10``.  Every file
     is validated for shape and meaning (module docstring) and refused with one
     :class:`CatalogError`."""
-    stem = _stem(path) if path is not None else SHIPPED_STEM
+    stem = catalog_stem(path) if path is not None else SHIPPED_STEM
     json_path = stem.with_name(stem.name + ".json")
     npz_path = stem.with_name(stem.name + ".npz")
     for p in (json_path, npz_path):

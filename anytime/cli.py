@@ -88,10 +88,9 @@ def _check_new_catalog(stem: str | Path) -> None:
 
     from nets.errors import OutputError
 
-    stem = Path(stem)
-    for suffix in (".json", ".npz"):
-        if stem.name.endswith(suffix):
-            stem = stem.with_name(stem.name[: -len(suffix)])
+    from anytime.catalog import catalog_stem
+
+    stem = catalog_stem(stem)
     taken = [str(stem) + s for s in (".json", ".npz") if Path(str(stem) + s).exists()]
     if taken:
         raise OutputError(f"{taken[0]} exists; choose another catalog name (nothing was changed)")
