@@ -106,7 +106,8 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
     profiles: dict[SubnetSpec, list] = {}
 
     extracted_models = {}
-    for spec in tqdm(specs, desc="count sub-networks", disable=not progress):
+    # disable=None: a bar only on a terminal (tqdm's test), never in a log
+    for spec in tqdm(specs, desc="count sub-networks", disable=None if progress else True):
         d, w = spec.depth - 1, spec.width - 1
         extracted = extracted_models[spec] = model.extract(spec).eval()
         costs["macs"][d, w] = count_macs(extracted)
@@ -170,7 +171,8 @@ def measure_local_latency(model: DNNet, extracted_models: dict[SubnetSpec, nn.Mo
     segment_ms = np.full((depths, widths), np.inf)
     head_ms = np.full((depths, widths), np.inf)
     segment_config = dataclasses.replace(config, repeats_segment=max(1, config.repeats_segment // config.passes))
-    for _ in tqdm(range(config.passes), desc="time sub-networks and segments (passes)", disable=not progress):
+    for _ in tqdm(range(config.passes), desc="time sub-networks and segments (passes)",
+                  disable=None if progress else True):  # None: only on a terminal
         for spec in specs:
             for b, batch, repeats in plan:
                 calls[spec, b].append(time_calls(extracted_models[spec], batch, config.device, config.warmup,

@@ -127,7 +127,8 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
     available = available_policies(catalog, policies)
     rows_subnet, rows_policy, rows_drop, rows_thresholds = [], [], [], []
     specs = catalog.specs()
-    for index, spec in enumerate(tqdm(specs, desc="calibrate exits", disable=not progress)):
+    # disable=None: a bar only on a terminal (tqdm's test), never in a log
+    for index, spec in enumerate(tqdm(specs, desc="calibrate exits", disable=None if progress else True)):
         if spec.depth < 2:
             continue
         for policy in available:
@@ -145,6 +146,7 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
                             np.stack(rows_thresholds) if rows_thresholds
                             else np.zeros((0, catalog.depths), dtype=np.float32))
     catalog.exit_settings = settings
+    catalog.clear_derived()  # option tables built before knew other settings
     return settings
 
 

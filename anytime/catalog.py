@@ -32,6 +32,7 @@ All cost arrays are ``[depths, widths]``, indexed ``[depth - 1, width - 1]``.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -39,7 +40,8 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -47,11 +49,26 @@ from anytime.traces import SIGNALS, Traces
 from nets.errors import AnytimeError
 from nets.spec import SubnetSpec, all_specs
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from torch import nn
 
 SCHEMA_VERSION = 1
 SHIPPED_STEM = Path(__file__).resolve().parent / "data" / "dnnet_resnet32_cifar10.catalog"
+
+
+@functools.lru_cache(maxsize=None)  # one per shipped file, a handful; cache_clear() forgets them
+def shipped_catalog(net: str | None = None) -> Catalog:
+    """The shipped catalog of ``net`` (default: the nested ResNet-32), loaded
+    once per process: it is package data, read-only.  Callers that change a
+    catalog in place load their own with :func:`load_catalog`."""
+    if net is None:
+        return load_catalog()
+    stems = shipped_catalogs()
+    if net not in stems:
+        raise CatalogError(f"no catalog is shipped for {net!r}; shipped: {', '.join(stems)}")
+    return load_catalog(stems[net])
 
 
 def shipped_catalogs() -> dict[str, Path]:
@@ -294,6 +311,24 @@ class Catalog:
     codebooks: dict[str, np.ndarray] = field(default_factory=dict)
     # widths whose full-depth entries answer as separately trained models (anytime.zoo); in memory only
     zoo_widths: tuple[int, ...] = ()
+    # what the layers above compute from this catalog (its option table, its scheduler, the
+    # simulator's per-option behaviour, its zoo twin), kept here so that it lives and dies with
+    # the catalog; see derive()
+    derived: dict[str, object] = field(default_factory=dict, init=False, repr=False)
+
+    # ---- objects computed from the catalog -------------------------------
+    def derive(self, key: str, build: "Callable[[Catalog], T]") -> "T":
+        """``build(self)``, computed once and kept on this catalog under
+        ``key``.  Whoever changes the catalog in place afterwards (new exit
+        settings, say) calls :meth:`clear_derived`."""
+        value = self.derived.get(key)
+        if value is None:
+            value = self.derived[key] = build(self)
+        return value  # type: ignore[return-value]
+
+    def clear_derived(self) -> None:
+        """Forget every object computed from this catalog (:meth:`derive`)."""
+        self.derived.clear()
 
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
@@ -313,6 +348,12 @@ class Catalog:
         if dtype not in WEIGHT_DTYPE_BYTES:
             raise CatalogError(f"unknown weight dtype {dtype!r}; known: {sorted(WEIGHT_DTYPE_BYTES)}")
         return self.costs["params"] * WEIGHT_DTYPE_BYTES[dtype]
+
+    @property
+    def measured_device(self) -> str | None:
+        """The device whose latency was measured (the others are predicted):
+        every ``device`` argument's default, the one place it is decided."""
+        return next((name for name, table in self.latency.items() if table.measured), None)
 
     def latency_table(self, device: str) -> LatencyTable:
         if device not in self.latency:
@@ -372,6 +413,7 @@ class Catalog:
                 self.codebooks[key] = make_codebook([f["score"] for f in by_split.values()])
             for fields in by_split.values():
                 fields["score"] = floor_to_codebook(self.codebooks[key], fields["score"])
+        self.clear_derived()  # what was computed from the unrounded signals no longer holds
 
     def save(self, stem: str | Path, exclude_policies: tuple[str, ...] = ()) -> tuple[Path, Path]:
         """Write ``<stem>.json`` and ``<stem>.npz``; returns both paths.

@@ -1,6 +1,9 @@
 """The ``anytime`` command: one subcommand per verb, each a thin call into the
-packages.  It is the one place that ties ``nets``, ``anytime``, ``scheduler``
-and ``simulator`` together, so it imports each lazily, inside its subcommand.
+packages' public functions (``simulate`` is ``simulator.run``).  It is the one
+place that ties ``nets``, ``anytime``, ``scheduler`` and ``simulator``
+together, so it imports each lazily, inside its subcommand; building the
+parser imports only the light modules that own its choices and defaults
+(``nets.train_config``, ``scheduler.budget``, ``scheduler.options``), never torch.
 
 Every failure ends in one line on stderr: exit status 2 for usage and input
 errors, 3 for a budget or allocation that cannot be met, 1 for I/O and
@@ -18,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger("anytime")
 
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
+DEFAULT_CACHE_DIR = "data/cache"
 
 # Exit statuses: what a script calling the tool can tell apart.  An
 # AnytimeError carries its own (2 for bad input, 3 for a budget or an
@@ -71,7 +75,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     load_weights(model, weights)
     data = load_cifar10(args.data, val_size=args.val_size, seed=args.seed, cache_dir=args.cache_dir)
     config = ProfileConfig(large_batch=args.large_batch, repeats_batch1=args.repeats, device=args.device)
-    catalog, fit = build_catalog(model, args.net, weights, data, config, progress=not args.quiet)
+    catalog, fit = build_catalog(model, args.net, weights, data, config, progress=not args.quiet and _tty())
     json_path, npz_path = catalog.save(args.out)
     if args.csv:
         catalog.to_csv(args.csv)
@@ -117,29 +121,21 @@ def _cmd_plot_catalog(args: argparse.Namespace) -> int:
 
 
 def _cmd_exits(args: argparse.Namespace) -> int:
-    from anytime.calibrate import (calibrate_ladder, calibrate_policies, compare_at_equal_macs, fit_scorers,
-                                   policy_curves)
+    from anytime.calibrate import calibrate_policies, compare_at_equal_macs, policy_curves
     from anytime.catalog import load_catalog
     from anytime.outputs import ResultsFolder
     from anytime.plots import plot_exit_curves
     from nets.spec import SubnetSpec
 
+    if args.fit:  # before anything is read: where the fitted catalog goes
+        _refuse_installed_destination(args.out or args.catalog or _shipped_stem(), bool(args.out))
     catalog = load_catalog(args.catalog)
     if args.fit and args.out:
         _check_new_catalog(args.out)  # without --out the fitted catalog replaces its own input
     report_folder = ResultsFolder(args.report, kind="exits")
     report_folder.check()  # before the fitting, which takes minutes
     if args.fit:
-        import torch
-
-        from nets.data import load_cifar10
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        model = catalog.load_net(args.weights)  # refuses weights that are not the catalog's
-        data = load_cifar10(args.data, val_size=len(catalog.traces["val"]), seed=args.seed, cache_dir=args.cache_dir)
-        fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=not args.quiet, seed=args.seed)
-        calibrate_ladder(catalog, progress=not args.quiet)
+        _fit_exits(args, catalog)
     spec = SubnetSpec.parse(args.subnet) if args.subnet else SubnetSpec(catalog.depths, catalog.widths)
     results = calibrate_policies(catalog, spec, tolerance=args.tolerance)
     curves = policy_curves(catalog, spec)
@@ -178,6 +174,52 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_exits(args: argparse.Namespace, catalog) -> None:
+    """``exits --fit``: train the gates and support networks on the data and
+    calibrate the scheduler's exit settings, into ``catalog``."""
+    import torch
+
+    from anytime.calibrate import calibrate_ladder, fit_scorers
+    from nets.data import load_cifar10
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = catalog.load_net(args.weights)  # refuses weights that are not the catalog's
+    data = load_cifar10(args.data, val_size=len(catalog.traces["val"]), seed=args.seed, cache_dir=args.cache_dir)
+    progress = not args.quiet and _tty()
+    fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=progress, seed=args.seed)
+    calibrate_ladder(catalog, progress=progress)
+
+
+def _refuse_installed_destination(stem: str | Path, given: bool) -> None:
+    """Refuse to write a catalog into the installed package (a wheel's
+    package folders: read-only data, shared by every user of the install);
+    a source checkout's ``anytime/data`` is the maintainers' to update."""
+    from anytime.catalog import catalog_stem
+    from nets.errors import OutputError
+
+    stem = catalog_stem(stem)
+    try:
+        folder = stem.parent.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return  # not a usable path: writing it fails later with its own message
+    for package in _installed_package_folders():
+        if folder.is_relative_to(package):  # the advice first: a long path is cut from the end of the line
+            what = ("--out names a catalog" if given else
+                    "--fit without --out writes the fitted catalog over its input, which is")
+            raise OutputError(f"{what} inside the installed package; give --out STEM, a new catalog outside it "
+                              f"(nothing was changed; package: {package})")
+
+
+def _installed_package_folders() -> list[Path]:
+    """The folders of this distribution's packages when installed (not a
+    source checkout, whose folder holds pyproject.toml beside them)."""
+    from importlib import resources
+
+    folders = [Path(str(resources.files(name))).resolve() for name in ("nets", "anytime", "scheduler", "simulator")]
+    return [folder for folder in folders if not (folder.parent / "pyproject.toml").is_file()]
+
+
 def _shipped_stem():
     from anytime.catalog import SHIPPED_STEM
 
@@ -201,10 +243,6 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-# scheduler.options.FAMILIES, named here so that building the parser imports no scheduler (tested equal)
-OPTION_FAMILIES = ("nested", "depth_only", "width_only", "no_exits", "zoo")
-
-
 def _family_catalog(stem: str | None, family: str):
     """The catalog to choose from: ``stem`` or the shipped one, with its
     shipped zoo for the ``zoo`` family."""
@@ -223,19 +261,20 @@ def parse_tenant(text: str) -> tuple[str, float, float, float]:
     the numbers' ranges are the scheduler's to check (``Tenant``)."""
     from scheduler.errors import TenantError
 
-    shown = text if len(text) <= 60 else text[:57] + "..."
+    shown = repr(text)  # escapes can make the repr several times longer than the text: cut the repr
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
     parts = text.split(":")
     if len(parts) not in (3, 4) or not parts[0].strip():
-        raise TenantError(f"--tenant {shown!r}: expected NAME:RATE_HZ:DEADLINE_MS[:WEIGHT], e.g. camera:30:50")
+        raise TenantError(f"--tenant {shown}: expected NAME:RATE_HZ:DEADLINE_MS[:WEIGHT], e.g. camera:30:50")
     try:
         numbers = [float(p) for p in parts[1:]]
     except ValueError:
-        raise TenantError(f"--tenant {shown!r}: rate, deadline and weight must be numbers") from None
+        raise TenantError(f"--tenant {shown}: rate, deadline and weight must be numbers") from None
     return parts[0], numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1.0
 
 
 def _cmd_allocate(args: argparse.Namespace) -> int:
-    from scheduler.allocate import SharedDevice, Tenant, allocate
+    from scheduler.allocation import SharedDevice, Tenant, allocate
 
     catalog = _family_catalog(args.catalog, args.family)
     if catalog is None:
@@ -245,7 +284,7 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     from scheduler.options import option_table
 
     option_table(catalog)  # built once per catalog; not part of the solve time reported
-    device_name = args.device or next((d for d, t in catalog.latency.items() if t.measured), None)
+    device_name = args.device or catalog.measured_device
     tenants = [Tenant(name, catalog, rate_hz=rate, deadline_ms=deadline, weight=weight, family=args.family,
                       latency_quantile=args.quantile)
                for name, rate, deadline, weight in (parse_tenant(t) for t in args.tenant)]
@@ -254,9 +293,11 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"objective": result.objective, "optimal": result.optimal, "gap": result.gap,
                           "utilisation": result.utilisation, "solve_seconds": result.solve_seconds,
-                          "choices": {name: {"subnet": c.spec, "policy": c.policy, "thresholds": c.thresholds,
-                                             "accuracy": c.accuracy, "expected_ms": c.expected_ms,
-                                             "response_ms": c.response_ms, "memory_bytes": c.memory_bytes}
+                          "choices": {name: {"subnet": str(c.option.spec), "policy": c.option.policy,
+                                             "thresholds": c.option.thresholds,
+                                             "accuracy": c.option.expected_accuracy,
+                                             "expected_ms": c.option.expected_ms, "response_ms": c.response_ms,
+                                             "memory_bytes": c.option.memory_bytes}
                                       for name, c in result.choices.items()}}))
         return 0
     print(f"{len(tenants)} tenants on {device_name} (share {args.share:g}"
@@ -265,7 +306,8 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     print("|---|---|---|---:|---:|---:|---:|")
     for tenant in tenants:
         c = result.choices[tenant.name]
-        print(f"| {c.tenant} | {c.spec} | {c.policy} | {100 * c.accuracy:.2f}% | {c.expected_ms:.3f} | "
+        print(f"| {c.tenant} | {c.option.spec} | {c.option.policy} | {100 * c.option.expected_accuracy:.2f}% | "
+              f"{c.option.expected_ms:.3f} | "
               f"{c.response_ms:.3f} | {tenant.deadline_ms:g} |")
     print(f"weighted accuracy {result.objective:.4f}, device load {100 * result.utilisation:.1f}% of the share, "
           f"{'proven optimal' if result.optimal else f'best found, within {100 * result.gap:.3g}% of the optimum (proven)'} in "
@@ -276,43 +318,52 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import load_scenario, parse_policies
+    from simulator.shipped import scenario_path
 
-    scenario = load_scenario(args.scenario)  # a bad scenario is refused before the heavy imports
-    changes = {}
-    if args.policies:
-        changes["policies"] = parse_policies(args.policies.split(","), "--policies")
-    if args.duration_s is not None:
-        changes["duration_s"] = args.duration_s
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    scenario = scenario.with_overrides(**changes) if changes else scenario
-    from tqdm import tqdm
+    scenario = load_scenario(scenario_path(args.scenario))  # a bad scenario is refused before the heavy imports
+    policies = parse_policies(args.policies.split(","), "--policies") if args.policies else None
+    from simulator.api import prepare_scenario, results_folder, run
+    from simulator.report import load_results, results_table
 
-    from anytime.catalog import load_catalog
-    from anytime.outputs import ResultsFolder
-    from simulator.engine import check_policies, simulate
-    from simulator.report import draw_report, results_table, write_results
-    from simulator.scenario import split_label
-
-    catalog = load_catalog(args.catalog) if args.catalog else None
-    check_policies(scenario, catalog)  # a policy that cannot run fails now, not after the others ran
+    scenario, catalog = prepare_scenario(scenario, policies, catalog=args.catalog, duration_s=args.duration_s,
+                                         seed=args.seed)  # a policy that cannot run fails now
     # the destination is checked, locked and proven writable before the long work
-    with ResultsFolder(args.out, kind="simulate", details={"scenario": scenario.name}) as staging:
-        results = []
-        for policy in scenario.policies:
-            net = split_label(policy)[2]
-            with tqdm(total=scenario.duration_s, desc=policy, unit="sim s", disable=args.quiet or not _tty(),
-                      leave=False,
-                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}]") as bar:
-                # "@NET" runs on that network's shipped catalog; the others on --catalog or the scenario's
-                results.append(simulate(scenario, policy, None if net else catalog, progress=bar.update))
-        write_results(results, scenario, staging)
-        if not args.no_report:
-            draw_report(staging)
-    from simulator.report import load_results
-
+    with results_folder(args.out, scenario) as staging:
+        results = run(scenario, catalog=catalog, progress=None if args.quiet or not _tty() else _progress_bar)
+        results.write_into(staging, report=not args.no_report)
     print(results_table(load_results(args.out)[0]))
     print(f"results in {args.out}/ (summary.json, results.csv{'' if args.no_report else ', figures/'})")
+    return 0
+
+
+def _progress_bar(policy: str, total_s: float):
+    """A terminal progress bar over one policy's simulated seconds (``simulator.run``'s progress)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total_s, desc=policy, unit="sim s", leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}]")
+
+
+def _cmd_scenarios(args: argparse.Namespace) -> int:
+    """List the shipped scenarios, copy one for editing, or print the format's JSON Schema."""
+    from simulator.scenario import json_schema, load_scenario
+    from simulator.shipped import copy_scenario, describe, shipped_scenarios
+
+    if args.action == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.action == "copy":
+        written = copy_scenario(args.name, args.folder)
+        print("\n".join(str(p) for p in written))
+        print(f"edit {written[0]}, then: anytime simulate {written[0]} --out DIR", file=sys.stderr)
+        return 0
+    rows = [(name, describe(load_scenario(path)), path) for name, path in shipped_scenarios().items()]
+    if args.json:
+        print(json.dumps([{"name": name, "description": about, "path": str(path)} for name, about, path in rows],
+                         indent=1))
+    else:
+        width = max((len(name) for name, _, _ in rows), default=0)
+        print("\n".join(f"{name:{width}s}  {about}" for name, about, _ in rows))
     return 0
 
 
@@ -351,12 +402,29 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by the subcommands that run the network on data."""
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split and scorer training")
-    p.add_argument("--cache-dir", default="data/cache", help="where decoded images are cached")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where decoded images are cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it states it already,
+    it has none (None) or it is a flag (off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "(default" in text or unset or not action.option_strings:  # 0 is a default to show, False a flag's
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors in one line (status 2), like every other error."""
+    """argparse with usage errors in one line (status 2), like every other
+    error, and every option's default in its help."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
         self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
@@ -365,6 +433,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="anytime", description="Anytime inference with doubly nested networks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_models_commands(sub)
@@ -376,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_models_commands(sub) -> None:
     """nets, train, profile: the commands that build and measure networks."""
+    from nets.train_config import LAMBDA_SCHEMES, PRECISIONS, TrainConfig
+
     p = sub.add_parser("nets", help="list the registered networks")
     p.set_defaults(func=_cmd_nets)
 
@@ -384,21 +455,27 @@ def _add_models_commands(sub) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10: python batches, image folders, or their zip/tar.gz")
     p.add_argument("--out", type=Path, required=True, help="output folder (weights, model card, checkpoint, log)")
     p.add_argument("--name", help="name of the written weights (default: the net name)")
-    p.add_argument("--net-config", help="JSON object of configuration overrides, e.g. '{\"width_groups\": 4}'")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--lambda-scheme", choices=("uniform", "depth"), default="uniform")
-    p.add_argument("--full-output-weight", type=float, default=0.5)
-    p.add_argument("--distill-weight", type=float, default=0.5)
-    p.add_argument("--val-size", type=int, default=5000)
-    p.add_argument("--max-batches", type=int, default=0, help="batches per epoch (0: all); for smoke runs")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--net-config", help="JSON object of configuration overrides, e.g. '{\"width_groups\": 4}' "
+                   "(default: none)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epochs (the one-cycle schedule's length)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed,
+                   help="seed of the initial weights, the validation split and the batches")
+    p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch threads (0: torch's default)")
+    p.add_argument("--lambda-scheme", choices=LAMBDA_SCHEMES, default=TrainConfig.lambda_scheme,
+                   help="the joint loss's lambda(depth, width): uniform, or growing with depth")
+    p.add_argument("--full-output-weight", type=float, default=TrainConfig.full_output_weight,
+                   help="share of the loss on the full output alone (0: the paper's loss)")
+    p.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
+                   help="per output, share of distillation from the full output (vs labels)")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--max-batches", type=int, default=TrainConfig.max_batches,
+                   help="batches per epoch (0: all); for smoke runs")
+    p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
                    help="auto: bfloat16 autocast where the CPU has native bfloat16 (AMX, AVX-512 BF16), "
-                        "else float32 (default: auto)")
-    p.add_argument("--cache-dir", default="data/cache", help="where decoded images are cached")
+                        "else float32 (default: %(default)s)")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where decoded images are cached")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
@@ -408,12 +485,12 @@ def _add_models_commands(sub) -> None:
     p.add_argument("--weights", help="state_dict to profile (default: the shipped weights of NET)")
     p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 for accuracy and traces")
     p.add_argument("--out", required=True, help="catalog stem: writes STEM.json and STEM.npz")
-    p.add_argument("--csv", help="also export the cost/accuracy table to this CSV file")
+    p.add_argument("--csv", help="also export the cost/accuracy table to this CSV file (default: none)")
     p.add_argument("--device", default="cpu", help="torch device to measure on (cpu, cuda, cuda:1)")
     p.add_argument("--large-batch", type=int, default=32, help="the larger batch size timed beside batch 1")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per sub-network at batch 1")
     _add_run_options(p)
-    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.set_defaults(func=_cmd_profile)
 
 
@@ -434,8 +511,9 @@ def _add_catalog_commands(sub) -> None:
     p.add_argument("--fit", action="store_true", help="train gates and support networks, calibrate the "
                    "scheduler's exit settings and save them into the catalog (needs the data)")
     p.add_argument("--weights", help="state_dict of the catalog's net (default: its shipped weights)")
-    p.add_argument("--out", help="write the fitted catalog here instead of over the input")
-    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--out", help="write the fitted catalog here, a new stem (default: over the input catalog; "
+                                 "required when that is inside the installed package)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 for --fit")
     p.add_argument("--train-subset", type=int, default=10000, help="training images the scorers learn from")
     p.add_argument("--exclude", nargs="*", default=["gate_ce"],
                    help="learned scores left out of the saved catalog (default: gate_ce, report-only)")
@@ -450,19 +528,23 @@ def _add_catalog_commands(sub) -> None:
 
 def _add_scheduler_commands(sub) -> None:
     """select, allocate: the scheduler's decisions."""
+    from scheduler.budget import QUANTILES, Budget
+    from scheduler.options import FAMILIES
+
     p = sub.add_parser("select", help="select_subnet: the best sub-network and exits under budgets")
     p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
-    p.add_argument("--macs", type=float, help="expected MACs per inference")
-    p.add_argument("--latency-ms", type=float, help="deadline per inference")
-    p.add_argument("--quantile", type=float, default=0.99, choices=(0.5, 0.9, 0.99), help="deadline quantile")
-    p.add_argument("--memory-bytes", type=float)
-    p.add_argument("--energy-mj", type=float)
-    p.add_argument("--min-accuracy", type=float, help="fraction, e.g. 0.85")
+    p.add_argument("--macs", type=float, help="expected MACs per inference (default: no limit)")
+    p.add_argument("--latency-ms", type=float, help="deadline per inference (default: none)")
+    p.add_argument("--quantile", type=float, default=Budget.latency_quantile, choices=QUANTILES,
+                   help="deadline quantile")
+    p.add_argument("--memory-bytes", type=float, help="weights and activations (default: no limit)")
+    p.add_argument("--energy-mj", type=float, help="energy per inference, millijoules (default: no limit)")
+    p.add_argument("--min-accuracy", type=float, help="fraction, e.g. 0.85 (default: none)")
     p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
-    p.add_argument("--share", type=float, default=1.0, help="fraction of the device available, (0, 1]")
-    p.add_argument("--family", default="nested", choices=OPTION_FAMILIES,
+    p.add_argument("--share", type=float, default=Budget.share, help="fraction of the device available, (0, 1]")
+    p.add_argument("--family", default="nested", choices=tuple(FAMILIES),
                    help="options to choose from (zoo: the separately trained widths shipped beside the catalog)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the choice as one JSON object")
     p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser("allocate", help="share one device among several applications (proven optimal, or the best "
@@ -472,32 +554,47 @@ def _add_scheduler_commands(sub) -> None:
                         "weight in the objective; repeat for each")
     p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
-    p.add_argument("--share", type=float, default=1.0, help="fraction of the device left for these apps, (0, 1]")
-    p.add_argument("--memory-bytes", type=float, help="memory for all the apps' models")
-    p.add_argument("--quantile", type=float, default=0.99, choices=(0.5, 0.9, 0.99),
+    p.add_argument("--share", type=float, default=Budget.share,
+                   help="fraction of the device left for these apps, (0, 1]")
+    p.add_argument("--memory-bytes", type=float, help="memory for all the apps' models (default: no limit)")
+    p.add_argument("--quantile", type=float, default=Budget.latency_quantile, choices=QUANTILES,
                    help="the job size whose predicted response must meet the deadline")
-    p.add_argument("--family", default="nested", choices=OPTION_FAMILIES)
+    p.add_argument("--family", default="nested", choices=tuple(FAMILIES), help="options to choose from")
     p.add_argument("--time-limit-s", type=float, default=5.0,
                    help="limit of the whole allocation (> 0); past it, the best found and its proven gap "
                         "(default: %(default)s)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the allocation as one JSON object")
     p.set_defaults(func=_cmd_allocate)
 
 
 def _add_simulator_commands(sub) -> None:
     """simulate, report: scenarios and their results."""
     p = sub.add_parser("simulate", help="run a scenario under each of its policies and write results and pictures")
-    p.add_argument("scenario", help="scenario YAML (see scenarios/)")
+    p.add_argument("scenario", help="a shipped scenario's name (see 'anytime scenarios') or a scenario YAML file")
     p.add_argument("--out", required=True,
                    help="results folder: new, empty or an earlier one of this tool's, replaced only when the "
                         "run succeeds; a folder holding anything else is refused")
-    p.add_argument("--policies", help="comma-separated policies instead of the scenario's, e.g. nested,superserve")
-    p.add_argument("--duration-s", type=float, help="simulated seconds instead of the scenario's")
-    p.add_argument("--seed", type=int, help="seed instead of the scenario's")
+    p.add_argument("--policies", help="comma-separated policies instead of the scenario's, e.g. nested,superserve "
+                                      "(default: the scenario's)")
+    p.add_argument("--duration-s", type=float, help="simulated seconds (default: the scenario's)")
+    p.add_argument("--seed", type=int, help="seed of arrivals and samples (default: the scenario's)")
     p.add_argument("--catalog", help="catalog stem or file (default: the scenario's, else the shipped one)")
     p.add_argument("--no-report", action="store_true", help="write results only, no pictures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("scenarios", help="list the shipped scenarios; 'copy NAME DIR' one for editing; 'schema' "
+                                         "prints the scenario format's JSON Schema",
+                       description="Without an ACTION: the shipped scenarios, one line each (name and description); "
+                                   "run one with 'anytime simulate NAME --out DIR'.")
+    p.add_argument("--json", action="store_true", help="the list as JSON (name, description, path)")
+    p.set_defaults(func=_cmd_scenarios, action=None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    copy = actions.add_parser("copy", help="copy a shipped scenario and the trace files it uses into a folder, "
+                                           "never overwriting a file")
+    copy.add_argument("name", help="a shipped scenario's name")
+    copy.add_argument("folder", type=Path, help="where the copies go (created if needed)")
+    actions.add_parser("schema", help="print the JSON Schema of the scenario format (docs/scenario.schema.json)")
 
     p = sub.add_parser("report", help="draw the pictures of a results folder written by 'simulate'")
     p.add_argument("results", help="results folder")
@@ -535,6 +632,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.error("traceback", exc_info=True)
         return EXIT_INTERNAL
+
+
+def installed_version() -> str:
+    """The installed distribution's version (its metadata), or a note that it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("anytime")
+    except metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
 
 
 def _tty() -> bool:

@@ -36,7 +36,9 @@ def collect_traces(model: DNNet, images: torch.Tensor, labels: torch.Tensor, bat
     """Run ``forward_all`` once per batch and keep every sub-network's outcome."""
     model.eval()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("prediction", *SIGNALS)}
-    for x, _ in tqdm(list(batches(images, labels, batch_size)), desc=desc, disable=not progress, leave=False):
+    # disable=None: a bar only on a terminal (tqdm's test), never in a log
+    for x, _ in tqdm(list(batches(images, labels, batch_size)), desc=desc, disable=None if progress else True,
+                     leave=False):
         signals = confidence_signals(model.forward_all(to_float(x)))
         parts["prediction"].append(signals["prediction"].to(torch.uint8).numpy())
         for name in SIGNALS:

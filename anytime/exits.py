@@ -67,7 +67,7 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
         raise CatalogError(f"catalog has no {split!r} traces (has {sorted(catalog.traces)})")
     traces = catalog.traces[split]
     depth, w = spec.depth, spec.width - 1
-    correct = traces.correct[:, :depth, w]
+    correct = traces.correct_at(depth, w)
     if policy == "max_prob":
         score = traces.top1_prob[:, :depth, w].astype(np.float32)
     elif policy == "entropy":
@@ -88,7 +88,7 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
         if policy in ("gate", "gate_ce", "support"):
             path_cost = path_cost + np.cumsum(catalog.exit_extra_macs[policy][:depth, w])
     elif cost == "latency":
-        device = device or next(d for d, t in catalog.latency.items() if t.measured)
+        device = device or catalog.measured_device
         path_cost = exit_path_ms(catalog, device, policy)[:depth, w]
     else:
         raise CatalogError(f"unknown cost {cost!r}; use 'macs' or 'latency'")
@@ -113,6 +113,23 @@ def exit_depths(score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     fires = score >= thresholds[None, :]
     fires[:, -1] = True  # the last depth always answers
     return fires.argmax(axis=1)
+
+
+def exit_depths_many(score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``exit_depths`` of one path under several threshold vectors at once:
+    ``[settings, N]`` for thresholds ``[settings, depths]``.  Walks the few
+    depths with whole-array steps (an argmax along a short last axis costs
+    far more per sample)."""
+    thresholds = np.asarray(thresholds)
+    depths = score.shape[1]
+    exits = np.full((len(thresholds), len(score)), depths - 1, dtype=np.intp)  # the last depth always answers
+    waiting = np.ones(exits.shape, dtype=bool)
+    by_depth = np.ascontiguousarray(score.T)  # [depths, N]
+    for d in range(depths - 1):
+        fires = waiting & (by_depth[d][None, :] >= thresholds[:, d, None])
+        exits[fires] = d
+        waiting &= ~fires
+    return exits
 
 
 @dataclass(frozen=True)

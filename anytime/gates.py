@@ -51,7 +51,9 @@ def collect_features(model: DNNet, images: torch.Tensor, batch_size: int = 500, 
     features: list[list[torch.Tensor]] = [[] for _ in range(model.depths)]
     logits = []
     dummy = torch.zeros(len(images), dtype=torch.long)
-    for x, _ in tqdm(list(batches(images, dummy, batch_size)), desc="features", disable=not progress, leave=False):
+    # disable=None: a bar only on a terminal (tqdm's test), never in a log
+    for x, _ in tqdm(list(batches(images, dummy, batch_size)), desc="features", disable=None if progress else True,
+                     leave=False):
         out, pooled = model.forward_all(to_float(x), return_features=True)
         logits.append(out)
         for d, p in enumerate(pooled):
@@ -91,7 +93,7 @@ def train_gates(features: list[torch.Tensor], labels: torch.Tensor, widths: int,
     torch.manual_seed(config.seed)
     gates = []
     targets = F.one_hot(labels, classes).float() * 2 - 1  # +1 for the class, -1 for the others
-    for depth_features in tqdm(features, desc=f"{loss} gates", disable=not progress, leave=False):
+    for depth_features in tqdm(features, desc=f"{loss} gates", disable=None if progress else True, leave=False):
         mean, std = depth_features.mean(0), depth_features.std(0).clamp_min(1e-6)
         module = DepthGates(depth_features.shape[1], widths, classes, mean, std)
         optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)

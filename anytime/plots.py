@@ -32,7 +32,7 @@ def _heatmap(ax, values: np.ndarray, title: str, fmt: str) -> None:
 
 def plot_heatmaps(catalog: Catalog, path: str | Path, device: str | None = None, split: str = "test") -> Path:
     """Figure 3: MACs, parameters, peak memory, latency and accuracy over depth x width."""
-    device = device or next(d for d, t in catalog.latency.items() if t.measured)
+    device = device or catalog.measured_device
     table = catalog.latency_table(device)
     panels = [
         (catalog.costs["macs"] / 1e6, "MACs (M)", ".1f"),

@@ -33,6 +33,11 @@ class Traces:
         """``[N, depths, widths]`` bool: the sub-network's answer is right."""
         return self.prediction == self.labels[:, None, None]
 
+    def correct_at(self, depth: int, width_index: int) -> np.ndarray:
+        """``[N, depth]`` bool: ``correct[:, :depth, width_index]``, computed on
+        that slice only (a path needs one width's first depths, not the grid)."""
+        return self.prediction[:, :depth, width_index] == self.labels[:, None]
+
     @property
     def accuracy(self) -> np.ndarray:
         """``[depths, widths]`` top-1 accuracy."""

@@ -120,6 +120,7 @@ def with_zoo(catalog: Catalog, zoo: ZooTraces) -> Catalog:
     if zoo.net != catalog.net:
         raise CatalogError(f"zoo traces are for {zoo.net!r}, the catalog is {catalog.net!r}")
     twin = copy.copy(catalog)
+    twin.derived = {}  # the twin answers differently: nothing computed from the original holds
     twin.traces = {}
     last, columns = catalog.depths - 1, np.asarray(zoo.widths) - 1
     for split, traces in catalog.traces.items():

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 from anytime.catalog import load_catalog  # noqa: E402
-from scheduler.allocate import SharedDevice, Tenant, allocate  # noqa: E402
+from scheduler.allocation import SharedDevice, Tenant, allocate  # noqa: E402
 from scheduler.reference import integer_value  # noqa: E402
 from scheduler.errors import InfeasibleBudget  # noqa: E402
 from scheduler.options import option_table  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     catalog = load_catalog(args.catalog)
     table = option_table(catalog)
-    device_name = next(d for d, t in catalog.latency.items() if t.measured)
+    device_name = catalog.measured_device
     mean_ms = float(np.median(table.devices[device_name].expected_ms))
     rng = np.random.default_rng(0)
     cold, warm, solver_only, optimal, sizes = [], [], [], 0, None
@@ -87,7 +87,7 @@ def main() -> None:
            "plain_model_ms_median": round(statistics.median(plain), 1), "plain_model_proven_optimal": plain_optimal,
            "ratio_to_plain_model": round(statistics.median(cold) / statistics.median(plain), 3),
            "same_objective_as_plain_model": agree,
-           "example": {k: (v.spec, v.policy, round(v.accuracy, 4))
+           "example": {k: (str(v.option.spec), v.option.policy, round(v.option.expected_accuracy, 4))
                        for k, v in list(previous.choices.items())[:8]} if previous else None})
 
 

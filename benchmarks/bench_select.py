@@ -47,7 +47,7 @@ def main() -> None:
     started = time.perf_counter()
     table = option_table(catalog)
     scheduler = Scheduler(catalog)
-    device = scheduler.measured_device
+    device = catalog.measured_device
     scheduler.frontier(device, 0.99)
     precompute = time.perf_counter() - started
     budgets = random_budgets(table, device, args.budgets)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -36,11 +35,10 @@ from nets.dnnet import DNNet
 from nets.distributed import init_from_environment, rank_and_size, use_global_batch_norm
 from nets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
+from nets.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def cpu_flags() -> frozenset[str]:
@@ -64,47 +62,6 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return precision
-
-
-@dataclass
-class TrainConfig:
-    """How a network is trained; recorded in its model card."""
-
-    epochs: int = 30  # one-cycle length; fixed up front because the schedule depends on it
-    batch_size: int = 128
-    lr: float = 0.1  # peak learning rate of the one-cycle schedule (SGD, batch 128)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # strong decay suits short schedules on CIFAR
-    nesterov: bool = True
-    seed: int = 0  # seeds init, shuffling and augmentation
-    threads: int = 0  # torch threads; 0 keeps torch's default
-    # joint loss of the nested net (ignored for single-output models):
-    lambda_scheme: str = "uniform"  # lambda(depth, width): "uniform" or "depth" (grows linearly with depth)
-    full_output_weight: float = 0.5  # share of the loss on the full output alone; 0 = the paper's loss
-    distill_weight: float = 0.5  # per output, share of distillation from the full output vs labels
-    max_batches: int = 0  # stop each epoch after this many batches (smoke tests); 0 = all
-    channels_last: bool = True  # NHWC is ~15% faster for these convolutions on this CPU (measured)
-    # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AMX or
-    # AVX-512 BF16), float32 elsewhere, where emulated bfloat16 is slower
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.max_batches < 0 or self.threads < 0:
-            raise ConfigError("epochs and batch_size must be positive, max_batches and threads non-negative")
-        for name in ("lr", "momentum", "weight_decay", "full_output_weight", "distill_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError(f"lr must be positive and momentum, weight_decay non-negative "
-                              f"(got {self.lr}, {self.momentum}, {self.weight_decay})")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.lambda_scheme not in ("uniform", "depth"):
-            raise ConfigError(f"lambda_scheme must be 'uniform' or 'depth', got {self.lambda_scheme!r}")
-        for name in ("full_output_weight", "distill_weight"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def loss_weights(depths: int, widths: int, scheme: str) -> torch.Tensor:
@@ -144,7 +101,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     ``forward_all`` pass per batch), a 0-d array for a single-output model."""
     model.eval()
     correct = None
-    for x, y in tqdm(list(batches(images, labels, batch_size)), desc="evaluate", disable=not progress, leave=False):
+    # disable=None: a bar only on a terminal (tqdm's test), never in a log
+    for x, y in tqdm(list(batches(images, labels, batch_size)), desc="evaluate", disable=None if progress else True,
+                     leave=False):
         out = model.forward_all(to_float(x)) if isinstance(model, DNNet) else model(to_float(x))
         hits = (out.argmax(-1) == y.view(-1, *([1] * (out.dim() - 2)))).sum(0)
         correct = hits if correct is None else correct + hits
@@ -324,7 +283,8 @@ def _train_epoch(objective: nn.Module, run: _Run, data: Cifar10, config: TrainCo
     totals = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
     bar = tqdm(batches(data.train_images, data.train_labels, config.batch_size, shuffle=True,
                        generator=run.generator, drop_last=True),
-               total=steps, desc=f"{name} epoch {run.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+               total=steps, desc=f"{name} epoch {run.epoch + 1}/{config.epochs}",
+               disable=None if progress else True, leave=False)  # None: only on a terminal
     for step, (x, y) in enumerate(bar):
         if step >= steps:
             break
@@ -404,7 +364,7 @@ def fine_tune_classifier(model: nn.Module, images: torch.Tensor, labels: torch.T
     with torch.no_grad():
         features = torch.cat([model.pool(model.features(to_float(x)))
                               for x, _ in tqdm(list(batches(images, labels, 500)), desc="features",
-                                               disable=not progress, leave=False)])
+                                               disable=None if progress else True, leave=False)])
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.fc.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     losses = []

@@ -14,9 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from scheduler.errors import BudgetError
 
 QUANTILES = (0.5, 0.9, 0.99)
+# what a budget can constrain, in the order messages name them
+RESOURCES = ("macs", "latency_ms", "memory_bytes", "energy_mj", "min_accuracy")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Budget:
     share: float = 1.0  # fraction of the device available now, in (0, 1]
 
     def __post_init__(self) -> None:
-        for name in ("macs", "latency_ms", "memory_bytes", "energy_mj", "min_accuracy"):
+        for name in RESOURCES:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -53,5 +57,24 @@ class Budget:
 
     def constrained(self) -> list[str]:
         """The resources this budget constrains."""
-        return [n for n in ("macs", "latency_ms", "memory_bytes", "energy_mj", "min_accuracy")
-                if getattr(self, n) is not None]
+        return [n for n in RESOURCES if getattr(self, n) is not None]
+
+    def admits(self, *, macs, quantile_ms, memory_bytes, energy_mj, accuracy, skip: str | None = None):
+        """The feasibility test, the one place it is written: whether options
+        with these costs meet this budget.  Each cost is a number or an array
+        (one entry per option); ``quantile_ms`` is the latency at this
+        budget's quantile with the whole device (share 1), which contention
+        stretches by ``1 / share``.  ``skip`` leaves one resource out (to find
+        which constraint binds).  Returns a bool or a bool array."""
+        ok = np.ones(np.shape(macs), dtype=bool)
+        if self.macs is not None and skip != "macs":
+            ok &= macs <= self.macs
+        if self.latency_ms is not None and skip != "latency_ms":
+            ok &= quantile_ms <= self.latency_ms * self.share
+        if self.memory_bytes is not None and skip != "memory_bytes":
+            ok &= memory_bytes <= self.memory_bytes
+        if self.energy_mj is not None and skip != "energy_mj":
+            ok &= energy_mj <= self.energy_mj
+        if self.min_accuracy is not None and skip != "min_accuracy":
+            ok &= accuracy >= self.min_accuracy
+        return ok if ok.ndim else bool(ok)

@@ -20,17 +20,17 @@ estimates).  Costs per option and device:
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from anytime.catalog import Catalog
-from anytime.exits import exit_depths, path_traces
+from anytime.catalog import Catalog, LatencyTable
+from anytime.exits import exit_depths_many, path_traces
 from anytime.latency_model import load_active_power
+from anytime.user_cache import cached_arrays, content_key
 from nets.spec import SubnetSpec
-from scheduler.budget import QUANTILES
-from scheduler.errors import BudgetError
+from scheduler.budget import QUANTILES, Budget
+from scheduler.errors import BudgetError, UnknownDeviceError
 
 NO_EXIT = "none"
 
@@ -53,17 +53,57 @@ class DeviceCosts:
     measured: bool
 
 
+@dataclass(frozen=True)
+class Option:
+    """One choice the scheduler can make: a sub-network with its exit policy
+    and thresholds, and what it is expected to achieve and cost on one device
+    with the whole device to itself (share 1).  Selection, allocation,
+    switching and the simulator all name a choice with this type; ``row`` is
+    its row in the catalog's :class:`OptionTable`."""
+
+    row: int
+    spec: SubnetSpec
+    policy: str  # exit policy; NO_EXIT for none
+    thresholds: tuple[float, ...] | None  # per depth 1..spec.depth; None without exits
+    expected_accuracy: float  # top-1 on the test traces
+    expected_macs: float
+    memory_bytes: float  # float32 weights reachable on the path + peak activations
+    device: str  # the latency table the times below come from
+    latency_quantile: float
+    quantile_ms: float  # latency at ``latency_quantile``, share 1
+    expected_ms: float  # mean latency, share 1: the service demand
+    energy_mj: float  # expected, from the device's assumed active power (NaN where unknown)
+
+    @property
+    def has_exits(self) -> bool:
+        return self.policy != NO_EXIT
+
+    def fits(self, budget: Budget) -> bool:
+        """Whether this option meets ``budget`` (its share stretches latency)."""
+        return budget.admits(macs=self.expected_macs, quantile_ms=self.quantile_ms, memory_bytes=self.memory_bytes,
+                             energy_mj=self.energy_mj, accuracy=self.expected_accuracy)
+
+
 class OptionTable:
-    """All options of one catalog, as parallel arrays."""
+    """All options of one catalog, as parallel arrays (one entry per row)."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
-        self._fronts: dict[tuple, np.ndarray] = {}
-        depths = catalog.depths
-        specs = self._specs = catalog.specs()
+        self._specs = catalog.specs()
+        self._fronts: dict[tuple, np.ndarray] = {}  # cost_front's, a handful of keys
+        self._options: dict[tuple[int, str, float], Option] = {}  # option()'s, at most rows x devices x quantiles
+        self._list_options(catalog)
+        self._price_options(catalog)
+        power = load_active_power()
+        self.devices: dict[str, DeviceCosts] = {device: self._device_costs(table, power.get(device, np.nan))
+                                                for device, table in catalog.latency.items()}
+
+    def _list_options(self, catalog: Catalog) -> None:
+        """One row per sub-network without exits, then one per calibrated exit
+        setting, with its distribution of exit depths and accuracy over the
+        test traces."""
+        depths, specs = catalog.depths, self._specs
         n_specs = len(specs)
-        classes = len(catalog.classes)
-        # no-exit options: one per sub-network
         subnet = list(range(n_specs))
         policy = [NO_EXIT] * n_specs
         drop = [0.0] * n_specs
@@ -74,18 +114,7 @@ class OptionTable:
         rows = [histograms]
         settings = catalog.exit_settings
         if settings is not None and len(settings):
-            exit_hist = np.zeros((len(settings), depths))
-            exit_accuracy = np.zeros(len(settings))
-            paths = {}
-            for i in range(len(settings)):
-                spec = specs[settings.subnet[i]]
-                key = (spec, str(settings.policy[i]))
-                if key not in paths:
-                    paths[key] = path_traces(catalog, spec, key[1], "test")
-                path = paths[key]
-                exits = exit_depths(path.score, settings.thresholds[i, : spec.depth])
-                exit_hist[i, : spec.depth] = np.bincount(exits, minlength=spec.depth) / len(exits)
-                exit_accuracy[i] = path.correct[np.arange(len(exits)), exits].mean()
+            exit_hist, exit_accuracy = _cached_exit_behaviour(catalog, specs, settings)
             subnet += settings.subnet.tolist()
             policy += [str(p) for p in settings.policy]
             drop += settings.accuracy_drop.tolist()
@@ -100,12 +129,14 @@ class OptionTable:
         self.accuracy = np.asarray(accuracy, dtype=np.float64)
         self.depth = np.array([specs[i].depth for i in self.subnet])
         self.width = np.array([specs[i].width for i in self.subnet])
-        has_exits = self.policy != NO_EXIT
-        w = self.width - 1
-        last = self.depth - 1
 
-        # per-depth path costs of every option's width: [n, depths]
-        path_macs = catalog.costs["exit_path_macs"][:, w].T.astype(np.float64)
+    def _price_options(self, catalog: Catalog) -> None:
+        """Expected MACs (heads and scorers on the way included) and memory
+        (weights of every layer the path can reach, peak activations)."""
+        classes = len(catalog.classes)
+        has_exits = self.policy != NO_EXIT
+        w, last = self.width - 1, self.depth - 1
+        path_macs = catalog.costs["exit_path_macs"][:, w].T.astype(np.float64)  # [n, depths]
         extra = np.zeros_like(path_macs)
         scorer_params = np.zeros(len(self.subnet))
         for name, macs in catalog.exit_extra_macs.items():
@@ -121,32 +152,52 @@ class OptionTable:
                        + catalog.costs["peak_activation_bytes_measured"][last, w]
                        + np.where(has_exits, 4 * (earlier_heads + scorer_params), 0)).astype(np.float64)
 
-        power = load_active_power()
-        self.devices: dict[str, DeviceCosts] = {}
+    def _device_costs(self, table: LatencyTable, power_w: float) -> DeviceCosts:
+        """Latency at every quantile, expected latency and energy on one device
+        (the module docstring says how)."""
+        has_exits = self.policy != NO_EXIT
+        w, last = self.width - 1, self.depth - 1
+        whole_p50 = table.p50_ms[0][last, w]
+        whole_p90 = table.p90_ms[0][last, w]
+        tail = np.maximum(whole_p90 / np.maximum(whole_p50, 1e-12), 1.0)
+        path_ms = table.exit_path_p50_ms()[:, w].T  # [n, depths]
+        for name in self.catalog.exit_extra_macs:  # a scorer costs about what a head costs
+            rows_with = self.policy == name
+            path_ms[rows_with] += np.cumsum(table.head_p50_ms[:, w[rows_with]].T, axis=1)
         cumulative = np.cumsum(self.exit_histogram, axis=1)
-        for device, table in catalog.latency.items():
-            whole_p50 = table.p50_ms[0][last, w]
-            whole_p90 = table.p90_ms[0][last, w]
-            tail = np.maximum(whole_p90 / np.maximum(whole_p50, 1e-12), 1.0)
-            path_ms = table.exit_path_p50_ms()[:, w].T  # [n, depths]
-            for name in catalog.exit_extra_macs:  # a scorer costs about what a head costs
-                rows_with = self.policy == name
-                path_ms[rows_with] += np.cumsum(table.head_p50_ms[:, w[rows_with]].T, axis=1)
-            latency = {}
-            for q in QUANTILES:
-                at = np.argmax(cumulative >= q - 1e-9, axis=1)
-                exit_q = path_ms[np.arange(len(w)), at] * (tail if q >= 0.9 else 1.0)
-                whole_q = whole_p50 if q == 0.5 else whole_p90
-                latency[q] = np.where(has_exits, exit_q, whole_q)
-            expected_ms = np.where(has_exits, (path_ms * self.exit_histogram).sum(1), whole_p50)
-            self.devices[device] = DeviceCosts(latency, expected_ms, power.get(device, np.nan) * expected_ms,
-                                               table.measured)
+        latency = {}
+        for q in QUANTILES:
+            at = np.argmax(cumulative >= q - 1e-9, axis=1)
+            exit_q = path_ms[np.arange(len(w)), at] * (tail if q >= 0.9 else 1.0)
+            whole_q = whole_p50 if q == 0.5 else whole_p90
+            latency[q] = np.where(has_exits, exit_q, whole_q)
+        expected_ms = np.where(has_exits, (path_ms * self.exit_histogram).sum(1), whole_p50)
+        return DeviceCosts(latency, expected_ms, power_w * expected_ms, table.measured)
 
     def __len__(self) -> int:
         return len(self.subnet)
 
     def spec(self, i: int) -> SubnetSpec:
         return self._specs[self.subnet[i]]
+
+    def option(self, row: int, device: str, quantile: float = 0.99) -> Option:
+        """Row ``row`` as an :class:`Option`, its costs on ``device`` at
+        latency ``quantile`` (kept: the simulator asks for the same ones per
+        request)."""
+        key = (int(row), device, quantile)
+        found = self._options.get(key)
+        if found is None:
+            if device not in self.devices:
+                raise UnknownDeviceError(f"unknown device {device!r}; the catalog has latency for "
+                                         f"{', '.join(sorted(self.devices))}")
+            if quantile not in QUANTILES:
+                raise BudgetError(f"latency quantile must be one of {QUANTILES}, got {quantile!r}")
+            i, costs = key[0], self.devices[device]
+            found = self._options[key] = Option(
+                i, self.spec(i), str(self.policy[i]), self.thresholds_of(i), float(self.accuracy[i]),
+                float(self.macs[i]), float(self.memory[i]), device, quantile, float(costs.latency_ms[quantile][i]),
+                float(costs.expected_ms[i]), float(costs.energy_mj[i]))
+        return found
 
     def family_mask(self, family: str) -> np.ndarray:
         """Which options belong to ``family`` (see ``FAMILIES``)."""
@@ -171,7 +222,7 @@ class OptionTable:
         quantile latency, memory and accuracy (and MACs with ``with_macs``),
         cached.  Every allocation row is a positive multiple of one of these
         columns, so a tenant's options are pruned on this front, not on the
-        whole table (sketch in ``scheduler.allocate._tenant_options``)."""
+        whole table (sketch in ``scheduler.allocation._tenant_options``)."""
         key = (device, quantile, family, with_macs)
         front = self._fronts.get(key)
         if front is None:
@@ -194,41 +245,87 @@ def _prefix_sum(values: np.ndarray, last: np.ndarray) -> np.ndarray:
     return np.take_along_axis(np.cumsum(values, axis=1), last[:, None], axis=1)[:, 0]
 
 
-_TABLES: "weakref.WeakKeyDictionary[Catalog, OptionTable]" = weakref.WeakKeyDictionary()
-
-
 def option_table(catalog: Catalog) -> OptionTable:
-    """The option table of ``catalog``, built once and cached."""
-    table = _TABLES.get(catalog)
-    if table is None:
-        table = _TABLES[catalog] = OptionTable(catalog)
-    return table
+    """The option table of ``catalog``, built once and kept on it
+    (``Catalog.derive``)."""
+    return catalog.derive("option_table", OptionTable)
 
 
-def pareto_front(columns: np.ndarray, block: int = 256) -> np.ndarray:
+EXIT_BEHAVIOUR_VERSION = "1"  # bump when _exit_behaviour's meaning changes: old cache entries are then never read
+
+
+def _cached_exit_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings) -> tuple[np.ndarray, np.ndarray]:
+    """``_exit_behaviour``, kept in the user's cache (``anytime.user_cache``)
+    under a hash of everything it reads: the test traces, the learned exit
+    scores on them and the settings.  It is most of the time of building a
+    table (seconds), and a command such as ``anytime select`` builds one."""
+    test = catalog.traces["test"]
+    parts = [EXIT_BEHAVIOUR_VERSION, str(catalog.depths), str(catalog.widths), *test.arrays().values(),
+             settings.subnet, settings.policy.astype("U16"), settings.thresholds]
+    for policy in sorted(catalog.exit_scores):
+        parts += [policy, *[catalog.exit_scores[policy].get("test", {}).get(k, np.zeros(0))
+                            for k in ("score", "prediction")]]
+    shape = (len(settings), catalog.depths)
+
+    def valid(found: dict[str, np.ndarray]) -> bool:
+        return (set(found) == {"exit_histogram", "accuracy"} and found["exit_histogram"].shape == shape
+                and found["accuracy"].shape == shape[:1]
+                and all(np.isfinite(a).all() and a.dtype == np.float64 for a in found.values()))
+
+    def compute() -> dict[str, np.ndarray]:
+        histogram, accuracy = _exit_behaviour(catalog, specs, settings)
+        return {"exit_histogram": histogram, "accuracy": accuracy}
+
+    found = cached_arrays("option-exits", content_key(parts), compute, valid)
+    return found["exit_histogram"], found["accuracy"]
+
+
+def _exit_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings) -> tuple[np.ndarray, np.ndarray]:
+    """Every exit setting's distribution of exit depths [settings, depths]
+    and accuracy [settings] over the test traces.  The settings of one
+    (sub-network, policy) share a path and are evaluated together."""
+    exit_hist = np.zeros((len(settings), catalog.depths))
+    exit_accuracy = np.zeros(len(settings))
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i in range(len(settings)):
+        groups.setdefault((int(settings.subnet[i]), str(settings.policy[i])), []).append(i)
+    for (subnet, policy), members in groups.items():
+        spec = specs[subnet]
+        path = path_traces(catalog, spec, policy, "test")
+        exits = exit_depths_many(path.score, settings.thresholds[members, : spec.depth])  # [settings, N]
+        k, n = exits.shape
+        counts = np.bincount((exits + spec.depth * np.arange(k)[:, None]).ravel(), minlength=k * spec.depth)
+        exit_hist[members, : spec.depth] = counts.reshape(k, spec.depth) / n
+        # sums of 0/1 values are exact in any order, so the means equal one setting at a time
+        exit_accuracy[members] = np.take_along_axis(path.correct, exits.T, axis=1).mean(axis=0)
+    return exit_hist, exit_accuracy
+
+
+def pareto_front(columns: np.ndarray, block: int = 512) -> np.ndarray:
     """Rows not dominated by another row (<= in every column, all minimised);
-    of identical rows only the first survives.
+    of identical rows only the first survives.  The one Pareto front of the
+    scheduler: select's frontiers, the table's cost fronts, the allocator's
+    integer rows and the simulator's split options all use it.
 
-    Rows are visited in lexicographic order, in which any dominator comes
-    before the rows it dominates, so a row is dropped exactly when an earlier
-    row is <= it everywhere (by transitivity, equivalently an earlier kept
-    row).  Vectorised by blocks of rows: each block is checked against the
-    rows kept so far and against its own earlier rows.
+    In lexicographic order every dominator comes before the rows it
+    dominates, so a row is dropped exactly when an earlier row is <= it in
+    every column.  The comparison is made column by column on a block of rows
+    against all rows before it (in the columns' own dtype): with a few
+    columns this is several times faster than reducing a [rows, rows,
+    columns] array over its last axis.
     """
+    columns = np.asarray(columns)
     n = len(columns)
     order = np.lexsort(columns.T[::-1])
-    ordered = np.asarray(columns, dtype=np.float64)[order]
-    keep_ordered = np.zeros(n, dtype=bool)
-    kept = ordered[:0]
+    ordered = np.ascontiguousarray(columns[order].T)  # [columns, n]
+    keep_ordered = np.ones(n, dtype=bool)
     for start in range(0, n, block):
-        rows = ordered[start:start + block]
-        dominated = np.zeros(len(rows), dtype=bool)
-        if len(kept):
-            dominated = (kept[None, :, :] <= rows[:, None, :]).all(axis=2).any(axis=1)
-        earlier = (rows[None, :, :] <= rows[:, None, :]).all(axis=2)  # [i, j]: row j <= row i
-        dominated |= np.tril(earlier, k=-1).any(axis=1)
-        keep_ordered[start:start + block] = ~dominated
-        kept = np.concatenate([kept, rows[~dominated]])
+        stop = min(n, start + block)
+        below = np.ones((stop - start, stop), dtype=bool)  # [i, j]: row j <= row i in every column so far
+        for column in ordered:
+            below &= column[None, :stop] <= column[start:stop, None]
+        below[:, start:] &= np.tri(stop - start, k=-1, dtype=bool)  # only rows before i count
+        keep_ordered[start:stop] = ~below.any(axis=1)
     keep = np.zeros(n, dtype=bool)
     keep[order[keep_ordered]] = True
     return keep

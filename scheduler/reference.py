@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 
 from anytime.catalog import Catalog
-from scheduler.allocate import (Allocation, SharedDevice, Tenant, build_integer_model, capacity_units,
+from scheduler.allocation import (Allocation, SharedDevice, Tenant, build_integer_model, capacity_units,
                                 integer_objective, tenant_options)
 from scheduler.budget import Budget
 from scheduler.options import option_table
@@ -22,7 +22,7 @@ def integer_value(allocation: Allocation, tenants: list[Tenant], device: SharedD
     """An allocation's objective in the integer model: equal optima can differ
     in the float ``objective`` when several allocations tie after rounding."""
     rows = [tenant_options(t, device) for t in tenants]
-    picks = tuple(int(np.flatnonzero(r.index == allocation.choices[t.name].option_row)[0])
+    picks = tuple(int(np.flatnonzero(r.index == allocation.choices[t.name].option.row)[0])
                   for t, r in zip(tenants, rows))
     return integer_objective(rows, picks, capacity_units(device))
 
@@ -57,7 +57,7 @@ def brute_force_select(budget: Budget, catalog: Catalog) -> tuple[float, float] 
     """Reference for tests and the benchmark: check every option (no frontier,
     no sorting) and return the best (accuracy, MACs), or None."""
     table = option_table(catalog)
-    device = budget.device or next(d for d, t in catalog.latency.items() if t.measured)
+    device = budget.device or catalog.measured_device
     costs = table.devices[device]
     ok = np.ones(len(table), dtype=bool)
     if budget.macs is not None:

@@ -13,37 +13,44 @@ same test as a deadline D x s at share 1: the frontier does not depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from anytime.catalog import Catalog, load_catalog
-from nets.spec import SubnetSpec
+from anytime.catalog import Catalog, shipped_catalog
 from scheduler.budget import Budget
+from scheduler.cache import LruCache
 from scheduler.errors import BudgetError, InfeasibleBudget, UnknownDeviceError
-from scheduler.options import NO_EXIT, OptionTable, option_table, pareto_front
+from scheduler.options import NO_EXIT, Option, OptionTable, option_table, pareto_front
 
-RESOURCES = ("macs", "latency_ms", "memory_bytes", "energy_mj")
 _UNITS = {"macs": "MACs", "latency_ms": "ms", "memory_bytes": "bytes", "energy_mj": "mJ"}
 
 
 @dataclass(frozen=True)
 class Selection:
-    """What to run, what it costs and what it should achieve."""
+    """What to run under a budget (an :class:`Option`), what it costs under
+    that budget's share of the device, and which constraints hold it back."""
 
-    spec: SubnetSpec
-    policy: str  # exit policy, "none" for no early exits
-    thresholds: tuple[float, ...] | None  # per depth 1..spec.depth; None without exits
-    expected_accuracy: float  # top-1 on the test traces
-    expected_macs: float
-    latency_ms: float  # at the budget's quantile and share, on the device
-    latency_quantile: float
-    memory_bytes: float
-    energy_mj: float
-    device: str
+    option: Option
     budget: Budget = field(repr=False)
-    _frontier: "Frontier" = field(repr=False, compare=False)
-    _row: int = field(repr=False, compare=False)
+    frontier: "Frontier" = field(repr=False, compare=False)  # the options it was chosen from
+
+    # the option's own fields, read through (one type names a choice)
+    spec = property(lambda self: self.option.spec)
+    policy = property(lambda self: self.option.policy)
+    thresholds = property(lambda self: self.option.thresholds)
+    expected_accuracy = property(lambda self: self.option.expected_accuracy)
+    expected_macs = property(lambda self: self.option.expected_macs)
+    memory_bytes = property(lambda self: self.option.memory_bytes)
+    energy_mj = property(lambda self: self.option.energy_mj)
+    device = property(lambda self: self.option.device)
+    latency_quantile = property(lambda self: self.option.latency_quantile)
+
+    @property
+    def latency_ms(self) -> float:
+        """Latency at the budget's quantile, stretched by its share."""
+        return self.option.quantile_ms / self.budget.share
 
     def costs(self) -> dict[str, float]:
         return {"macs": self.expected_macs, "latency_ms": self.latency_ms, "memory_bytes": self.memory_bytes,
@@ -53,7 +60,7 @@ class Selection:
     def binding(self) -> list[str]:
         """The constraints that hold back a more accurate option: relaxing any
         one of them alone would allow a better choice."""
-        return self._frontier.binding(self._row, self.budget)
+        return self.frontier.binding(self.option, self.budget)
 
     def explain(self) -> str:
         exits = ("no early exits" if self.policy == NO_EXIT else
@@ -98,44 +105,33 @@ class Frontier:
         self.energy = costs.energy_mj[self.rows]
 
     def feasible(self, budget: Budget, skip: str | None = None) -> np.ndarray:
-        ok = np.ones(len(self.rows), dtype=bool)
-        if budget.macs is not None and skip != "macs":
-            ok &= self.macs <= budget.macs
-        if budget.latency_ms is not None and skip != "latency_ms":
-            ok &= self.latency <= budget.latency_ms * budget.share
-        if budget.memory_bytes is not None and skip != "memory_bytes":
-            ok &= self.memory <= budget.memory_bytes
-        if budget.energy_mj is not None and skip != "energy_mj":
-            ok &= self.energy <= budget.energy_mj
-        if budget.min_accuracy is not None and skip != "min_accuracy":
-            ok &= self.accuracy >= budget.min_accuracy
-        return ok
+        """Which frontier rows meet ``budget`` (``Budget.admits``)."""
+        return budget.admits(macs=self.macs, quantile_ms=self.latency, memory_bytes=self.memory,
+                             energy_mj=self.energy, accuracy=self.accuracy, skip=skip)
 
-    def binding(self, row: int, budget: Budget) -> list[str]:
-        chosen_accuracy = self.accuracy[row]
+    def binding(self, option: Option, budget: Budget) -> list[str]:
         binding = []
         for resource in budget.constrained():
             if resource == "min_accuracy":
                 continue
             ok = self.feasible(budget, skip=resource)
-            if ok.any() and self.accuracy[np.argmax(ok)] > chosen_accuracy:
+            if ok.any() and self.accuracy[np.argmax(ok)] > option.expected_accuracy:
                 binding.append(resource)
         return binding
 
     def selection(self, row: int, budget: Budget) -> Selection:
-        table, i = self.table, self.rows[row]
-        return Selection(table.spec(i), str(table.policy[i]), table.thresholds_of(i), float(self.accuracy[row]),
-                         float(self.macs[row]), float(self.latency[row] / budget.share), self.quantile,
-                         float(self.memory[row]), float(self.energy[row]), self.device, budget, self, row)
+        """The frontier's ``row``-th option, chosen under ``budget``."""
+        return Selection(self.table.option(self.rows[row], self.device, self.quantile), budget, self)
 
     def infeasible(self, budget: Budget) -> InfeasibleBudget:
         """The error for a budget nothing meets: the resource that fails and
         the option that comes closest on it."""
+        # each resource's use (stretched by the share) and limit, to name the closest option
         values = {"macs": (self.macs, budget.macs), "latency_ms": (self.latency / budget.share, budget.latency_ms),
                   "memory_bytes": (self.memory, budget.memory_bytes), "energy_mj": (self.energy, budget.energy_mj),
                   "min_accuracy": (-self.accuracy, None if budget.min_accuracy is None else -budget.min_accuracy)}
         constrained = budget.constrained()
-        failing = next((r for r in constrained if not (values[r][0] <= values[r][1]).any()), None)
+        failing = next((r for r in constrained if not self.feasible(_only(budget, r)).any()), None)
         if failing is None:  # each alone can be met, not all together: blame the one whose relaxing helps
             failing = next((r for r in constrained if self.feasible(budget, skip=r).any()), constrained[0])
         pool = self.feasible(budget, skip=failing)
@@ -153,17 +149,28 @@ class Frontier:
                                 f"({spec}, exits: {policy})", failing, str(spec))
 
 
+def _only(budget: Budget, resource: str) -> Budget:
+    """``budget`` with every constraint but ``resource`` lifted."""
+    return dataclasses.replace(budget, **{r: None for r in budget.constrained() if r != resource})
+
+
 class Scheduler:
-    """``select_subnet`` bound to one catalog, with the frontiers cached."""
+    """``select_subnet`` bound to one catalog: its option table, the
+    frontiers built from it, and the allocator's per-tenant pruning and
+    answers, all kept here (one per catalog: :func:`scheduler_for`)."""
+
+    TENANT_OPTIONS_KEPT = 2048  # pruned options of (tenant, device): enough for a thousand tenants, ~12 KB each
+    ALLOCATIONS_KEPT = 512  # whole allocations a simulation asks for again (the solver is deterministic)
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
-        self.table = option_table(catalog)
-        self.measured_device = next((d for d, t in catalog.latency.items() if t.measured), None)
-        self._frontiers: dict[tuple[str, float, str], Frontier] = {}
+        self.table: OptionTable = option_table(catalog)
+        self._frontiers: dict[tuple[str, float, str], Frontier] = {}  # devices x quantiles x families
+        self.tenant_options: LruCache = LruCache(self.TENANT_OPTIONS_KEPT)
+        self.allocations: LruCache = LruCache(self.ALLOCATIONS_KEPT)
 
     def frontier(self, device: str | None, quantile: float, family: str = "nested") -> Frontier:
-        device = device or self.measured_device
+        device = device or self.catalog.measured_device
         key = (device, quantile, family)
         frontier = self._frontiers.get(key)
         if frontier is None:
@@ -182,20 +189,17 @@ class Scheduler:
             raise frontier.infeasible(budget)
         return frontier.selection(row, budget)
 
-
-_SCHEDULERS: dict[int, Scheduler] = {}
-_SHIPPED: list[Catalog] = []
+    def clear(self) -> None:
+        """Forget the frontiers and the allocator's kept answers."""
+        self._frontiers.clear()
+        self.tenant_options.clear()
+        self.allocations.clear()
 
 
 def scheduler_for(catalog: Catalog | None = None) -> Scheduler:
-    if catalog is None:
-        if not _SHIPPED:
-            _SHIPPED.append(load_catalog())
-        catalog = _SHIPPED[0]
-    scheduler = _SCHEDULERS.get(id(catalog))
-    if scheduler is None or scheduler.catalog is not catalog:
-        scheduler = _SCHEDULERS[id(catalog)] = Scheduler(catalog)
-    return scheduler
+    """The scheduler of ``catalog`` (the shipped one when None), kept on the
+    catalog (``Catalog.derive``)."""
+    return (catalog or shipped_catalog()).derive("scheduler", Scheduler)
 
 
 def select_subnet(budget: Budget, catalog: Catalog | None = None, family: str = "nested") -> Selection:

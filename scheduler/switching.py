@@ -1,7 +1,9 @@
 """Switching between selections at run time without thrashing.
 
 Budgets jitter; re-selecting on every change would flip sub-networks back and
-forth.  ``SwitchingPolicy`` keeps the current selection unless
+forth.  ``Hysteresis``, the one switching rule (``SwitchingPolicy`` wraps it
+around ``select_subnet``; the simulator's policies use it for several
+applications at once), keeps the current choice unless
 
 * it no longer fits the budget (safety first: switch at once), or
 * a new selection is better by more than ``hysteresis`` accuracy and the
@@ -16,10 +18,14 @@ costs ``bytes / bandwidth`` (``ZooSwitchCost``), for comparison.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from anytime.catalog import Catalog
 from scheduler.budget import Budget
 from scheduler.errors import BudgetError, InfeasibleBudget
+from scheduler.options import Option
 from scheduler.select import Selection, scheduler_for
 
 
@@ -27,10 +33,10 @@ from scheduler.select import Selection, scheduler_for
 class NestedSwitchCost:
     """Switching inside one nested net: the weights are already in memory."""
 
-    def seconds(self, old: Selection | None, new: Selection) -> float:
+    def seconds(self, old: Option | None, new: Option) -> float:
         return 0.0  # same tensors, different slice: nothing is loaded
 
-    def bytes_loaded(self, old: Selection | None, new: Selection) -> int:
+    def bytes_loaded(self, old: Option | None, new: Option) -> int:
         return 0
 
 
@@ -43,52 +49,54 @@ class ZooSwitchCost:
 
     bandwidth_bytes_per_s: float = 1e9  # storage or host-to-device bandwidth
 
-    def bytes_loaded(self, old: Selection | None, new: Selection) -> int:
+    def bytes_loaded(self, old: Option | None, new: Option) -> int:
         if old is not None and old.spec == new.spec:
             return 0
         return int(new.memory_bytes)
 
-    def seconds(self, old: Selection | None, new: Selection) -> float:
+    def seconds(self, old: Option | None, new: Option) -> float:
         return self.bytes_loaded(old, new) / self.bandwidth_bytes_per_s
 
 
-def keep_current(still_fits: bool, gain: float, held_s: float, hysteresis: float, min_dwell_s: float) -> bool:
-    """The switching rule, shared by ``SwitchingPolicy`` (one application)
-    and the simulator's multi-tenant allocation: keep what runs unless it no
-    longer fits (switch at once), or the new choice is better by more than
-    ``hysteresis`` accuracy and the current one has run ``min_dwell_s``."""
-    if not still_fits:
-        return False
-    return gain <= hysteresis or held_s < min_dwell_s
+@dataclass
+class Hysteresis:
+    """The switching rule and what it remembers, shared by
+    :class:`SwitchingPolicy` (one application) and the simulator's
+    multi-tenant policies: keep what runs unless it no longer fits (switch at
+    once), or the new choice is better by more than ``hysteresis`` accuracy
+    and what runs has run for ``min_dwell_s``."""
 
+    hysteresis: float = 0.005  # accuracy gain (a fraction) a switch must beat
+    min_dwell_s: float = 1.0  # a choice runs at least this long unless it stops fitting
+    since: dict[str, float] = field(default_factory=dict)  # application -> when its choice last changed
 
-def fits(selection: Selection, budget: Budget) -> bool:
-    """Whether a selection made earlier still meets ``budget`` (same device
-    and quantile assumed; latency rescaled to the new share)."""
-    latency = selection.latency_ms * selection.budget.share / budget.share
-    checks = [
-        budget.macs is None or selection.expected_macs <= budget.macs,
-        budget.latency_ms is None or latency <= budget.latency_ms,
-        budget.memory_bytes is None or selection.memory_bytes <= budget.memory_bytes,
-        budget.energy_mj is None or selection.energy_mj <= budget.energy_mj,
-        budget.min_accuracy is None or selection.expected_accuracy >= budget.min_accuracy,
-    ]
-    return all(checks)
+    def __post_init__(self) -> None:
+        if not (self.hysteresis >= 0 and self.min_dwell_s >= 0):
+            raise BudgetError(f"hysteresis and min_dwell_s must be >= 0, got {self.hysteresis!r} and "
+                              f"{self.min_dwell_s!r}")
+
+    def keeps(self, still_fits: bool, gain: float, applications: Iterable[str], now: float) -> bool:
+        """Whether to keep what ``applications`` run, when a new choice would
+        gain ``gain`` (weighted) accuracy."""
+        if not still_fits:
+            return False
+        held_s = min(now - self.since.get(name, -math.inf) for name in applications)
+        return gain <= self.hysteresis or held_s < self.min_dwell_s
+
+    def switched(self, applications: Iterable[str], now: float) -> None:
+        for name in applications:
+            self.since[name] = now
 
 
 class SwitchingPolicy:
-    """Hysteresis and a minimum dwell time around ``select_subnet``."""
+    """:class:`Hysteresis` around ``select_subnet``, for one application."""
 
-    def __init__(self, catalog=None, hysteresis: float = 0.005, min_dwell_s: float = 1.0,
-                 switch_cost=NESTED_SWITCH):
-        if hysteresis < 0 or min_dwell_s < 0:
-            raise BudgetError("hysteresis and min_dwell_s must be >= 0")
+    def __init__(self, catalog: Catalog | None = None, hysteresis: float = 0.005, min_dwell_s: float = 1.0,
+                 switch_cost: NestedSwitchCost | ZooSwitchCost = NESTED_SWITCH):
+        self.rule = Hysteresis(hysteresis, min_dwell_s)
         self.scheduler = scheduler_for(catalog)
-        self.hysteresis = hysteresis
-        self.min_dwell_s = min_dwell_s
         self.switch_cost = switch_cost
         self.current: Selection | None = None
-        self.since = float("-inf")
         self.switches = 0
 
     def update(self, budget: Budget, now: float) -> tuple[Selection, float]:
@@ -99,19 +107,16 @@ class SwitchingPolicy:
         except InfeasibleBudget:
             if self.current is None:
                 raise
-            best = None  # nothing fits: keep running what we have, the caller sees the miss
-        if best is None:
+            return self.current, 0.0  # nothing fits: keep running what we have, the caller sees the miss
+        if self.current is not None and self.rule.keeps(
+                self.current.option.fits(budget), best.expected_accuracy - self.current.expected_accuracy,
+                ["app"], now):
             return self.current, 0.0
-        if self.current is None:
-            return self._switch(best, now)
-        if keep_current(fits(self.current, budget), best.expected_accuracy - self.current.expected_accuracy,
-                        now - self.since, self.hysteresis, self.min_dwell_s):
-            return self.current, 0.0
-        return self._switch(best, now)
-
-    def _switch(self, new: Selection, now: float) -> tuple[Selection, float]:
-        cost = self.switch_cost.seconds(self.current, new) if self.current is not None else 0.0
-        if self.current is not None and (self.current.spec, self.current.policy) != (new.spec, new.policy):
-            self.switches += 1
-        self.current, self.since = new, now
-        return new, cost
+        cost = 0.0
+        if self.current is not None:
+            cost = self.switch_cost.seconds(self.current.option, best.option)
+            if (self.current.spec, self.current.policy) != (best.spec, best.policy):
+                self.switches += 1
+        self.current = best
+        self.rule.switched(["app"], now)
+        return best, cost

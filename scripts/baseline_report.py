@@ -75,7 +75,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, catalog in {nested.net: nested, **others}.items():
         full = catalog.specs()[-1]
-        device = next(d for d, table in catalog.latency.items() if table.measured)
+        device = catalog.measured_device
         plain_ms = float(catalog.latency_table(device).p50_ms[0, full.depth - 1, full.width - 1])
         print(f"| {name} | no exits ({device}, measured) | {100 * catalog.accuracy('test')[-1, -1]:.2f}% | "
               f"{catalog.costs['macs'][-1, -1] / 1e6:.2f} | 100.0% | {plain_ms:.2f} | 1.00x |")

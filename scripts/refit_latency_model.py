@@ -27,7 +27,7 @@ def main() -> None:
     model = create_net(catalog.net)  # the registered configuration the catalog was built from
     specs = catalog.specs()
     profiles = {spec: op_profile(model.extract(spec)) for spec in specs}
-    local = next(key for key, table in catalog.latency.items() if table.measured)
+    local = catalog.measured_device
     config = ProfileConfig()
     _, report = fit_local_latency_model(specs, profiles, catalog.latency[local].p50_ms[0], local, config.seed,
                                         config.holdout_fraction, simd_channel_block())

@@ -31,7 +31,7 @@ def main() -> None:
     stem = Path(args.stem)
     catalog = load_catalog(stem)
     model = catalog.load_net()
-    local = next(key for key, table in catalog.latency.items() if table.measured)
+    local = catalog.measured_device
     before = catalog.latency_table(local).p50_ms[0].copy()
     config = ProfileConfig(local_device_key=local, passes=args.passes, repeats_batch1=args.repeats,
                            repeats_large=max(args.passes, args.repeats // 5), repeats_segment=args.repeats)

@@ -68,10 +68,11 @@ class Job:
 
 
 class Device:
-    """A contended compute device (processor sharing or FCFS) with memory."""
+    """A contended compute device (processor sharing or FCFS).  Its memory
+    is the simulation's to account (``simulator.engine.DeviceState``): what
+    is resident is decided per model, not per job."""
 
-    def __init__(self, env: simpy.Environment, name: str, discipline: str = "ps", speed: float = 1.0,
-                 memory_bytes: float | None = None):
+    def __init__(self, env: simpy.Environment, name: str, discipline: str = "ps", speed: float = 1.0):
         if discipline not in ("ps", "fcfs"):
             raise ConfigError(f"device {name!r}: discipline must be 'ps' or 'fcfs', got {discipline!r}")
         if not speed > 0:
@@ -81,8 +82,6 @@ class Device:
         self.speed = speed
         self.background = 0.0
         self.capacity = speed
-        self.memory_bytes = memory_bytes
-        self.memory_used = 0.0
         self._virtual = 0.0
         self._updated = 0.0
         self._heap: list[tuple[float, int, Job]] = []
@@ -118,16 +117,6 @@ class Device:
     @property
     def running(self) -> int:
         return self._running
-
-    # ---- memory ----------------------------------------------------------
-    def fits(self, nbytes: float) -> bool:
-        return self.memory_bytes is None or self.memory_used + nbytes <= self.memory_bytes
-
-    def reserve(self, nbytes: float) -> None:
-        self.memory_used += nbytes
-
-    def release(self, nbytes: float) -> None:
-        self.memory_used = max(0.0, self.memory_used - nbytes)
 
     # ---- jobs ------------------------------------------------------------
     def submit(self, job: Job) -> Job:

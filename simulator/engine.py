@@ -22,6 +22,7 @@ time bins.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import math
 import time
@@ -32,16 +33,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from anytime.catalog import Catalog, load_catalog
+from anytime.catalog import Catalog, load_catalog, shipped_catalog
 from anytime.latency_model import load_active_power
 from nets.errors import AnytimeError
-from scheduler.budget import Budget
-from scheduler.options import NO_EXIT, OptionTable, option_table
+from scheduler.options import Option, OptionTable, option_table
 from simulator.behaviour import Behaviour, BehaviourCache
 from simulator.devices import Device, Job
 from simulator.policies import Policy, make_policy
-from simulator.scenario import AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError, split_label
-from simulator.topology import build_topology, transfer_seconds
+from simulator.scenario import EVENTS, AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError, split_label
+from simulator.topology import build_topology
+from simulator.view import AppView, SchedulerView
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,8 @@ TIME_BINS = 200  # utilisation timeline resolution
 LATENCY_BINS = np.logspace(-5, 3, 801)  # 10 us .. 1000 s, 100 bins per decade (2.3% wide)
 _LOG_LO, _BINS_PER_DECADE = -5.0, 100.0
 _LAST_BIN = len(LATENCY_BINS)
-# budget event kind -> (collection of the Simulation, attribute it sets, which
-# of two values is tighter, unit scale): one table for applying events and
-# for finding the tightest state a scenario reaches
-_EVENT_FIELDS = {
-    "background": ("devices", "background", max, 1.0),
-    "speed": ("devices", "speed", min, 1.0),
-    "memory": ("devices", "background_memory", max, 1e6),  # MB -> bytes
-    "macs_budget": ("app_by_name", "macs_budget", min, 1.0),
-    "rate": ("app_by_name", "rate_hz", max, 1.0),
-    "bandwidth": ("links", "bandwidth_mbps", min, 1.0),
-    "delay": ("links", "delay_ms", max, 1.0),
-}
+# where the Simulation keeps the states an event's target names (scenario.EVENTS says which attribute)
+_TARGETS = {"device": "devices", "app": "app_by_name", "link": "links"}
 RATE_CHANGE = 0.25  # relative change of an app's observed rate that makes the scheduler decide again
 MIN_RATE_HZ = 0.1  # the scheduler's rate for an app that went quiet
 _log10 = math.log10
@@ -150,7 +141,8 @@ class AppState:
         self.base_rate_hz = self.rate_hz
         self.macs_budget = spec.macs_budget
         self.deadline_s = spec.deadline_ms / 1000.0
-        self.row: int | None = None
+        self.option: Option | None = None  # what it runs (None before the first decision)
+        self.row: int | None = None  # the option's row of the table: its name on the hot path
         self.behaviour: Behaviour | None = None
         self.server_behaviour: Behaviour | None = None
         self.memory = 0.0
@@ -170,6 +162,16 @@ class AppState:
         self.sim_device = device.sim_device
         self.arrive_callback: Callable | None = None
         self.utilisation_row: list[float] | None = None
+        self.view: AppView | None = None  # what the policy sees of it
+
+
+class Stage(enum.Enum):
+    """Where a request is: on its device (a split app's edge part), on the
+    link shipping its feature map, or on the server finishing it."""
+
+    EDGE = "edge"
+    LINK = "link"
+    SERVER = "server"
 
 
 class Request:
@@ -181,7 +183,7 @@ class Request:
         self.deadline = arrival + app.deadline_s
         self.behaviour = behaviour
         self.server_behaviour = None
-        self.stage = 0  # 0 edge (or the only device), 1 link, 2 server
+        self.stage = Stage.EDGE
         self.finished = False
         self.row = row
 
@@ -218,13 +220,13 @@ class Simulation:
         self.scenario = scenario
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         if catalog is None:
-            net = split_label(policy)[2] if isinstance(policy, str) else None
-            catalog = _load_catalog(scenario, net)
+            catalog = scenario_catalog(scenario, split_label(policy)[2] if isinstance(policy, str) else None)
         if self.policy.needs_zoo and not catalog.zoo_widths:
-            catalog = _zoo_catalog(catalog)
+            catalog = zoo_twin(catalog)
         self.catalog = catalog
         self.table: OptionTable = option_table(self.catalog)
-        self.behaviours = _behaviour_cache(self.catalog, self.table)
+        self.behaviours: BehaviourCache = catalog.derive("simulated_behaviour",
+                                                         lambda c: BehaviourCache(c, option_table(c)))
         self.max_requests = max_requests
         for d in scenario.devices:
             if d.profile not in self.table.devices:
@@ -238,8 +240,7 @@ class Simulation:
         power = load_active_power()
         self.devices: dict[str, DeviceState] = {}
         for d in scenario.devices:
-            memory = None if d.memory_mb is None else d.memory_mb * 1e6
-            self.devices[d.name] = DeviceState(d, Device(self.env, d.name, d.discipline, d.speed, memory),
+            self.devices[d.name] = DeviceState(d, Device(self.env, d.name, d.discipline, d.speed),
                                                float(power.get(d.profile, 0.0)))
         self.topology = build_topology(scenario)
         self.links = {link.name: LinkState(link, Device(self.env, link.name, "fcfs"),
@@ -269,39 +270,14 @@ class Simulation:
         self.budget_events: list[dict] = []
         self.requests = 0
         self._stopped = False
-
-    # ---- what the policies see -------------------------------------------
-    def full_row(self) -> int:
-        table = self.table
-        return int(np.flatnonzero((table.policy == NO_EXIT) & (table.depth == self.catalog.depths)
-                                  & (table.width == self.catalog.widths))[0])
-
-    def fastest_row(self, app: AppState, family: str | None) -> int:
-        profile = self._decision_profile(app)
-        mask = self.table.family_mask(family or "nested")
-        expected = np.where(mask, self.table.devices[profile].expected_ms, np.inf)
-        return int(np.argmin(expected))
-
-    def _decision_profile(self, app: AppState) -> str:
-        return self.devices[app.spec.split.server].spec.profile if app.spec.split else app.device.spec.profile
-
-    def split_budget(self, app: AppState) -> Budget:
-        """Budget of a split application: the server's profile and share, the
-        deadline less the worst-case edge part and transfer (full width)."""
-        split = app.spec.split
-        k, full = split.at_depth - 1, self.catalog.widths - 1
-        edge_ms = self.catalog.latency_table(app.device.spec.profile).exit_path_p50_ms()[k, full] \
-            / app.device.share()
-        transfer_ms = 1000 * transfer_seconds(self.topology, [split.link], self.catalog.costs["feature_bytes"][k, full])
-        remaining = app.spec.deadline_ms - edge_ms - transfer_ms
-        server = self.devices[split.server]
-        return Budget(latency_ms=max(remaining, 1e-3), memory_bytes=app.device.free_memory_for_apps(),
-                      macs=app.macs_budget, device=server.spec.profile, share=server.share())
+        self.view = SchedulerView(self)  # all a policy sees
+        for app, app_view in zip(self.apps, self.view.apps):
+            app.view = app_view
 
     def _event_field(self, event) -> tuple[object, str]:
         """The object and attribute a budget event sets."""
-        collection, attribute, _, _ = _EVENT_FIELDS[event.kind]
-        return getattr(self, collection)[event.target], attribute
+        kind = EVENTS[event.kind]
+        return getattr(self, _TARGETS[kind.target])[event.target], kind.sets
 
     @contextlib.contextmanager
     def tightest_state(self):
@@ -312,10 +288,10 @@ class Simulation:
             if event.value is None:  # a lifted MAC budget is never the tightest
                 continue
             target, attribute = self._event_field(event)
-            _, _, tighter, scale = _EVENT_FIELDS[event.kind]
+            kind = EVENTS[event.kind]
             saved.setdefault((id(target), attribute), (target, attribute, getattr(target, attribute)))
-            current, value = getattr(target, attribute), event.value * scale
-            setattr(target, attribute, value if current is None else tighter(current, value))
+            current, value = getattr(target, attribute), event.value * kind.scale
+            setattr(target, attribute, value if current is None else kind.tighter(current, value))
         try:
             yield
         finally:
@@ -325,7 +301,7 @@ class Simulation:
     # ---- running ----------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None, chunks: int = 100) -> RunResult:
         started = time.perf_counter()
-        self.policy.setup(self)
+        self.policy.setup(self.view)
         self._decide(0.0, "start")
         for app in self.apps:
             self._schedule_arrival(app)
@@ -382,7 +358,7 @@ class Simulation:
             return
         policy = self.policy
         if policy.per_request:
-            row = policy.request_row(app, self, now)
+            row = policy.request_row(app.view, self.view, now)
             behaviour = self.behaviours.get(row, app.device.spec.profile, policy.oracle)
             extra_work = self.scenario.decision_us * 1e-6
             if app.device.spec.memory_mb is not None and \
@@ -426,7 +402,7 @@ class Simulation:
         request: Request = job.payload
         app = request.app
         now = self.env.now
-        if request.stage == 0:
+        if request.stage is Stage.EDGE:
             app.stats.energy_j += job.work * app.device.power_w
             first, last = int(job.arrival / self.bin_s), int(now / self.bin_s)
             if first == last and last < TIME_BINS:  # the usual case: within one time bin
@@ -437,15 +413,15 @@ class Simulation:
             self._answer(request, request.behaviour.exit_index[request.sample])
             return
         split = app.spec.split
-        if request.stage == 0:  # ship the feature map
-            request.stage = 1
+        if request.stage is Stage.EDGE:  # ship the feature map
+            request.stage = Stage.LINK
             link = self.links[split.link]
             nbytes = request.behaviour.feature_bytes[split.at_depth - 1]
             transfer = Job(nbytes * 8 / (link.spec.bandwidth_mbps * 1e6), on_done=self._stage_done, payload=request)
             if self.policy.interrupt:
                 transfer.deadline, transfer.on_deadline = request.deadline, self._interrupted
             link.sim_device.submit(transfer)
-        elif request.stage == 1:
+        elif request.stage is Stage.LINK:
             link = self.links[split.link]
             self._account_link(link, app.index, job.arrival, now, job.work)
             delay = link.delay_ms / 1000.0
@@ -461,7 +437,7 @@ class Simulation:
         if self.policy.interrupt and self.env.now >= request.deadline:
             self._answer_interrupted(request, split.at_depth - 1 if request.behaviour.has_heads else -1)
             return
-        request.stage = 2
+        request.stage = Stage.SERVER
         server = self.devices[split.server]
         cum = request.server_behaviour.cum_s
         exit_index = request.behaviour.exit_index[request.sample]
@@ -475,10 +451,10 @@ class Simulation:
         app = request.app
         now = self.env.now
         split = app.spec.split
-        if request.stage == 0:
+        if request.stage is Stage.EDGE:
             self._account(app.device, app.index, job.arrival, now, attained, app.device.power_w)
             passed = request.behaviour.passed_exit(attained)
-        elif request.stage == 1:
+        elif request.stage is Stage.LINK:
             self._account_link(self.links[split.link], app.index, job.arrival, now, attained)
             passed = split.at_depth - 1 if request.behaviour.has_heads else -1
         else:
@@ -582,7 +558,7 @@ class Simulation:
         now = self.env.now
         value = event.value
         target, attribute = self._event_field(event)
-        setattr(target, attribute, None if value is None else value * _EVENT_FIELDS[event.kind][3])
+        setattr(target, attribute, None if value is None else value * EVENTS[event.kind].scale)
         # what the simulated hardware does about it
         if event.kind == "background":
             target.sim_device.set_background(value)
@@ -596,7 +572,7 @@ class Simulation:
         self.budget_events.append({"t": round(now, 6), "kind": event.kind, "target": event.target, "value": value})
 
     def _decide(self, now: float, reason: str) -> None:
-        changes = self.policy.decide(self, now, reason)
+        changes = self.policy.decide(self.view, now, reason)
         for name, (row, why) in sorted(changes.items()):
             self._switch(self.app_by_name[name], row, now, why)
         for device in self.devices.values():
@@ -611,25 +587,25 @@ class Simulation:
                 device.sim_device.submit(job)
 
     def _switch(self, app: AppState, row: int, now: float, reason: str) -> None:
-        table = self.table
-        old = app.row
+        """Run option ``row`` for ``app`` from now on, paying the policy's
+        switch cost (nothing within a nested net, loading a zoo model)."""
         profile = app.device.spec.profile
-        app.row = row
+        previous, option = app.option, self.table.option(row, profile)
+        app.option, app.row = option, row
         app.behaviour = self.behaviours.get(row, profile, self.policy.oracle)
         if app.spec.split is not None:
             app.server_behaviour = self.behaviours.get(row, self.devices[app.spec.split.server].spec.profile,
                                                        self.policy.oracle)
-        app.memory = float(table.memory[row])
-        if old is not None:
+        app.memory = option.memory_bytes
+        if previous is not None:
             app.stats.switches += 1
-            cost = self.policy.switch_cost
-            if getattr(cost, "bandwidth_bytes_per_s", None) and table.spec(old) != table.spec(row):
-                app.loading_until = now + app.memory / cost.bandwidth_bytes_per_s
-        expected_macs = float(table.macs[row])
-        self.option_macs[app.name].append((round(now, 6), expected_macs))
-        self.selections.append({"t": round(now, 6), "app": app.name, "option": str(table.spec(row)),
-                                "exits": str(table.policy[row]), "expected_accuracy": round(float(table.accuracy[row]), 4),
-                                "expected_macs": round(expected_macs), "reason": reason})
+            load_s = self.policy.switch_cost.seconds(previous, option)
+            if load_s > 0:  # a zoo model loads while its requests wait
+                app.loading_until = now + load_s
+        self.option_macs[app.name].append((round(now, 6), option.expected_macs))
+        self.selections.append({"t": round(now, 6), "app": app.name, "option": str(option.spec),
+                                "exits": option.policy, "expected_accuracy": round(option.expected_accuracy, 4),
+                                "expected_macs": round(option.expected_macs), "reason": reason})
 
     def _check_residency(self, device: DeviceState, now: float) -> None:
         """Models that no longer fit beside other programs are evicted, the
@@ -655,33 +631,22 @@ class Simulation:
         return row
 
 
-_CATALOGS: dict[str, Catalog] = {}
-_BEHAVIOURS: dict[int, BehaviourCache] = {}
-
-
-def _load_catalog(scenario: Scenario, net: str | None = None) -> Catalog:
+def scenario_catalog(scenario: Scenario, net: str | None = None) -> Catalog:
     """The catalog a run uses: another shipped network's (a policy label's
-    "@NET"), else the scenario's, else the shipped nested one."""
-    from anytime.catalog import shipped_catalogs
-
-    stem = str(shipped_catalogs()[net]) if net else (scenario.catalog or "")
-    if stem not in _CATALOGS:
-        _CATALOGS[stem] = load_catalog(stem or None)
-    return _CATALOGS[stem]
-
-
-_ZOO_CATALOGS: dict[int, tuple[Catalog, Catalog]] = {}
+    "@NET"), else the scenario's ``catalog:``, else the shipped nested one.
+    Shipped catalogs are loaded once per process; a scenario's own is read
+    each time (pass it to :class:`Simulation` to share it between runs)."""
+    if net is not None:
+        return shipped_catalog(net)
+    return load_catalog(scenario.catalog) if scenario.catalog else shipped_catalog()
 
 
-def _zoo_catalog(catalog: Catalog) -> Catalog:
-    """``catalog`` with its shipped zoo of separately trained models (built
-    once per catalog; the pair keeps the key's object alive)."""
-    from anytime.zoo import shipped_zoo_catalog
+def zoo_twin(catalog: Catalog) -> Catalog:
+    """``catalog`` with its shipped zoo of separately trained models, built
+    once and kept on ``catalog``."""
+    from anytime.zoo import shipped_zoo_catalog  # reads the zoo's traces with torch's loader
 
-    entry = _ZOO_CATALOGS.get(id(catalog))
-    if entry is None or entry[0] is not catalog:
-        entry = _ZOO_CATALOGS[id(catalog)] = (catalog, shipped_zoo_catalog(catalog))
-    return entry[1]
+    return catalog.derive("zoo_twin", shipped_zoo_catalog)
 
 
 def check_policies(scenario: Scenario, catalog: Catalog | None = None) -> None:
@@ -689,19 +654,12 @@ def check_policies(scenario: Scenario, catalog: Catalog | None = None) -> None:
     missing, or it needs a zoo that is not shipped (names the policy)."""
     for label in scenario.policies:
         net = split_label(label)[2]
-        resolved = _load_catalog(scenario, net) if net or catalog is None else catalog
+        resolved = scenario_catalog(scenario, net) if net or catalog is None else catalog
         if make_policy(label).needs_zoo and not resolved.zoo_widths:
             try:
-                _zoo_catalog(resolved)
+                zoo_twin(resolved)
             except AnytimeError as error:
                 raise ScenarioError(f"policy {label!r}: {error}") from error
-
-
-def _behaviour_cache(catalog: Catalog, table: OptionTable) -> BehaviourCache:
-    cache = _BEHAVIOURS.get(id(catalog))
-    if cache is None or cache.catalog is not catalog:
-        cache = _BEHAVIOURS[id(catalog)] = BehaviourCache(catalog, table)
-    return cache
 
 
 def simulate(scenario: Scenario, policy: str, catalog: Catalog | None = None,

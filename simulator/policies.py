@@ -37,30 +37,24 @@ stretched by the server's load.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scheduler.allocate import SharedDevice, Tenant, allocate, allocation_fits
+from scheduler.allocation import SharedDevice, Tenant, allocate, allocation_fits
 from scheduler.budget import Budget
 from scheduler.errors import InfeasibleBudget
 from scheduler.options import OptionTable
 from scheduler.options import pareto_front
 from scheduler.select import scheduler_for
 from simulator.behaviour import SplitCosts, split_costs
-from scheduler.switching import NESTED_SWITCH, ZooSwitchCost, keep_current
+from scheduler.switching import NESTED_SWITCH, Hysteresis, ZooSwitchCost
 from simulator.scenario import INTERRUPT_SUFFIX, POLICIES, split_label
-from simulator.topology import transfer_seconds
+from simulator.view import AppView, SchedulerView
 
-if TYPE_CHECKING:
-    from simulator.engine import AppState, Simulation
 
 log = logging.getLogger(__name__)
 
 ALLOCATE_TIME_LIMIT = 5.0  # CP-SAT deterministic work units per decision (about a second here)
-_ALLOCATIONS: "OrderedDict[tuple, object]" = OrderedDict()  # (tenants, device) -> Allocation or None
-_ALLOCATIONS_KEPT = 512
 
 
 class Policy:
@@ -76,15 +70,17 @@ class Policy:
         self.switch_cost = NESTED_SWITCH
         self.label = self.name + (INTERRUPT_SUFFIX if interrupt else "")
 
-    def setup(self, sim: "Simulation") -> None:
+    def setup(self, view: SchedulerView) -> None:
         """Called once before the first decision."""
 
-    def decide(self, sim: "Simulation", now: float, reason: str) -> dict[str, tuple[int, str]]:
-        """New option rows per application name, with a reason for the log;
-        applications left out keep what they run."""
+    def decide(self, view: SchedulerView, now: float, reason: str) -> dict[str, tuple[int, str]]:
+        """New options (rows of ``view.table``) per application name, with a
+        reason for the log; applications left out keep what they run."""
         raise NotImplementedError
 
-    def request_row(self, app: "AppState", sim: "Simulation", now: float) -> int:
+    def request_row(self, app: AppView, view: SchedulerView, now: float) -> int:
+        """The option this request runs (per-request policies); a row of the
+        option table, the simulator's hot path."""
         return app.row
 
 
@@ -96,87 +92,85 @@ class AllocatingPolicy(Policy):
     def __init__(self, interrupt: bool, family: str):
         self.family = family
         super().__init__(interrupt)
-        self._cache = _ALLOCATIONS  # shared: the deterministic solver gives the same answer to the same question
         self.solved = 0
-        self._since: dict[str, float] = {}
+        self.rule: Hysteresis | None = None  # the scenario's, set up with the run
 
-    def decide(self, sim, now, reason):
+    def setup(self, view):
+        self.rule = Hysteresis(view.hysteresis, view.min_dwell_s)
+
+    def decide(self, view, now, reason):
         changes = {}
-        for device_name, apps in sim.apps_by_device.items():
-            local = [a for a in apps if a.spec.split is None]
+        for device_name, apps in view.apps_by_device.items():
+            local = [a for a in apps if a.split is None]
             if local:
-                changes.update(self._allocate_device(sim, device_name, local, now, reason))
-        for app in sim.apps:
-            if app.spec.split is not None:
-                row = self._select_split(sim, app)
+                changes.update(self._allocate_device(view, device_name, local, now, reason))
+        for app in view.apps:
+            if app.split is not None:
+                row = self._select_split(view, app)
                 if row != app.row:
                     changes[app.name] = (row, reason)
         return changes
 
-    def _tenants(self, sim, apps) -> list[Tenant]:
-        return [Tenant(a.name, sim.catalog, rate_hz=a.rate_hz, deadline_ms=a.spec.deadline_ms, weight=a.spec.weight,
+    def _tenants(self, view, apps) -> list[Tenant]:
+        return [Tenant(a.name, view.catalog, rate_hz=a.rate_hz, deadline_ms=a.deadline_ms, weight=a.weight,
                        family=self.family, max_macs=a.macs_budget) for a in apps]
 
-    def _allocate_device(self, sim, device_name, apps, now, reason):
-        state = sim.devices[device_name]
-        tenants = self._tenants(sim, apps)
-        shared = SharedDevice(state.spec.profile, share=state.share(), memory_bytes=state.free_memory_for_apps())
+    def _allocate_device(self, view, device_name, apps, now, reason):
+        device = view.devices[device_name]
+        tenants = self._tenants(view, apps)
+        shared = SharedDevice(device.profile, share=device.share(), memory_bytes=device.free_memory_bytes())
         current = {a.name: a.row for a in apps if a.row is not None}
         keep = len(current) == len(apps) and allocation_fits(current, tenants, shared)
-        allocation = self._solve(tenants, shared)
+        allocation = self._solve(view, tenants, shared)
         if allocation is None:
             if keep:
                 return {}
-            return {a.name: (sim.fastest_row(a, self.family), f"{reason}: infeasible, fastest option") for a in apps}
-        rows = {name: choice.option_row for name, choice in allocation.choices.items()}
+            return {a.name: (view.fastest_row(a, self.family), f"{reason}: infeasible, fastest option") for a in apps}
+        rows = {name: choice.option.row for name, choice in allocation.choices.items()}
         if rows == current:
             return {}
         if len(current) == len(apps):
-            table = sim.table
-            gain = sum(a.spec.weight * (table.accuracy[rows[a.name]] - table.accuracy[current[a.name]]) for a in apps)
-            held = min(now - self._since.get(a.name, -np.inf) for a in apps)
-            if keep_current(keep, gain, held, sim.scenario.hysteresis, sim.scenario.min_dwell_s):
+            table = view.table
+            gain = sum(a.weight * (table.accuracy[rows[a.name]] - table.accuracy[current[a.name]]) for a in apps)
+            if self.rule.keeps(keep, gain, [a.name for a in apps], now):
                 return {}
-        for a in apps:
-            if rows[a.name] != current.get(a.name):
-                self._since[a.name] = now
+        self.rule.switched([a.name for a in apps if rows[a.name] != current.get(a.name)], now)
         return {name: (row, reason) for name, row in rows.items() if row != current.get(name)}
 
-    def _solve(self, tenants, shared):
-        key = (tuple(tenants), shared)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-        else:
+    def _solve(self, view, tenants, shared):
+        """The allocation for these tenants on this device, or None when none
+        exists; kept by the catalog's scheduler, since the deterministic solver
+        gives the same answer to the same question (in every policy and run)."""
+        def solve():
             self.solved += 1
-            if len(self._cache) >= _ALLOCATIONS_KEPT:
-                self._cache.popitem(last=False)
             try:
-                self._cache[key] = allocate(tenants, shared, time_limit_s=ALLOCATE_TIME_LIMIT, deterministic=True)
+                return allocate(tenants, shared, time_limit_s=ALLOCATE_TIME_LIMIT, deterministic=True)
             except InfeasibleBudget as exc:
                 log.debug("allocation infeasible: %s", exc)
-                self._cache[key] = None
-        return self._cache[key]
+                return None
 
-    def _select_split(self, sim, app) -> int:
+        return scheduler_for(view.catalog).allocations.get_or_build((tuple(tenants), shared), solve)
+
+    def _select_split(self, view, app) -> int:
         """The more accurate of: the best option that stays on the edge (depth
         up to the split point, the whole deadline), and the best split option
         (the server's share, the deadline less edge time and transfer)."""
-        scheduler = scheduler_for(sim.catalog)
+        scheduler = scheduler_for(view.catalog)
         candidates = []
-        edge_budget = Budget(latency_ms=app.spec.deadline_ms, memory_bytes=app.device.free_memory_for_apps(),
-                             macs=app.macs_budget, device=app.device.spec.profile, share=app.device.share())
+        edge_budget = Budget(latency_ms=app.deadline_ms, memory_bytes=app.device.free_memory_bytes(),
+                             macs=app.macs_budget, device=app.device.profile, share=app.device.share())
         edge = scheduler.frontier(edge_budget.device, edge_budget.latency_quantile, self.family)
-        ok = edge.feasible(edge_budget) & (edge.table.depth[edge.rows] <= app.spec.split.at_depth)
+        ok = edge.feasible(edge_budget) & (edge.table.depth[edge.rows] <= app.split.at_depth)
         if ok.any():
             candidates.append(int(edge.rows[np.argmax(ok)]))
         try:
-            selection = scheduler.select(sim.split_budget(app), family=self.family)
-            candidates.append(int(selection._frontier.rows[selection._row]))
+            selection = scheduler.select(view.split_budget(app), family=self.family)
+            candidates.append(selection.option.row)
         except InfeasibleBudget:
             pass
         if not candidates:
-            return sim.fastest_row(app, self.family)
-        return max(candidates, key=lambda row: (sim.table.accuracy[row], -sim.table.macs[row]))
+            return view.fastest_row(app, self.family)
+        return max(candidates, key=lambda row: (view.table.accuracy[row], -view.table.macs[row]))
 
 
 class NestedPolicy(AllocatingPolicy):
@@ -196,28 +190,29 @@ class NestedReactivePolicy(NestedPolicy):
     name = "nested_reactive"
     per_request = True
 
-    def setup(self, sim):
-        super().setup(sim)
+    def setup(self, view):
+        super().setup(view)
         self._ladders: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _ladder(self, sim, row: int, profile: str) -> tuple[np.ndarray, np.ndarray]:
+    def _ladder(self, view, row: int, profile: str) -> tuple[np.ndarray, np.ndarray]:
         key = (row, profile)
         if key not in self._ladders:
-            table = sim.table
+            table = view.table
             inside = np.flatnonzero((table.depth <= table.depth[row]) & (table.width <= table.width[row]))
             expected = table.devices[profile].expected_ms
             ladder = _staircase(inside, expected, table.accuracy)
             self._ladders[key] = (ladder, expected[ladder] / 1000.0)
         return self._ladders[key]
 
-    def request_row(self, app, sim, now):
+    def request_row(self, app, view, now):
         device = app.device
-        profile = device.spec.profile
+        profile = device.profile
         slack = min(device.earliest_deadline(now), now + app.deadline_s) - now
-        stretch = (device.sim_device.running + 1) / device.sim_device.capacity
-        if sim.table.devices[profile].expected_ms[app.row] / 1000.0 * stretch <= slack:
-            return app.row
-        ladder, seconds = self._ladder(sim, app.row, profile)
+        stretch = (device.jobs_running + 1) / device.capacity
+        row = app.row
+        if view.table.devices[profile].expected_ms[row] / 1000.0 * stretch <= slack:
+            return row
+        ladder, seconds = self._ladder(view, row, profile)
         fits = int(np.searchsorted(seconds * stretch, slack, side="right")) - 1
         return int(ladder[max(fits, 0)])
 
@@ -248,9 +243,10 @@ class ZooPolicy(AllocatingPolicy):
     def __init__(self, interrupt: bool):
         super().__init__(interrupt, "zoo")
 
-    def setup(self, sim):
-        self.switch_cost = ZooSwitchCost(bandwidth_bytes_per_s=min(d.spec.storage_mb_per_s for d in
-                                                                   sim.devices.values()) * 1e6)
+    def setup(self, view):
+        super().setup(view)
+        self.switch_cost = ZooSwitchCost(bandwidth_bytes_per_s=min(d.storage_mb_per_s for d in
+                                                                   view.devices.values()) * 1e6)
 
 
 class OraclePolicy(AllocatingPolicy):
@@ -264,11 +260,11 @@ class OraclePolicy(AllocatingPolicy):
 class StaticLargestPolicy(Policy):
     name = "static_largest"
 
-    def decide(self, sim, now, reason):
+    def decide(self, view, now, reason):
         if now > 0:
             return {}
-        row = sim.full_row()
-        return {a.name: (row, "static") for a in sim.apps}
+        row = view.full_row()
+        return {a.name: (row, "static") for a in view.apps}
 
 
 class StaticSmallestPolicy(AllocatingPolicy):
@@ -281,11 +277,11 @@ class StaticSmallestPolicy(AllocatingPolicy):
     def __init__(self, interrupt: bool):
         super().__init__(interrupt, "no_exits")
 
-    def decide(self, sim, now, reason):
+    def decide(self, view, now, reason):
         if now > 0:
             return {}
-        with sim.tightest_state():
-            changes = super().decide(sim, now, "tightest budget of the scenario")
+        with view.tightest_state():
+            changes = super().decide(view, now, "tightest budget of the scenario")
         return changes
 
 
@@ -294,43 +290,43 @@ class SuperServePolicy(Policy):
     per_request = True
     ladder_family = "no_exits"  # SuperServe serves weight-shared sub-networks without exits
 
-    def setup(self, sim):
-        table: OptionTable = sim.table
+    def setup(self, view):
+        table: OptionTable = view.table
         self._ladders = {}
-        for device_name, state in sim.devices.items():
-            costs = table.devices[state.spec.profile]
+        for device_name, device in view.devices.items():
+            costs = table.devices[device.profile]
             ladder = _staircase(np.flatnonzero(table.family_mask(self.ladder_family)), costs.expected_ms,
                                 table.accuracy)
             self._ladders[device_name] = (ladder, costs.expected_ms[ladder] / 1000.0, table.memory[ladder])
         # a split app prices each option over edge, link and server; only options that
         # no other beats on every one of those costs and on accuracy can ever be chosen
         self._split_options = {}
-        for app in sim.apps:
-            split = app.spec.split
+        for app in view.apps:
+            split = app.split
             if split is None:
                 continue
             rows = np.flatnonzero(table.family_mask(self.ladder_family))
-            costs = split_costs(sim.catalog, table, rows, app.device.spec.profile,
-                                sim.devices[split.server].spec.profile, split.at_depth)
+            costs = split_costs(view.catalog, table, rows, app.device.profile,
+                                view.devices[split.server].profile, split.at_depth)
             keep = pareto_front(np.stack([costs.edge_s, costs.beyond, costs.server_s, costs.beyond * costs.feature_bytes,
                                      table.memory[rows], -table.accuracy[rows]], axis=1))
             self._split_options[app.name] = SplitCosts(*(getattr(costs, f)[keep] for f in
                                                          ("rows", "edge_s", "beyond", "server_s", "feature_bytes")))
 
-    def decide(self, sim, now, reason):
+    def decide(self, view, now, reason):
         if now > 0:
             return {}
-        return {a.name: (int(self._ladders[a.device.spec.name][0][-1]), "initial") for a in sim.apps}
+        return {a.name: (int(self._ladders[a.device.name][0][-1]), "initial") for a in view.apps}
 
-    def request_row(self, app, sim, now):
+    def request_row(self, app, view, now):
         device = app.device
         slack = min(device.earliest_deadline(now), now + app.deadline_s) - now
-        stretch = (device.sim_device.running + 1) / device.sim_device.capacity
-        free = device.free_memory_for_apps()
+        stretch = (device.jobs_running + 1) / device.capacity
+        free = device.free_memory_bytes()
         free = np.inf if free is None else free - device.memory_of_others(app)
-        if app.spec.split is not None:
-            return self._split_row(app, sim, slack, stretch, free)
-        ladder, seconds, memory = self._ladders[device.spec.name]
+        if app.split is not None:
+            return self._split_row(app, view, slack, stretch, free)
+        ladder, seconds, memory = self._ladders[device.name]
         fits = int(np.searchsorted(seconds * stretch, slack, side="right")) - 1
         memory_ok = memory <= free
         if fits >= 0:
@@ -339,19 +335,19 @@ class SuperServePolicy(Policy):
             candidates = np.flatnonzero(memory_ok[:1])
         return int(ladder[candidates[-1]]) if len(candidates) else int(ladder[0])
 
-    def _split_row(self, app, sim, slack: float, edge_stretch: float, free: float) -> int:
+    def _split_row(self, app, view, slack: float, edge_stretch: float, free: float) -> int:
         """The most accurate option whose expected time (edge part stretched
         by the edge's load, transfer at the link's current bandwidth and delay,
         server part stretched by the server's load) fits the slack; else the
         fastest."""
-        split = app.spec.split
+        split = app.split
         options = self._split_options[app.name]
-        server = sim.devices[split.server].sim_device
-        transfer = transfer_seconds(sim.topology, [split.link], options.feature_bytes)
+        server = view.devices[split.server]
+        transfer = view.transfer_seconds(split.link, options.feature_bytes)
         expected = options.edge_s * edge_stretch \
-            + options.beyond * (transfer + options.server_s * (server.running + 1) / server.capacity)
-        accuracy = sim.table.accuracy[options.rows]
-        fits = (expected <= slack) & (sim.table.memory[options.rows] <= free)
+            + options.beyond * (transfer + options.server_s * (server.jobs_running + 1) / server.capacity)
+        accuracy = view.table.accuracy[options.rows]
+        fits = (expected <= slack) & (view.table.memory[options.rows] <= free)
         if not fits.any():
             return int(options.rows[np.argmin(expected)])
         best = np.flatnonzero(fits & (accuracy == accuracy[fits].max()))

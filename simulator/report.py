@@ -25,6 +25,7 @@ SUMMARY_FIELDS = ("requests", "answered", "accuracy", "on_time_accuracy", "miss_
                   "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_hz", "mean_macs", "energy_j",
                   "switches", "interrupted", "unanswered", "dropped_queue_full", "dropped_memory",
                   "dropped_no_option", "in_flight")
+RESULTS_COLUMNS = ("policy", "app") + SUMMARY_FIELDS  # of results.csv, one row per results_rows entry
 
 
 class ReportError(AnytimeError):
@@ -87,10 +88,9 @@ def write_results(results: list[RunResult], scenario, out_dir: str | Path) -> Pa
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=False) + "\n")
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("policy", "app") + SUMMARY_FIELDS)
-        for policy, body in summary["policies"].items():
-            for app, metrics in [("all", body["overall"])] + list(body["apps"].items()):
-                writer.writerow((policy, app) + tuple("" if metrics[k] is None else metrics[k] for k in SUMMARY_FIELDS))
+        writer.writerow(RESULTS_COLUMNS)
+        writer.writerows(tuple("" if value is None else value for value in row)
+                         for row in results_rows(summary["policies"]))
     for r in results:
         timeline = {
             "policy": r.policy, "apps": r.apps, "duration_s": r.duration_s, "bins": TIME_BINS,
@@ -105,6 +105,15 @@ def write_results(results: list[RunResult], scenario, out_dir: str | Path) -> Pa
                        "requests_per_second": round(r.requests / max(r.wall_seconds, 1e-9))} for r in results}
     (out / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def results_rows(policies: dict[str, dict]) -> list[tuple]:
+    """The rows of ``results.csv`` (columns ``RESULTS_COLUMNS``) from the
+    per-policy summaries: each policy's apps pooled (app ``"all"``), then each
+    app; None where a metric is undefined (nothing answered)."""
+    return [(policy, app) + tuple(metrics[k] for k in SUMMARY_FIELDS)
+            for policy, body in policies.items()
+            for app, metrics in [("all", body["overall"])] + list(body["apps"].items())]
 
 
 def _safe(label: str) -> str:

@@ -11,10 +11,15 @@ A scenario is bounded before anything runs (the ``MAX_*`` limits below):
 files above 256 KiB, nesting deeper than 16 levels and YAML anchors/aliases
 are refused unexpanded; every number must be finite and in range; a run may
 expect at most ``max_requests`` requests per policy (1,000,000 unless the
-file sets ``max_requests:``, at most 100,000,000); an arrival ``trace:`` must
-be a regular file inside the scenario's folder.  Overrides
-(:meth:`Scenario.with_overrides`, e.g. ``--duration-s``) are checked the same
-way.  Messages quote a bad value shortened and never a trace's contents.
+file sets ``max_requests:``, at most 100,000,000).  Every path is read from
+the scenario's own folder: an arrival ``trace:`` must be a regular file
+inside it; a ``catalog:`` is relative to it (or absolute) and must exist.
+Overrides (:meth:`Scenario.with_overrides`, e.g. ``--duration-s``) are
+checked the same way.  Messages quote a bad value shortened and never a trace's contents.
+
+Each mapping's keys, their meaning and their limits are one table,
+``SECTIONS`` (events: ``EVENTS``); the reader reads it and
+:func:`json_schema` writes it out (``docs/scenario.schema.json``).
 
 A minimal scenario::
 
@@ -38,7 +43,8 @@ import logging
 import math
 import re
 import reprlib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -85,6 +91,7 @@ SHOWN_CHARS = 60  # a value quoted in a message is cut to this
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # device, link and app names end up in file names
 ARRIVAL_KINDS = ("periodic", "poisson", "gamma", "onoff", "trace")
+DISCIPLINES = ("ps", "fcfs")  # how a device shares itself: processor sharing, or one at a time in arrival order
 
 POLICIES = {
     "nested": "the nested scheduler: any depth, width and calibrated exits (allocate / select_subnet)",
@@ -100,7 +107,37 @@ POLICIES = {
 }
 INTERRUPT_SUFFIX = "+interrupt"  # e.g. "nested+interrupt": answer from the last exit passed at the deadline
 
-EVENT_KINDS = ("background", "speed", "memory", "macs_budget", "bandwidth", "delay", "rate")
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """A kind of budget event: how a scenario writes it and what it sets in
+    the simulation (the one table both read)."""
+
+    name: str  # the event's key in a scenario
+    target: str  # what it names: "device", "app" or "link"
+    value_key: str  # the key of its value, units in the name
+    limits: dict  # the value's range (``_Reader.number``'s arguments)
+    sets: str  # the attribute of the target's state the engine sets
+    tighter: Callable[[float, float], float]  # of two values, the tighter state (max or min)
+    scale: float = 1.0  # value x scale is that attribute's unit
+
+
+EVENTS: dict[str, EventKind] = {kind.name: kind for kind in (
+    EventKind("background", "device", "share", dict(minimum=0, maximum=0.95), "background", max),
+    EventKind("speed", "device", "scale", dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED), "speed",
+              min),
+    EventKind("memory", "device", "used_mb", dict(minimum=0, maximum=MAX_MEMORY_MB), "background_memory", max,
+              1e6),  # MB -> bytes
+    EventKind("macs_budget", "app", "macs", dict(optional=True, positive=True, maximum=MAX_MACS), "macs_budget",
+              min),
+    EventKind("bandwidth", "link", "bandwidth_mbps",
+              dict(positive=True, minimum=1 / MAX_BANDWIDTH_MBPS, maximum=MAX_BANDWIDTH_MBPS), "bandwidth_mbps", min),
+    EventKind("delay", "link", "delay_ms", dict(minimum=0, maximum=MAX_DEADLINE_MS), "delay_ms", max),
+    EventKind("rate", "app", "rate_hz", dict(positive=True, minimum=MIN_RATE_HZ, maximum=MAX_RATE_HZ), "rate_hz",
+              max),
+)}
+EVENT_KINDS = tuple(EVENTS)
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -187,7 +224,7 @@ class Scenario:
     policies: tuple[str, ...] = ("nested", "static_largest")
     seed: int = 0
     description: str = ""
-    catalog: str = ""  # catalog stem; empty = the shipped catalog
+    catalog: str = ""  # catalog stem, absolute once read from a file's folder; empty = the shipped catalog
     reallocation_ms: float = 5.0  # scheduler time charged to the device per re-selection
     decision_us: float = 10.0  # per-request decision time (measured select_subnet median)
     hysteresis: float = 0.005  # accuracy gain needed to switch before the dwell time is over
@@ -222,6 +259,140 @@ class Scenario:
             raise ScenarioError(f"{self.source}: cannot override {', '.join(shown(k) for k in unknown)}: "
                                 f"not a scenario key")
         return validated(replace(self, **changes), f"{self.source} (overriding {', '.join(changes)})")
+
+
+# ---- the format: one table per mapping ------------------------------------
+# What each mapping of a scenario holds: its keys in order, with what each
+# means; its strings and its numbers with their limits.  The reader reads
+# them (``_Reader.text``, ``_Reader.number``'s arguments), and json_schema()
+# writes the same tables out as docs/scenario.schema.json.
+
+@dataclass(frozen=True)
+class Text:
+    """How a string key is read: non-empty, at most ``max_chars``; a ``name``
+    (it names result files: letters, digits, '_', '.' and '-') or one of
+    ``choices`` when given."""
+
+    max_chars: int = MAX_NAME_CHARS
+    name: bool = False
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Section:
+    """One mapping of a scenario: the dataclass it becomes (whose defaults say
+    what may be left out), every key in order with what it means, and how its
+    strings and numbers are read; the other keys are lists and mappings."""
+
+    spec: type
+    about: dict[str, str]
+    texts: dict[str, Text]
+    numbers: dict[str, dict]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.about)
+
+
+SECTIONS: dict[str, Section] = {
+    "scenario": Section(Scenario, {
+        "name": "the scenario's name (results carry it)",
+        "description": "what it models, in a sentence or two ('anytime scenarios' lists it)",
+        "duration_s": "simulated seconds",
+        "seed": "seed of the arrivals and of the samples requested: every policy sees the same",
+        "catalog": "catalog stem or file (STEM.json beside STEM.npz), relative to the scenario's folder or "
+                   "absolute; absent: the shipped catalog",
+        "devices": "the devices that run inferences",
+        "links": "network links between devices (for apps that split work with a server)",
+        "apps": "the applications, each on one device",
+        "events": "budget changes over time (sorted by at_s on load); at_s at most duration_s",
+        "policies": "the policies compared, each run on the same requests",
+        "reallocation_ms": "scheduler time charged to a device per re-selection",
+        "decision_us": "decision time charged per request",
+        "hysteresis": "accuracy gain needed to switch before min_dwell_s is over",
+        "min_dwell_s": "time a choice is kept unless a switch gains more than hysteresis",
+        "rate_window_s": "the scheduler re-estimates each app's rate over this window (0: never)",
+        "max_requests": "refuse a run expected to simulate more requests per policy (raise it on purpose)",
+    }, {"name": Text(200), "description": Text(MAX_TEXT_CHARS), "catalog": Text(MAX_PATH_CHARS)}, {
+        "duration_s": dict(positive=True, maximum=MAX_DURATION_S),
+        "seed": dict(minimum=0, maximum=MAX_SEED, integer=True),
+        "reallocation_ms": dict(minimum=0, maximum=60_000.0),
+        "decision_us": dict(minimum=0, maximum=1e6),
+        "hysteresis": dict(minimum=0, maximum=1),
+        "min_dwell_s": dict(minimum=0, maximum=MAX_DURATION_S),
+        "rate_window_s": dict(minimum=0, maximum=MAX_DURATION_S),
+        "max_requests": dict(minimum=1, maximum=MAX_REQUESTS_CEILING, integer=True),
+    }),
+    "device": Section(DeviceSpec, {
+        "name": "the device's name",
+        "profile": "latency table of the catalog: the measured device (e.g. cpu-local) or a predicted one "
+                   "(phone-npu, ...)",
+        "discipline": "ps: concurrent inferences share it (processor sharing); fcfs: one at a time, in order",
+        "memory_mb": "memory for models and activations; absent: unbounded",
+        "speed": "initial clock scale (speed events change it: throttling)",
+        "storage_mb_per_s": "how fast a zoo model loads from storage on a switch",
+    }, {"name": Text(name=True), "profile": Text(), "discipline": Text(choices=DISCIPLINES)}, {
+        "memory_mb": dict(optional=True, positive=True, maximum=MAX_MEMORY_MB),
+        "speed": dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
+        "storage_mb_per_s": dict(positive=True, minimum=1e-3, maximum=1e6),
+    }),
+    "link": Section(LinkSpec, {
+        "name": "the link's name",
+        "source": "the device it leaves",
+        "target": "the device it reaches",
+        "bandwidth_mbps": "megabits per second (bandwidth events change it)",
+        "delay_ms": "one-way propagation delay",
+    }, {"name": Text(name=True), "source": Text(), "target": Text()}, {
+        "bandwidth_mbps": dict(positive=True, minimum=1 / MAX_BANDWIDTH_MBPS, maximum=MAX_BANDWIDTH_MBPS),
+        "delay_ms": dict(minimum=0, maximum=MAX_DEADLINE_MS),
+    }),
+    "app": Section(AppSpec, {
+        "name": "the app's name",
+        "device": "the device it runs on",
+        "arrivals": "how its requests arrive",
+        "deadline_ms": "time allowed per request, queueing included",
+        "weight": "its weight in the allocator's objective",
+        "macs_budget": "compute budget per inference; absent: none (macs_budget events change it)",
+        "max_in_flight": "admission control: a request arriving with this many in flight is dropped",
+        "split": "run up to a middle exit here and finish on a server (DL-gleaning's deployment)",
+    }, {"name": Text(name=True), "device": Text()}, {
+        "deadline_ms": dict(positive=True, maximum=MAX_DEADLINE_MS),
+        "weight": dict(positive=True, maximum=MAX_WEIGHT),
+        "macs_budget": dict(optional=True, positive=True, maximum=MAX_MACS),
+        "max_in_flight": dict(minimum=1, maximum=MAX_IN_FLIGHT, integer=True),
+    }),
+    "arrivals": Section(Arrivals, {
+        "kind": "periodic (fixed rate, optional jitter), poisson, gamma (gaps with coefficient of variation cv), "
+                "onoff (poisson while on) or trace (a CSV replayed)",
+        "rate_hz": "mean requests per second (onoff: while on); required except for a trace, which sets its own",
+        "jitter": "periodic: uniform jitter, a fraction of the period",
+        "cv": "gamma: coefficient of variation of the gaps (above 1: bursty)",
+        "on_s": "onoff: mean length of an on period (rate_hz x on_s at least 0.001)",
+        "off_s": "onoff: mean length of an off period",
+        "trace": "trace: a CSV file inside the scenario's folder (symbolic links followed)",
+        "trace_column": "trace: 'timestamp' (seconds) or a column of per-minute counts; absent: timestamp if "
+                        "the header has it, else count_per_minute",
+    }, {"kind": Text(choices=ARRIVAL_KINDS), "trace": Text(MAX_PATH_CHARS), "trace_column": Text()}, {
+        "rate_hz": dict(positive=True, minimum=MIN_RATE_HZ, maximum=MAX_RATE_HZ),
+        "jitter": dict(minimum=0, maximum=0.99),
+        "cv": dict(positive=True, minimum=0.01, maximum=100.0),
+        "on_s": dict(positive=True, minimum=1e-3, maximum=MAX_DURATION_S),
+        "off_s": dict(positive=True, minimum=1e-3, maximum=MAX_DURATION_S),
+    }),
+    "split": Section(SplitSpec, {
+        "server": "the device that finishes the samples that do not exit at at_depth",
+        "link": "the link from the app's device to the server",
+        "at_depth": "the depth the app's device runs up to (a middle exit)",
+    }, {"server": Text(), "link": Text()}, {"at_depth": dict(minimum=1, maximum=1_000, integer=True)}),
+}
+TRACE_RATE_LIMITS = dict(minimum=0, maximum=MAX_RATE_HZ)  # rate_hz of a trace: not used (the trace sets the rate)
+EVENT_AT_LIMITS = dict(minimum=0)  # an event's at_s, at most the scenario's duration_s
+_TOP_NUMBERS: dict[str, dict] = SECTIONS["scenario"].numbers  # read the same way from a file and from overrides
+
+# what a scenario may leave out: the dataclasses' own defaults, written once
+DEFAULTS: dict[type, dict[str, object]] = {
+    section.spec: {f.name: f.default for f in fields(section.spec) if f.default is not MISSING}
+    for section in SECTIONS.values()}
 
 
 # ---- loading ---------------------------------------------------------------
@@ -266,14 +437,23 @@ class _Reader:
             self.fail(f"is {len(value):,} characters long, at most {max_chars:,}", key)
         return value
 
-    def name(self, key: str) -> str:
-        """A device, link or app name: it names files of the results, so only
-        letters, digits, '_', '.' and '-'."""
-        value = self.string(key, max_chars=MAX_NAME_CHARS)
-        if not _NAME.fullmatch(value):
+    def text(self, key: str, form: Text, default: str | None = None) -> str:
+        """A string key read as ``form`` says; a device, link or app name
+        names files of the results, so only letters, digits, '_', '.' and '-'
+        (its ``choices`` are the caller's to check, with its own message)."""
+        value = self.string(key, default, max_chars=form.max_chars)
+        if form.name and not _NAME.fullmatch(value):
             self.fail(f"a name is letters, digits, '_', '.' and '-' (starting with a letter or digit), "
                       f"got {shown(value)}", key)
         return value
+
+    def read(self, section: Section, key: str) -> str | float | None:
+        """``key`` of ``section``, a string or a number, read with its table's
+        rules; absent, its dataclass's default (required if it has none)."""
+        default = DEFAULTS[section.spec].get(key)
+        if key in section.texts:
+            return self.text(key, section.texts[key], default)
+        return self.number(key, default, **section.numbers[key])
 
     def number(self, key: str, default: float | None = None, *, positive: bool = False, minimum: float | None = None,
                maximum: float | None = None, optional: bool = False, integer: bool = False) -> float | None:
@@ -388,24 +568,8 @@ def load_scenario(path: str | Path) -> Scenario:
     return parse_scenario(data, source)
 
 
-_TOP_KEYS = ("name", "description", "duration_s", "seed", "catalog", "devices", "links", "apps", "events",
-             "policies", "reallocation_ms", "decision_us", "hysteresis", "min_dwell_s", "rate_window_s",
-             "max_requests")
-# the top level's numbers and their limits, read the same way from a file and from overrides
-_TOP_NUMBERS: dict[str, dict] = {
-    "duration_s": dict(positive=True, maximum=MAX_DURATION_S),
-    "seed": dict(default=0, minimum=0, maximum=MAX_SEED, integer=True),
-    "reallocation_ms": dict(default=5.0, minimum=0, maximum=60_000.0),
-    "decision_us": dict(default=10.0, minimum=0, maximum=1e6),
-    "hysteresis": dict(default=0.005, minimum=0, maximum=1),
-    "min_dwell_s": dict(default=1.0, minimum=0, maximum=MAX_DURATION_S),
-    "rate_window_s": dict(default=10.0, minimum=0, maximum=MAX_DURATION_S),
-    "max_requests": dict(default=DEFAULT_MAX_REQUESTS, minimum=1, maximum=MAX_REQUESTS_CEILING, integer=True),
-}
-
-
 def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
-    top = _Reader(data, "", source, _TOP_KEYS)
+    top = _Reader(data, "", source, SECTIONS["scenario"].keys)
     devices = tuple(_device(item, f"devices[{i}]", source)
                     for i, item in enumerate(top.sequence("devices", max_items=MAX_DEVICES)))
     if not devices:
@@ -426,19 +590,19 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
     if not apps:
         top.fail("needs at least one app", "apps")
     app_names = _unique([a.name for a in apps], "apps", top)
-    numbers = {key: top.number(key, **limits) for key, limits in _TOP_NUMBERS.items()}
+    numbers = {key: top.read(SECTIONS["scenario"], key) for key in _TOP_NUMBERS}
     duration = numbers["duration_s"]
-    targets = {"background": device_names, "speed": device_names, "memory": device_names,
-               "macs_budget": app_names, "bandwidth": link_names, "delay": link_names, "rate": app_names}
+    targets = {"device": device_names, "app": app_names, "link": link_names}
     events = tuple(sorted((_event(item, f"events[{i}]", source, targets, duration)
                            for i, item in enumerate(top.sequence("events", required=False, max_items=MAX_EVENTS))),
                           key=lambda e: e.at_s))
     policies = parse_policies(top.sequence("policies", required=False, max_items=MAX_POLICIES)
-                              or ["nested", "static_largest"], f"{source}: policies")
+                              or list(DEFAULTS[Scenario]["policies"]), f"{source}: policies")
+    catalog = top.read(SECTIONS["scenario"], "catalog")
     scenario = Scenario(
-        name=top.string("name", max_chars=200), devices=devices, apps=apps, events=events, links=links,
-        policies=tuple(policies), description=top.string("description", ""),
-        catalog=top.string("catalog", "", max_chars=MAX_PATH_CHARS), source=source, **numbers)
+        name=top.read(SECTIONS["scenario"], "name"), devices=devices, apps=apps, events=events, links=links,
+        policies=tuple(policies), description=top.read(SECTIONS["scenario"], "description"),
+        catalog=_catalog_path(top, catalog, source) if catalog else catalog, source=source, **numbers)
     _check_cost(scenario, source)
     return scenario
 
@@ -448,7 +612,7 @@ def validated(scenario: Scenario, source: str) -> Scenario:
     what a run may cost (for one changed after loading; ``source`` names it in
     messages)."""
     top = _Reader({key: getattr(scenario, key) for key in _TOP_NUMBERS}, "", source, tuple(_TOP_NUMBERS))
-    numbers = {key: top.number(key, **limits) for key, limits in _TOP_NUMBERS.items()}
+    numbers = {key: top.number(key, DEFAULTS[Scenario].get(key), **limits) for key, limits in _TOP_NUMBERS.items()}
     if not isinstance(scenario.policies, (tuple, list)):
         top.fail(f"expected a list of policy names, got {type(scenario.policies).__name__}", "policies")
     if len(scenario.policies) > MAX_POLICIES:
@@ -499,11 +663,11 @@ def parse_policies(policies: list, where: str) -> tuple[str, ...]:
         if not isinstance(policy, str):
             raise ScenarioError(f"{where}: a policy is a name, got {shown(policy)}")
         base, _, net = split_label(policy)
-        if net is not None:
+        if net is not None or "@" in policy:  # "nested@" names no network: a typo, not the scenario's catalog
             from anytime.catalog import shipped_catalogs
 
             if net not in shipped_catalogs():
-                raise ScenarioError(f"{where}: policy {shown(policy)}: no shipped catalog for network {shown(net)} "
+                raise ScenarioError(f"{where}: policy {shown(policy)}: no shipped catalog for network {shown(net or '')} "
                                     f"(have {', '.join(shipped_catalogs())})")
         if base not in POLICIES:
             raise ScenarioError(f"{where}: unknown policy {shown(policy)}; use one of {', '.join(POLICIES)} "
@@ -524,23 +688,19 @@ def _unique(names: list, what: str, reader: _Reader) -> set:
 
 
 def _device(data: object, where: str, source: str) -> DeviceSpec:
-    r = _Reader(data, where, source, ("name", "profile", "discipline", "memory_mb", "speed", "storage_mb_per_s"))
-    discipline = r.string("discipline", "ps")
-    if discipline not in ("ps", "fcfs"):
+    section = SECTIONS["device"]
+    r = _Reader(data, where, source, section.keys)
+    discipline = r.read(section, "discipline")
+    if discipline not in DISCIPLINES:
         r.fail(f"must be 'ps' or 'fcfs', got {shown(discipline)}", "discipline")
-    return DeviceSpec(r.name("name"), r.string("profile", max_chars=MAX_NAME_CHARS), discipline,
-                      r.number("memory_mb", optional=True, positive=True, maximum=MAX_MEMORY_MB),
-                      r.number("speed", 1.0, positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
-                      r.number("storage_mb_per_s", 200.0, positive=True, minimum=1e-3, maximum=1e6))
+    return DeviceSpec(r.read(section, "name"), r.read(section, "profile"), discipline,
+                      *(r.read(section, key) for key in ("memory_mb", "speed", "storage_mb_per_s")))
 
 
 def _link(data: object, where: str, source: str, devices: set) -> LinkSpec:
-    r = _Reader(data, where, source, ("name", "source", "target", "bandwidth_mbps", "delay_ms"))
-    link = LinkSpec(r.name("name"), r.string("source", max_chars=MAX_NAME_CHARS),
-                    r.string("target", max_chars=MAX_NAME_CHARS),
-                    r.number("bandwidth_mbps", positive=True, minimum=1 / MAX_BANDWIDTH_MBPS,
-                             maximum=MAX_BANDWIDTH_MBPS),
-                    r.number("delay_ms", 0.0, minimum=0, maximum=MAX_DEADLINE_MS))
+    section = SECTIONS["link"]
+    r = _Reader(data, where, source, section.keys)
+    link = LinkSpec(*(r.read(section, key) for key in section.keys))
     for key in ("source", "target"):
         if getattr(link, key) not in devices:
             r.fail(f"unknown device {getattr(link, key)!r}", key)
@@ -562,78 +722,217 @@ def _trace_path(reader: _Reader, trace: str, source: str) -> str:
     return str(path)
 
 
+def _catalog_path(reader: _Reader, catalog: str, source: str) -> str:
+    """The catalog's stem, read from the scenario's folder (as every path of a
+    scenario is; an absolute one as written), absolute; both of its files
+    (STEM.json, STEM.npz) must exist."""
+    from anytime.catalog import catalog_stem
+
+    try:
+        stem = catalog_stem(Path(source).parent / catalog)
+        stem = stem.parent.resolve() / stem.name
+        missing = [stem.name + suffix for suffix in (".json", ".npz")
+                   if not stem.with_name(stem.name + suffix).is_file()]
+    except (OSError, ValueError, RuntimeError):  # a NUL in the path, a symlink loop
+        reader.fail(f"is not a usable path: {shown(catalog)}", "catalog")
+    if missing:
+        reader.fail(f"catalog file not found: {shown(missing[0])} (a catalog is STEM.json and STEM.npz; a "
+                    f"relative path is read from the scenario's folder), got {shown(catalog)}", "catalog")
+    return str(stem)
+
+
 def _app(data: object, where: str, source: str, devices: set, links: set) -> AppSpec:
-    r = _Reader(data, where, source, ("name", "device", "arrivals", "deadline_ms", "weight", "macs_budget",
-                                      "max_in_flight", "split"))
-    device = r.string("device", max_chars=MAX_NAME_CHARS)
+    section = SECTIONS["app"]
+    r = _Reader(data, where, source, section.keys)
+    device = r.read(section, "device")
     if device not in devices:
         r.fail(f"unknown device {device!r}; the scenario has {', '.join(sorted(devices))}", "device")
     if "arrivals" not in r.data:
         r.fail("is required", "arrivals")
-    a = _Reader(r.data["arrivals"], f"{where}.arrivals", source,
-                ("kind", "rate_hz", "jitter", "cv", "on_s", "off_s", "trace", "trace_column"))
-    kind = a.string("kind", max_chars=MAX_NAME_CHARS)
+    arrivals = _arrivals(r.data["arrivals"], f"{where}.arrivals", source)
+    split = _split(r.data["split"], f"{where}.split", source, devices, links) if r.has("split") else None
+    name = r.read(section, "name")
+    deadline_ms, weight, macs_budget, max_in_flight = (
+        r.read(section, key) for key in ("deadline_ms", "weight", "macs_budget", "max_in_flight"))
+    return AppSpec(name, device, arrivals, deadline_ms, weight, macs_budget, int(max_in_flight), split)
+
+
+def _arrivals(data: object, where: str, source: str) -> Arrivals:
+    section = SECTIONS["arrivals"]
+    a = _Reader(data, where, source, section.keys)
+    kind = a.read(section, "kind")
     if kind not in ARRIVAL_KINDS:
         a.fail(f"unknown arrival kind {shown(kind)}; use {', '.join(ARRIVAL_KINDS)}", "kind")
-    trace = a.string("trace", "", max_chars=MAX_PATH_CHARS)
+    trace = a.read(section, "trace")
     if trace:
         trace = _trace_path(a, trace, source)
     if kind == "trace":  # a trace sets its own rate; rate_hz is not used
-        rate_hz = a.number("rate_hz", 0.0, minimum=0, maximum=MAX_RATE_HZ)
-    else:
-        rate_hz = a.number("rate_hz", positive=True, minimum=MIN_RATE_HZ, maximum=MAX_RATE_HZ)
-    on_s = a.number("on_s", 1.0, positive=True, minimum=1e-3, maximum=MAX_DURATION_S)
+        rate_hz = a.number("rate_hz", DEFAULTS[Arrivals]["rate_hz"], **TRACE_RATE_LIMITS)
+    else:  # required: the dataclass's default (0) is the trace's
+        rate_hz = a.number("rate_hz", **section.numbers["rate_hz"])
+    on_s = a.read(section, "on_s")
     if kind == "onoff" and rate_hz * on_s < MIN_REQUESTS_PER_ON_PERIOD:
         a.fail(f"rate_hz x on_s is {rate_hz * on_s:.3g} requests per on period, at least "
                f"{MIN_REQUESTS_PER_ON_PERIOD:g} (fewer and the generator spins over empty periods)", "on_s")
-    jitter = a.number("jitter", 0.0, minimum=0, maximum=0.99)
-    cv = a.number("cv", 1.0, positive=True, minimum=0.01, maximum=100.0)
-    off_s = a.number("off_s", 1.0, positive=True, minimum=1e-3, maximum=MAX_DURATION_S)
-    trace_column = a.string("trace_column", "", max_chars=MAX_NAME_CHARS)
+    jitter, cv, off_s, trace_column = (a.read(section, key) for key in ("jitter", "cv", "off_s", "trace_column"))
     try:
         arrivals = Arrivals(kind, rate_hz=rate_hz, jitter=jitter, cv=cv, on_s=on_s, off_s=off_s, trace=trace,
                             trace_column=trace_column)
         if arrivals.kind == "trace":
             arrivals.mean_rate_hz  # reads the trace now: a missing or malformed file fails at load time
     except AnytimeError as exc:
-        raise ScenarioError(f"{source}: {where}.arrivals: {exc}") from None
-    split = None
-    if r.has("split"):
-        s = _Reader(r.data["split"], f"{where}.split", source, ("server", "link", "at_depth"))
-        split = SplitSpec(s.string("server", max_chars=MAX_NAME_CHARS), s.string("link", max_chars=MAX_NAME_CHARS),
-                          int(s.number("at_depth", minimum=1, maximum=1_000, integer=True)))
-        if split.server not in devices:
-            s.fail(f"unknown device {split.server!r}", "server")
-        if split.link not in links:
-            s.fail(f"unknown link {split.link!r}", "link")
-    return AppSpec(r.name("name"), device, arrivals, r.number("deadline_ms", positive=True, maximum=MAX_DEADLINE_MS),
-                   r.number("weight", 1.0, positive=True, maximum=MAX_WEIGHT),
-                   r.number("macs_budget", optional=True, positive=True, maximum=MAX_MACS),
-                   int(r.number("max_in_flight", 64, minimum=1, maximum=MAX_IN_FLIGHT, integer=True)), split)
+        raise ScenarioError(f"{source}: {where}: {exc}") from None
+    return arrivals
+
+
+def _split(data: object, where: str, source: str, devices: set, links: set) -> SplitSpec:
+    section = SECTIONS["split"]
+    s = _Reader(data, where, source, section.keys)
+    split = SplitSpec(s.read(section, "server"), s.read(section, "link"), int(s.read(section, "at_depth")))
+    if split.server not in devices:
+        s.fail(f"unknown device {split.server!r}", "server")
+    if split.link not in links:
+        s.fail(f"unknown link {split.link!r}", "link")
+    return split
 
 
 def _event(data: object, where: str, source: str, targets: dict[str, set], duration: float) -> Event:
     r = _Reader(data, where, source, ("at_s",) + EVENT_KINDS)
-    at = r.number("at_s", minimum=0)
+    at = r.number("at_s", **EVENT_AT_LIMITS)
     if at > duration:
         r.fail(f"is after the end of the scenario ({duration:g} s)", "at_s")
     kinds = [k for k in EVENT_KINDS if r.has(k)]
     if len(kinds) != 1:
         r.fail(f"an event sets exactly one of {', '.join(EVENT_KINDS)}, got {kinds or 'none'}")
-    kind = kinds[0]
-    target_key = {"background": "device", "speed": "device", "memory": "device", "macs_budget": "app",
-                  "bandwidth": "link", "delay": "link", "rate": "app"}[kind]
-    value_key = {"background": "share", "speed": "scale", "memory": "used_mb", "macs_budget": "macs",
-                 "bandwidth": "bandwidth_mbps", "delay": "delay_ms", "rate": "rate_hz"}[kind]
-    body = _Reader(r.data[kind], f"{where}.{kind}", source, (target_key, value_key))
-    target = body.string(target_key, max_chars=MAX_NAME_CHARS)
-    if target not in targets[kind]:
-        body.fail(f"unknown {target_key} {target!r}", target_key)
-    limits = {"background": dict(minimum=0, maximum=0.95),
-              "speed": dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
-              "memory": dict(minimum=0, maximum=MAX_MEMORY_MB),
-              "macs_budget": dict(optional=True, positive=True, maximum=MAX_MACS),
-              "bandwidth": dict(positive=True, minimum=1 / MAX_BANDWIDTH_MBPS, maximum=MAX_BANDWIDTH_MBPS),
-              "delay": dict(minimum=0, maximum=MAX_DEADLINE_MS),
-              "rate": dict(positive=True, minimum=MIN_RATE_HZ, maximum=MAX_RATE_HZ)}[kind]
-    return Event(at, kind, target, body.number(value_key, **limits))
+    kind = EVENTS[kinds[0]]
+    body = _Reader(r.data[kind.name], f"{where}.{kind.name}", source, (kind.target, kind.value_key))
+    target = body.string(kind.target, max_chars=MAX_NAME_CHARS)
+    if target not in targets[kind.target]:
+        body.fail(f"unknown {kind.target} {target!r}", kind.target)
+    return Event(at, kind.name, target, body.number(kind.value_key, **kind.limits))
+
+
+# ---- the format as a JSON Schema ---------------------------------------------
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def json_schema() -> dict:
+    """The scenario format as a JSON Schema (draft 2020-12), written from the
+    reader's own tables (``SECTIONS``, ``EVENTS``, ``POLICIES``, the ``MAX_*``
+    limits, the dataclasses' defaults); ``docs/scenario.schema.json`` is its
+    output (``anytime scenarios schema``).  It holds what one key at a time
+    can say; the checks across keys (names that exist, an event's ``at_s``
+    within ``duration_s``, the expected number of requests, the trace's
+    contents) are the loader's alone, so a file the schema accepts may still
+    be refused, never the other way round."""
+    top = _section_schema("scenario")
+    lists = {"devices": ("device", MAX_DEVICES, 1), "links": ("link", MAX_LINKS, 0), "apps": ("app", MAX_APPS, 1),
+             "events": ("event", MAX_EVENTS, 0), "policies": ("policy", MAX_POLICIES, 0)}
+    for key, (item, most, least) in lists.items():
+        top["properties"][key] = {"description": SECTIONS["scenario"].about[key], "type": "array",
+                                  "items": {"$ref": f"#/$defs/{item}"}, "maxItems": most}
+        if least:
+            top["properties"][key]["minItems"] = least
+    top["properties"]["policies"].update(uniqueItems=True, default=list(DEFAULTS[Scenario]["policies"]))
+    defs = {name: _section_schema(name) for name in ("device", "link", "app", "arrivals", "split")}
+    defs["app"]["properties"]["arrivals"] = {"description": SECTIONS["app"].about["arrivals"],
+                                             "$ref": "#/$defs/arrivals"}
+    defs["app"]["properties"]["split"] = {"description": SECTIONS["app"].about["split"], "$ref": "#/$defs/split"}
+    defs["arrivals"].update(_arrival_rules())
+    defs["arrivals"]["properties"]["rate_hz"] = {"description": SECTIONS["arrivals"].about["rate_hz"],
+                                                 **_number_schema(TRACE_RATE_LIMITS, True)}  # any kind's
+    defs["event"] = _event_schema()
+    defs["policy"] = _policy_schema()
+    return {"$schema": SCHEMA_DIALECT, "title": "anytime scenario",
+            "description": "A scenario of the anytime simulator (YAML): devices, links, apps, budget events and "
+                           "the policies compared.  Units are in the key names (_s, _ms, _us, _hz, _mb, _mbps, "
+                           f"_mb_per_s).  A file is at most {MAX_SCENARIO_BYTES:,} bytes, nested at most "
+                           f"{MAX_NESTING} levels, without YAML anchors or aliases; each policy's run may expect "
+                           "at most max_requests requests.  See docs/FORMATS.md.",
+            **top, "$defs": defs}
+
+
+def _section_schema(name: str) -> dict:
+    """One mapping of ``SECTIONS`` as a schema object: its strings and numbers
+    (the keys read otherwise are filled in by :func:`json_schema`)."""
+    section = SECTIONS[name]
+    defaults = DEFAULTS[section.spec]
+    properties = {}
+    for key, about in section.about.items():
+        if key in section.texts:
+            properties[key] = {"description": about, **_text_schema(section.texts[key])}
+        elif key in section.numbers:
+            properties[key] = {"description": about, **_number_schema(section.numbers[key], key in defaults)}
+        else:
+            properties[key] = {"description": about}
+        default = defaults.get(key)
+        if default is not None and default != "" and not isinstance(default, tuple):  # lists: json_schema's
+            properties[key]["default"] = default
+    required = [key for key in section.about
+                if key not in defaults and not section.numbers.get(key, {}).get("optional")]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _text_schema(form: Text) -> dict:
+    schema: dict = {"type": "string", "minLength": 1, "maxLength": form.max_chars}
+    if form.name:
+        schema["pattern"] = f"^{_NAME.pattern}$"
+    if form.choices:
+        schema = {"enum": list(form.choices)}
+    return schema
+
+
+def _number_schema(limits: dict, nullable: bool) -> dict:
+    """``_Reader.number``'s arguments as a schema: a null is the default
+    where there is one (or, for an optional number, none)."""
+    schema: dict = {"type": "integer" if limits.get("integer") else "number"}
+    minimum = limits.get("minimum")
+    if limits.get("positive") and (minimum is None or minimum <= 0):
+        schema["exclusiveMinimum"] = 0
+    elif minimum is not None:
+        schema["minimum"] = minimum
+    if limits.get("maximum") is not None:
+        schema["maximum"] = limits["maximum"]
+    if nullable or limits.get("optional"):
+        schema["type"] = [schema["type"], "null"]
+    return schema
+
+
+def _arrival_rules() -> dict:
+    """What an arrival process needs by kind: a trace its file (its rate_hz,
+    unused, may be 0 or left out); every other kind its rate."""
+    return {"if": {"properties": {"kind": {"const": "trace"}}, "required": ["kind"]},
+            "then": {"required": ["trace"]},
+            "else": {"required": ["rate_hz"],
+                     "properties": {"rate_hz": _number_schema(SECTIONS["arrivals"].numbers["rate_hz"], False)}}}
+
+
+def _event_schema() -> dict:
+    """An event: ``at_s`` and exactly one kind of ``EVENTS``, naming its
+    target and the value it sets."""
+    properties: dict = {"at_s": {"description": "when, in simulated seconds (at most duration_s)",
+                                 **_number_schema(EVENT_AT_LIMITS, False)}}
+    for kind in EVENTS.values():
+        optional = bool(kind.limits.get("optional"))
+        properties[kind.name] = {
+            "description": f"sets the {kind.target}'s {kind.sets}" + (" (null or absent: lifts it)" if optional else ""),
+            "type": "object", "additionalProperties": False,
+            "properties": {kind.target: {"description": f"the {kind.target}'s name", **_text_schema(Text())},
+                           kind.value_key: _number_schema(kind.limits, False)},
+            "required": [kind.target] + ([] if optional else [kind.value_key])}
+    return {"type": "object", "properties": properties, "required": ["at_s"], "additionalProperties": False,
+            "oneOf": [{"required": [name]} for name in EVENT_KINDS]}
+
+
+def _policy_schema() -> dict:
+    """A policy label: a name of ``POLICIES``, optionally ``+interrupt``,
+    optionally ``@NET`` (another shipped network's catalog)."""
+    from anytime.catalog import shipped_catalogs
+
+    nets = "|".join(re.escape(net) for net in shipped_catalogs())
+    names = "|".join(re.escape(name) for name in POLICIES)
+    meaning = "; ".join(f"{name}: {about}" for name, about in POLICIES.items())
+    return {"description": f"a policy, optionally with {INTERRUPT_SUFFIX!r} (answer from the last exit passed at "
+                           f"the deadline) and '@NET' (run on another shipped network's catalog). {meaning}",
+            "type": "string", "pattern": f"^({names})({re.escape(INTERRUPT_SUFFIX)})?(@({nets}))?$"}

@@ -3,8 +3,12 @@ a background job may hold the other."""
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
 import pickle
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,6 +17,12 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# the user cache (anytime.user_cache) of this test session, shared with the commands tests start;
+# never the user's own
+if "ANYTIME_CACHE_DIR" not in os.environ:
+    os.environ["ANYTIME_CACHE_DIR"] = tempfile.mkdtemp(prefix="anytime-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ANYTIME_CACHE_DIR"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.zip"
 

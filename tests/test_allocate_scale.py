@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from anytime.catalog import SHIPPED_STEM, load_catalog
 from nets.errors import AnytimeError
-from scheduler.allocate import SCALE, SharedDevice, Tenant, allocate, allocation_fits, greedy_value, tenant_options
+from scheduler.allocation import SCALE, SharedDevice, Tenant, allocate, allocation_fits, greedy_value, tenant_options
 from scheduler.errors import AllocationNotFound, InfeasibleBudget, TenantError
 from scheduler.options import option_table
 from scheduler.reference import brute_force, integer_value
@@ -39,7 +39,7 @@ def shipped():
 
 
 def _rows(result) -> dict[str, int]:
-    return {name: choice.option_row for name, choice in result.choices.items()}
+    return {name: choice.option.row for name, choice in result.choices.items()}
 
 
 def _light_tenants(catalog, count: int, family: str = "nested") -> list[Tenant]:
@@ -205,21 +205,20 @@ def test_random_small_sets_fit_beat_the_greedy_and_agree_with_brute_force(shippe
 
 # ---- the pieces that make large instances fast --------------------------------------------------
 
-def test_integer_front_equals_the_select_front():
-    from scheduler.allocate import _integer_front
+def test_pareto_front_is_the_same_on_integer_and_float_columns():
     from scheduler.options import pareto_front
 
     rng = np.random.default_rng(0)
     for rows, scale in [(1, 5), (9, 3), (300, 12), (700, 40), (1200, 6)]:
         columns = np.round(rng.random((rows, 4)) * scale).astype(np.int64)  # many ties and duplicates
-        np.testing.assert_array_equal(_integer_front(columns, block=128), pareto_front(columns.astype(np.float64)))
+        np.testing.assert_array_equal(pareto_front(columns, block=128), pareto_front(columns.astype(np.float64)))
 
 
 def test_level_sums_by_changes_equal_per_tenant_sums(shipped):
     """The O(options) sums over tenants at every deadline level (large
     instances) give the per-tenant sums' bounds, within their stated margin
     and never below."""
-    from scheduler import allocate as module
+    from scheduler import allocation as module
 
     tenants, device = _bench_like(shipped, 12, seed=3)
     rows = [tenant_options(t, device) for t in tenants]
@@ -244,7 +243,7 @@ def test_level_sums_by_changes_equal_per_tenant_sums(shipped):
 def test_level_bounds_hold_for_the_greedy(shipped):
     """Every level's bound, tightened by the greedy's Lagrangian search, is
     at least the value of the allocations the greedy finds at that level."""
-    from scheduler import allocate as module
+    from scheduler import allocation as module
 
     tenants, device = _bench_like(shipped, 20, seed=5)
     rows = [tenant_options(t, device) for t in tenants]

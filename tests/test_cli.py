@@ -112,13 +112,6 @@ def test_allocate_and_family_on_shipped_catalog(capsys):
     assert code == 0 and json.loads(stdout)["policy"] == "none" and json.loads(stdout)["subnet"].startswith("d16")
 
 
-def test_cli_families_are_the_schedulers():
-    from anytime.cli import OPTION_FAMILIES
-    from scheduler.options import FAMILIES
-
-    assert set(OPTION_FAMILIES) == set(FAMILIES)
-
-
 def test_exit_status_tells_input_from_infeasible_from_io(capsys, tmp_path, monkeypatch):
     """2: bad input (argparse's too, in one line); 3: a valid budget nothing
     meets; 1: an I/O error, in one line without a traceback."""

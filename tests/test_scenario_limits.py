@@ -7,7 +7,6 @@ anything is simulated; none of these tests simulates."""
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import threading
@@ -22,6 +21,8 @@ import simulator.workloads as workloads
 from simulator.scenario import (DEFAULT_MAX_REQUESTS, MAX_APPS, MAX_DURATION_S, MAX_EVENTS, MAX_LINKS, MAX_NESTING,
                                 MAX_REQUESTS_CEILING, MAX_SCENARIO_BYTES, Scenario, ScenarioError, load_scenario,
                                 parse_scenario)
+
+from mutations import mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -381,37 +382,10 @@ MUTATIONS = st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace"])
 SHIPPED_DATA = {path: yaml.safe_load(path.read_text()) for path in SHIPPED}
 
 
-def _places(node: object, prefix: tuple = ()) -> list[tuple]:
-    """Every key path inside ``node`` (not the root)."""
-    places = []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        places.append(prefix + (key,))
-        places.extend(_places(value, prefix + (key,)))
-    return places
-
-
-def _mutate(data: object, mutations: list) -> object:
-    data = copy.deepcopy(data)
-    for action, pick, value in mutations:
-        places = _places(data)
-        if not places:
-            break
-        *parents, key = places[pick % len(places)]
-        target = data
-        for parent in parents:
-            target = target[parent]
-        if action == "delete":
-            del target[key]
-        else:
-            target[key] = value
-    return data
-
-
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(which=st.sampled_from(SHIPPED), mutations=MUTATIONS)
 def test_mutated_shipped_scenarios_load_or_raise_scenario_error(which, mutations):
-    data = _mutate(SHIPPED_DATA[which], mutations)
+    data = mutate(SHIPPED_DATA[which], mutations)
     try:
         scenario = parse_scenario(data, str(which))  # the shipped folder: trace_replay's CSV resolves
     except ScenarioError as exc:

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from anytime.catalog import SHIPPED_STEM, LatencyTable, load_catalog
 from nets import SubnetSpec
 from scheduler import Budget, BudgetError, InfeasibleBudget, TenantError, UnknownDeviceError, select_subnet
-from scheduler.allocate import SharedDevice, Tenant, allocate, tenant_options
+from scheduler.allocation import SharedDevice, Tenant, allocate, tenant_options
 from scheduler.lattice import build_lattice, cheapest_upgrade, degradation_path
 from scheduler.options import option_table
 from scheduler.reference import brute_force, brute_force_select, integer_value, solve_with_scip
-from scheduler.switching import NESTED_SWITCH, SwitchingPolicy, ZooSwitchCost, fits
+from scheduler.switching import NESTED_SWITCH, Hysteresis, SwitchingPolicy, ZooSwitchCost
 
 
 # The tiny test network's latency on one CPU core (ms, batches of 1 and 2; depths 1-5 x widths 1-2),
@@ -166,7 +166,7 @@ def test_allocate_equals_exhaustive_search(catalog):
         assert max(sizes) <= 40
         result = allocate(tenants, device, time_limit_s=20, deterministic=True)
         exhaustive = brute_force(tenants, device)
-        scaled = sum(round(t.weight * result.choices[t.name].accuracy * 10_000 - 0.5) for t in tenants)
+        scaled = sum(round(t.weight * result.choices[t.name].option.expected_accuracy * 10_000 - 0.5) for t in tenants)
         assert result.optimal and result.gap == 0
         assert exhaustive is not None and abs(scaled - exhaustive) <= len(tenants)  # floor rounding per tenant
         assert solve_with_scip(tenants, device) == exhaustive
@@ -200,10 +200,10 @@ def test_cp_sat_matches_exhaustive_on_random_instances(catalog):
             infeasible += 1
             continue
         result = allocate(tenants, device, time_limit_s=20, deterministic=True)
-        from scheduler.allocate import integer_objective
+        from scheduler.allocation import integer_objective
 
         rows = [tenant_options(t, device) for t in tenants]
-        picks = tuple(int(np.flatnonzero(r.index == result.choices[t.name].option_row)[0])
+        picks = tuple(int(np.flatnonzero(r.index == result.choices[t.name].option.row)[0])
                       for t, r in zip(tenants, rows))
         capacity = None if memory is None else int(memory // 1024)
         assert integer_objective(rows, picks, capacity) == exhaustive
@@ -215,7 +215,7 @@ def _rows_from_whole_table(tenant, device):
     """The pruning written plainly: every option of the table, scaled, then
     the integer Pareto front (what ``tenant_options`` computes on the cached
     cost front)."""
-    from scheduler.allocate import ACCURACY_SCALE, MEMORY_UNIT, SCALE
+    from scheduler.allocation import ACCURACY_SCALE, MEMORY_UNIT, SCALE
     from scheduler.options import pareto_front
 
     table = option_table(tenant.catalog)
@@ -280,7 +280,7 @@ def test_deadline_level_bounds_are_valid(catalog):
     """Every level's Lagrangian bound is at least the best allocation whose
     largest deadline term is at most that level (by enumeration), and the best
     over levels is the optimum: the decomposition the search relies on."""
-    from scheduler.allocate import SCALE, capacity_units, _deadline_level_bounds
+    from scheduler.allocation import SCALE, capacity_units, _deadline_level_bounds
 
     rng = np.random.default_rng(3)
     checked = 0
@@ -313,7 +313,7 @@ def test_deadline_level_bounds_are_valid(catalog):
 def test_swaps_reach_a_local_optimum(catalog):
     import itertools
 
-    from scheduler.allocate import capacity_units, _improve_by_swaps, integer_objective
+    from scheduler.allocation import capacity_units, _improve_by_swaps, integer_objective
 
     rng = np.random.default_rng(5)
     tenants, device = _random_instance(catalog, rng, 4)
@@ -390,11 +390,41 @@ def test_switch_when_current_no_longer_fits(catalog):
     big, _ = policy.update(Budget(), now=0.0)
     small_budget = Budget(macs=float(np.sort(table.macs)[0]) * 1.01)
     small, cost = policy.update(small_budget, now=0.1)
-    assert fits(small, small_budget) and not fits(big, small_budget)
+    assert small.option.fits(small_budget) and not big.option.fits(small_budget)
     assert cost == 0.0 and NESTED_SWITCH.bytes_loaded(big, small) == 0
     assert policy.switches == (0 if big.spec == small.spec and big.policy == small.policy else 1)
     zoo = ZooSwitchCost(bandwidth_bytes_per_s=1e6)
     assert zoo.seconds(big, small) == pytest.approx(small.memory_bytes / 1e6)
+
+
+def test_hysteresis_rule_keeps_until_gain_and_dwell_or_misfit():
+    rule = Hysteresis(hysteresis=0.01, min_dwell_s=5.0)
+    assert rule.keeps(True, 0.0, ["a"], now=0.0)  # never switched: a gain within the hysteresis keeps
+    rule.switched(["a", "b"], now=10.0)
+    assert rule.keeps(True, 0.5, ["a"], now=12.0)  # big gain, but dwelt only 2 s
+    assert not rule.keeps(True, 0.5, ["a"], now=15.0)  # big gain after the dwell: switch
+    assert rule.keeps(True, 0.01, ["a"], now=100.0)  # gain within the hysteresis: keep
+    assert not rule.keeps(False, 0.0, ["a"], now=10.5)  # no longer fits: switch at once
+    rule.switched(["b"], now=14.0)
+    assert rule.keeps(True, 0.5, ["a", "b"], now=16.0)  # the most recent switch of the group counts
+    with pytest.raises(BudgetError):
+        Hysteresis(hysteresis=-1.0)
+
+
+def test_budget_admits_is_the_per_resource_definition():
+    rng = np.random.default_rng(0)
+    costs = {k: rng.uniform(0, 10, 200) for k in ("macs", "quantile_ms", "memory_bytes", "energy_mj")}
+    costs["accuracy"] = rng.uniform(0, 1, 200)
+    budget = Budget(macs=5.0, latency_ms=8.0, share=0.5, memory_bytes=7.0, energy_mj=9.0, min_accuracy=0.3)
+    expected = ((costs["macs"] <= 5.0) & (costs["quantile_ms"] / 0.5 <= 8.0) & (costs["memory_bytes"] <= 7.0)
+                & (costs["energy_mj"] <= 9.0) & (costs["accuracy"] >= 0.3))
+    assert np.array_equal(budget.admits(**costs), expected)
+    assert np.array_equal(budget.admits(**costs, skip="macs"), expected | (
+        (costs["macs"] > 5.0) & (costs["quantile_ms"] <= 4.0) & (costs["memory_bytes"] <= 7.0)
+        & (costs["energy_mj"] <= 9.0) & (costs["accuracy"] >= 0.3)))
+    one = {k: float(v[0]) for k, v in costs.items()}
+    assert budget.admits(**one) is bool(expected[0])
+    assert Budget().admits(**costs).all()
 
 
 def test_lattice(catalog):
@@ -429,3 +459,39 @@ def test_pareto_blocks_equal_the_row_by_row_definition():
     for rows, cols in [(1, 3), (7, 2), (600, 4), (1300, 5)]:
         columns = np.round(rng.random((rows, cols)) * 12)  # many ties and duplicates
         np.testing.assert_array_equal(pareto_front(columns, block=64), reference(columns))
+
+
+# --- the option table's cached exit behaviour ------------------------------------------
+
+def test_option_table_is_the_same_from_the_user_cache_and_survives_a_bad_entry(catalog, tmp_path, monkeypatch):
+    from anytime.user_cache import cache_dir
+    from scheduler.options import OptionTable
+
+    monkeypatch.setenv("ANYTIME_CACHE_DIR", str(tmp_path / "cache"))
+    computed = OptionTable(catalog)
+    entries = list(cache_dir().glob("option-exits-*.npz"))
+    assert len(entries) == 1
+    cached = OptionTable(catalog)
+    np.testing.assert_array_equal(cached.exit_histogram, computed.exit_histogram)
+    np.testing.assert_array_equal(cached.accuracy, computed.accuracy)
+    entries[0].write_bytes(b"not an npz")  # a damaged entry is computed again and replaced
+    again = OptionTable(catalog)
+    np.testing.assert_array_equal(again.accuracy, computed.accuracy)
+    np.load(entries[0], allow_pickle=False).close()
+    np.savez(entries[0], exit_histogram=np.zeros((2, 2)), accuracy=np.zeros(2))  # wrong shapes: ignored
+    np.testing.assert_array_equal(OptionTable(catalog).exit_histogram, computed.exit_histogram)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.setenv("ANYTIME_CACHE_DIR", str(a_file / "cache"))  # cannot be created: still works
+    np.testing.assert_array_equal(OptionTable(catalog).accuracy, computed.accuracy)
+
+
+def test_exit_depths_many_equals_one_setting_at_a_time():
+    from anytime.exits import exit_depths, exit_depths_many
+
+    rng = np.random.default_rng(1)
+    score = rng.random((500, 7)).astype(np.float32)
+    thresholds = rng.choice([0.2, 0.5, 0.9, np.inf, -np.inf], size=(6, 7)).astype(np.float32)
+    many = exit_depths_many(score, thresholds)
+    for row, one in zip(thresholds, many):
+        np.testing.assert_array_equal(one, exit_depths(score, row))

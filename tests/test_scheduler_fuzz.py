@@ -13,7 +13,7 @@ from anytime.catalog import load_catalog
 from anytime.cli import parse_tenant
 from nets.errors import AnytimeError
 from scheduler import Budget, BudgetError, InfeasibleBudget, UnknownDeviceError, select_subnet
-from scheduler.allocate import SharedDevice, Tenant, allocate, allocation_fits
+from scheduler.allocation import SharedDevice, Tenant, allocate, allocation_fits
 from scheduler.errors import TenantError
 
 NUMBERS = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12),
@@ -86,5 +86,5 @@ def test_parsed_tenants_allocate_or_fail_typed(catalog, texts, share):
     except AnytimeError as exc:
         assert exc.exit_status in (2, 3)
         return
-    picks = {name: choice.option_row for name, choice in result.choices.items()}
+    picks = {name: choice.option.row for name, choice in result.choices.items()}
     assert allocation_fits(picks, tenants, device)

@@ -242,13 +242,13 @@ def test_per_request_rule_prices_the_split_link(catalog):
     from simulator.engine import Simulation
 
     sim = Simulation(_short("edge_server", 10.0), "superserve", catalog)
-    sim.policy.setup(sim)
-    app = sim.apps[0]
+    sim.policy.setup(sim.view)
+    app = sim.view.apps[0]
     edge = sim.topology.edges[sim.scenario.links[0].source, sim.scenario.links[0].target]
     shipped = {}
     for bandwidth in (100.0, 1.0):
         edge["bandwidth_mbps"] = bandwidth
-        row = sim.policy.request_row(app, sim, 0.0)
+        row = sim.policy.request_row(app, sim.view, 0.0)
         options = sim.policy._split_options[app.name]
         i = int(np.flatnonzero(options.rows == row)[0])
         shipped[bandwidth] = options.beyond[i] * options.feature_bytes[i]

@@ -38,7 +38,7 @@ def test_blocking_works(tmp_path):
 def test_select_allocate_simulate_report_without_torch(tmp_path):
     result = _run_without_torch(f"""
         from scheduler import Budget, select_subnet
-        from scheduler.allocate import SharedDevice, Tenant, allocate
+        from scheduler.allocation import SharedDevice, Tenant, allocate
         from anytime.catalog import load_catalog
         from anytime.cli import main
 

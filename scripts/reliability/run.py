@@ -38,7 +38,7 @@ def warm_up() -> None:
     """Import what the commands import, once, so that forked children share it."""
     import anytime.catalog  # noqa: F401
     import anytime.cli  # noqa: F401
-    import scheduler.allocate  # noqa: F401
+    import scheduler.allocation  # noqa: F401
     import simulator.engine  # noqa: F401
     import simulator.report  # noqa: F401
     import torch

@@ -64,16 +64,17 @@ import itertools
 import logging
 import math
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from ortools.sat.python import cp_model
 
 from anytime.catalog import Catalog
-from scheduler.budget import QUANTILES
+from scheduler.budget import QUANTILES, Budget
 from scheduler.errors import AllocationNotFound, InfeasibleBudget, TenantError
-from scheduler.options import FAMILIES, option_table
+from scheduler.options import FAMILIES, Option, option_table, pareto_front
+from scheduler.select import scheduler_for
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,12 @@ class Tenant:
             raise TenantError(f"tenant {name}: unknown option family {_shown(self.family)}; "
                               f"use one of {', '.join(FAMILIES)}")
 
+    def budget(self) -> Budget:
+        """What this tenant asks of every option by itself (its deadline is
+        the queueing model's: :func:`meets_deadlines`)."""
+        return Budget(macs=self.max_macs, min_accuracy=self.min_accuracy or None,
+                      latency_quantile=self.latency_quantile)
+
 
 @dataclass(frozen=True)
 class SharedDevice:
@@ -159,18 +166,13 @@ class TenantOptions:
     value: np.ndarray  # weighted accuracy x ACCURACY_SCALE
 
 
-@dataclass
+@dataclass(frozen=True)
 class Choice:
+    """A tenant's option and its predicted response under the allocation."""
+
     tenant: str
-    spec: str
-    policy: str
-    thresholds: tuple[float, ...] | None
-    accuracy: float
-    expected_ms: float  # mean service time on the device at share 1
-    quantile_ms: float  # the tenant's quantile service time at share 1
-    memory_bytes: float
+    option: Option  # costs at share 1 and the tenant's latency quantile
     response_ms: float  # predicted M/G/1-PS mean response of the quantile-size job
-    option_row: int
 
 
 @dataclass
@@ -188,24 +190,19 @@ class Allocation:
     gap: float = 0.0
 
 
-# Re-solving after a budget change re-prunes only the tenants that changed; big enough for a
-# thousand tenants (about 12 KB each)
-_OPTION_CACHE: "OrderedDict[tuple[Tenant, SharedDevice], TenantOptions]" = OrderedDict()
-_OPTION_CACHE_SIZE = 2048
-
-
 def tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
-    """Integer rows of a tenant's options after pruning (cached: re-solving
-    after a budget change re-prunes only the tenants that changed)."""
-    key = (tenant, device)
-    cached = _OPTION_CACHE.get(key)
-    if cached is None:
-        cached = _OPTION_CACHE[key] = _tenant_options(tenant, device)
-        if len(_OPTION_CACHE) > _OPTION_CACHE_SIZE:
-            _OPTION_CACHE.popitem(last=False)
-    else:
-        _OPTION_CACHE.move_to_end(key)
-    return cached
+    """Integer rows of a tenant's options after pruning, kept by the
+    scheduler of the tenant's catalog: re-solving after a budget change
+    re-prunes only the tenants that changed."""
+    return scheduler_for(tenant.catalog).tenant_options.get_or_build((tenant, device),
+                                                                     lambda: _tenant_options(tenant, device))
+
+
+def meets_deadlines(quantile_ms: np.ndarray | float, deadline_ms: float, share: float, load: np.ndarray | float):
+    """The queueing constraint of the model, in real terms: under processor
+    sharing at total utilisation ``load``, a tenant's quantile-size job meets
+    its deadline when ``S_q / (share x D) + load <= 1``."""
+    return quantile_ms / share / deadline_ms + load <= 1
 
 
 def _tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
@@ -222,9 +219,9 @@ def _tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
     service_q = costs.latency_ms[tenant.latency_quantile][index] / device.share
     deadline_term = service_q / tenant.deadline_ms
     utilisation = tenant.rate_hz * costs.expected_ms[index] / 1000.0 / device.share
-    keep = (deadline_term + utilisation < 1) & (table.accuracy[index] >= tenant.min_accuracy)
-    if tenant.max_macs is not None:
-        keep &= table.macs[index] <= tenant.max_macs
+    # alone on the device; strictly, since rounding up to integers may add to each term
+    keep = (deadline_term + utilisation < 1) & tenant.budget().admits(
+        macs=table.macs[index], quantile_ms=0.0, memory_bytes=0.0, energy_mj=0.0, accuracy=table.accuracy[index])
     if not keep.any():
         raise InfeasibleBudget(f"tenant {_shown(tenant.name)}: no option meets its {tenant.deadline_ms:.6g} ms "
                                f"deadline at {tenant.rate_hz:.6g} req/s on {_shown(device.name)} even alone"
@@ -236,35 +233,8 @@ def _tenant_options(tenant: Tenant, device: SharedDevice) -> TenantOptions:
     mem_int = np.ceil(table.memory[index] / MEMORY_UNIT).astype(np.int64)
     value_int = np.floor(tenant.weight * table.accuracy[index] * ACCURACY_SCALE).astype(np.int64)
     # rounding can tie or order rows the float front kept apart
-    front = _integer_front(np.stack([util_int, dead_int, mem_int, -value_int], axis=1))
+    front = pareto_front(np.stack([util_int, dead_int, mem_int, -value_int], axis=1))
     return TenantOptions(index[front], util_int[front], dead_int[front], mem_int[front], value_int[front])
-
-
-def _integer_front(columns: np.ndarray, block: int = 512) -> np.ndarray:
-    """Rows (integers, all minimised) that no other row is <= everywhere; of
-    identical rows only the first survives: ``scheduler.select``'s Pareto
-    front, written for the few integer columns of an allocation row.
-
-    In lexicographic order every dominator comes before the rows it
-    dominates, so a row is dropped exactly when an earlier row is <= it in
-    every column.  The comparison is made column by column on a block of rows
-    against all rows before it: with four columns this is several times
-    faster than reducing a [rows, rows, columns] array over its last axis,
-    which made pruning most of the time of a 1,000-tenant allocation."""
-    n = len(columns)
-    order = np.lexsort(columns.T[::-1])
-    ordered = np.ascontiguousarray(columns[order].T)  # [columns, n]
-    keep_ordered = np.ones(n, dtype=bool)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        below = np.ones((stop - start, stop), dtype=bool)  # [i, j]: row j <= row i in every column so far
-        for column in ordered:
-            below &= column[None, :stop] <= column[start:stop, None]
-        below[:, start:] &= np.tri(stop - start, k=-1, dtype=bool)  # only rows before i count
-        keep_ordered[start:stop] = ~below.any(axis=1)
-    keep = np.zeros(n, dtype=bool)
-    keep[order[keep_ordered]] = True
-    return keep
 
 
 def capacity_units(device: SharedDevice) -> int | None:
@@ -361,21 +331,7 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
     CP-SAT worker, and a limit of ``time_limit_s`` work units over all
     stages (CP-SAT's deterministic time, and the numpy stages' counted work),
     so that the same inputs give the same allocation on any machine."""
-    if not _finite_positive(time_limit_s):
-        raise TenantError(f"time_limit_s must be a finite number of seconds > 0, got {_shown(time_limit_s)}")
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise TenantError(f"workers must be a positive integer, got {_shown(workers)}")
-    if not isinstance(device, SharedDevice):
-        raise TenantError(f"device must be a SharedDevice, got {_shown(device)}")
-    if not isinstance(tenants, (list, tuple)) or not tenants:
-        raise TenantError("allocate needs at least one tenant")
-    if not all(isinstance(t, Tenant) for t in tenants):
-        raise TenantError("allocate takes a list of Tenant")
-    repeated = [name for name, count in Counter(t.name for t in tenants).items() if count > 1]
-    if repeated:
-        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
-        raise TenantError(f"tenant names must be unique; repeated: {', '.join(_shown(n, 24) for n in repeated[:5])}"
-                          f"{more}")
+    _check_arguments(tenants, device, time_limit_s, workers)
     clock = _Clock(float(time_limit_s), deterministic)
     rows = [tenant_options(t, device) for t in tenants]
     capacity = capacity_units(device)
@@ -386,7 +342,7 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
         raise _no_allocation(tenants, device, reason, proven=True)
     previous = None
     if hints is not None:
-        previous = [hints.choices[t.name].option_row if t.name in hints.choices else None for t in tenants]
+        previous = [hints.choices[t.name].option.row if t.name in hints.choices else None for t in tenants]
     greedy = _greedy(layout, rows, capacity, coarse, clock)
     total = sum(len(r.index) for r in rows)
     done = _Instance(tenants, device, rows, capacity, clock, total, layout, coarse)
@@ -405,6 +361,25 @@ def allocate(tenants: list[Tenant], device: SharedDevice, time_limit_s: float = 
     if total <= LP_MAX_OPTIONS:
         return _allocate_with_lp(done, greedy, previous, workers)
     return _allocate_large(done, greedy, previous, workers)
+
+
+def _check_arguments(tenants: list[Tenant], device: SharedDevice, time_limit_s: float, workers: int) -> None:
+    """Raise ``TenantError`` for bad ``allocate`` arguments before any work is done."""
+    if not _finite_positive(time_limit_s):
+        raise TenantError(f"time_limit_s must be a finite number of seconds > 0, got {_shown(time_limit_s)}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise TenantError(f"workers must be a positive integer, got {_shown(workers)}")
+    if not isinstance(device, SharedDevice):
+        raise TenantError(f"device must be a SharedDevice, got {_shown(device)}")
+    if not isinstance(tenants, (list, tuple)) or not tenants:
+        raise TenantError("allocate needs at least one tenant")
+    if not all(isinstance(t, Tenant) for t in tenants):
+        raise TenantError("allocate takes a list of Tenant")
+    repeated = [name for name, count in Counter(t.name for t in tenants).items() if count > 1]
+    if repeated:
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise TenantError(f"tenant names must be unique; repeated: {', '.join(_shown(n, 24) for n in repeated[:5])}"
+                          f"{more}")
 
 
 @dataclass
@@ -837,57 +812,11 @@ def _lagrangian_choice(layout: _Layout, capacity: int | None, levels: _Levels, i
     every level: ``levels`` is tightened.  None when no choice fits."""
     tau = int(levels.levels[i])
     budget = SCALE - tau
-    allowed = layout.deadline_term <= tau
-    tenants = np.arange(len(layout.value))
-    memory_cap = np.inf if capacity is None else capacity
-    found: list[np.ndarray] = []
-    last = [1e-9, 1e18]  # the previous ray's bracket of lambda: the next one starts near it
-
-    def fits(columns: np.ndarray) -> bool:
-        return (int(layout.utilisation[tenants, columns].sum()) <= budget
-                and int(layout.memory[tenants, columns].sum()) <= memory_cap)
-
-    def ray(theta: float) -> bool | None:
-        """Bisect lambda at ``theta``, keep the choice found; whether memory
-        binds just below the lambda found (None: no lambda fits)."""
-        cost = layout.utilisation / budget
-        if theta:
-            cost = cost + (theta / capacity) * layout.memory
-
-        def choose(lam: float) -> np.ndarray:
-            clock.charge_cells(allowed.size)
-            score = np.where(allowed, layout.value - lam * cost, -np.inf)
-            columns = score.argmax(axis=1)
-            levels.offer(i, float(score[tenants, columns].sum()) + lam + lam * theta, lam / budget,
-                         lam * theta / capacity if theta else 0.0)
-            return columns
-
-        low, high = last[0] / 1e3, last[1] * 1e3
-        above, below = choose(high), choose(low)
-        if fits(below) or not fits(above):  # outside the bracket: the whole range
-            low, high = 1e-9, 1e18
-            above, below = choose(high), choose(low)
-        if fits(below):  # nothing binds: every tenant's most valuable option
-            found.append(below)
-            return False
-        if not fits(above):
-            return None
-        while high / low > 1 + 1e-5:  # closer, lambda changes a tenant or two: the move-up covers them
-            middle = math.sqrt(low * high)
-            columns = choose(middle)
-            if fits(columns):
-                high, above = middle, columns
-            else:
-                low, below = middle, columns
-        last[:] = [low, high]
-        levels.tighten(layout, capacity, high / budget, high * theta / capacity if theta else 0.0)
-        clock.charge_cells(allowed.size)
-        found.append(_move_up(layout, above, below, cost, budget, memory_cap))
-        return int(layout.memory[tenants, below].sum()) > memory_cap
-
+    search = _LevelSearch(layout, capacity, levels, i, clock, budget, layout.deadline_term <= tau,
+                          np.arange(len(layout.value)), np.inf if capacity is None else capacity)
     memory_side, load_side = None, None  # thetas where memory, and where load, binds
     for theta in ([0.0] if capacity is None else [0.0, 1.0, 16.0, 256.0]):
-        binds = ray(theta)
+        binds = _ray(search, theta)
         if binds is None:
             continue
         if not binds:
@@ -898,14 +827,80 @@ def _lagrangian_choice(layout: _Layout, capacity: int | None, levels: _Levels, i
         low, high = max(memory_side, load_side / 64), load_side
         for _ in range(THETA_STEPS):
             middle = math.sqrt(low * high)
-            if ray(middle):
+            if _ray(search, middle):
                 low = middle
             else:
                 high = middle
-    if not found:
+    if not search.found:
         return None
-    best = max(found, key=lambda columns: float(layout.value[tenants, columns].sum()))
+    tenants = search.tenants
+    best = max(search.found, key=lambda columns: float(layout.value[tenants, columns].sum()))
     return layout.picks(best)
+
+
+@dataclass
+class _LevelSearch:
+    """One level's problem in ``_lagrangian_choice``, shared by its rays so
+    that each ray needs no closure: the level, and what the rays found."""
+
+    layout: _Layout
+    capacity: int | None
+    levels: _Levels
+    i: int  # the level's index in ``levels``
+    clock: _Clock
+    budget: int  # S - tau: the load row's room at this level
+    allowed: np.ndarray  # [n, k] options with d <= tau
+    tenants: np.ndarray  # arange(n)
+    memory_cap: float  # the capacity, inf when unlimited
+    found: list[np.ndarray] = field(default_factory=list)  # each ray's choice (grid columns)
+    last: list[float] = field(default_factory=lambda: [1e-9, 1e18])  # the previous ray's bracket of lambda
+
+
+def _fits(search: _LevelSearch, columns: np.ndarray) -> bool:
+    """Whether a choice of grid columns fits both rows of the level, the bisection's test."""
+    return (int(search.layout.utilisation[search.tenants, columns].sum()) <= search.budget
+            and int(search.layout.memory[search.tenants, columns].sum()) <= search.memory_cap)
+
+
+def _choose(search: _LevelSearch, cost: np.ndarray, theta: float, lam: float) -> np.ndarray:
+    """Each tenant's best ``v - lam x cost`` among the level's options; its bound tightens the level's."""
+    search.clock.charge_cells(search.allowed.size)
+    score = np.where(search.allowed, search.layout.value - lam * cost, -np.inf)
+    columns = score.argmax(axis=1)
+    search.levels.offer(search.i, float(score[search.tenants, columns].sum()) + lam + lam * theta,
+                        lam / search.budget, lam * theta / search.capacity if theta else 0.0)
+    return columns
+
+
+def _ray(search: _LevelSearch, theta: float) -> bool | None:
+    """Bisect lambda at ``theta``, keep the choice found; whether memory
+    binds just below the lambda found (None: no lambda fits)."""
+    layout, capacity, budget, last = search.layout, search.capacity, search.budget, search.last
+    cost = layout.utilisation / budget
+    if theta:
+        cost = cost + (theta / capacity) * layout.memory
+    low, high = last[0] / 1e3, last[1] * 1e3
+    above, below = _choose(search, cost, theta, high), _choose(search, cost, theta, low)
+    if _fits(search, below) or not _fits(search, above):  # outside the bracket: the whole range
+        low, high = 1e-9, 1e18
+        above, below = _choose(search, cost, theta, high), _choose(search, cost, theta, low)
+    if _fits(search, below):  # nothing binds: every tenant's most valuable option
+        search.found.append(below)
+        return False
+    if not _fits(search, above):
+        return None
+    while high / low > 1 + 1e-5:  # closer, lambda changes a tenant or two: the move-up covers them
+        middle = math.sqrt(low * high)
+        columns = _choose(search, cost, theta, middle)
+        if _fits(search, columns):
+            high, above = middle, columns
+        else:
+            low, below = middle, columns
+    last[:] = [low, high]
+    search.levels.tighten(layout, capacity, high / budget, high * theta / capacity if theta else 0.0)
+    search.clock.charge_cells(search.allowed.size)
+    search.found.append(_move_up(layout, above, below, cost, budget, search.memory_cap))
+    return int(layout.memory[search.tenants, below].sum()) > search.memory_cap
 
 
 def _move_up(layout: _Layout, above: np.ndarray, below: np.ndarray, cost: np.ndarray, budget: int,
@@ -1032,12 +1027,7 @@ def _search_deadline_levels(rows: list[TenantOptions], capacity: int | None, val
             break
         tau = int(levels.levels[i])
         clock.charge_cells(valid.size)
-        # reduced-cost fixing with the level's multipliers, all tenants at once on the grid
-        score = layout.value - levels.load_multiplier[i] * layout.utilisation \
-            - levels.memory_multiplier[i] * layout.memory
-        allowed = layout.deadline_term <= tau
-        best = np.where(allowed, score, -np.inf).max(axis=1)
-        keep = allowed & (levels.bound[i] + score - best[:, None] >= value + 1 - 1e-6)
+        keep = _level_fixing(layout, levels, i, tau, value)
         if not keep.any(axis=1).all():
             continue  # some tenant has no option that could take part in a better allocation
         if keep.sum() * BUILD_SECONDS_PER_OPTION >= clock.left():  # no time to build its model
@@ -1058,6 +1048,16 @@ def _search_deadline_levels(rows: list[TenantOptions], capacity: int | None, val
             optimal = False
             open_bound = max(open_bound, min(float(levels.bound[i]), solver_bound))
     return picks, optimal, seconds, solved, open_bound
+
+
+def _level_fixing(layout: _Layout, levels: _Levels, i: int, tau: int, value: int) -> np.ndarray:
+    """Reduced-cost fixing with level ``i``'s multipliers, all tenants at once
+    on the grid: the options (``d <= tau``) that could still beat ``value``."""
+    score = layout.value - levels.load_multiplier[i] * layout.utilisation \
+        - levels.memory_multiplier[i] * layout.memory
+    allowed = layout.deadline_term <= tau
+    best = np.where(allowed, score, -np.inf).max(axis=1)
+    return allowed & (levels.bound[i] + score - best[:, None] >= value + 1 - 1e-6)
 
 
 def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, workers: int,
@@ -1150,21 +1150,7 @@ def _improve_by_swaps(rows: list[TenantOptions], picks: list[int], capacity: int
             if gain[j] > best_gain:
                 best_gain, best_move = int(gain[j]), [(int(owner[j]), int(position[j]))]
         for group in (itertools.combinations(range(n), 2) if use_pairs else ()):
-            rest = np.delete(np.arange(n), group)
-            load = u[rest].sum()
-            worst = d[rest].max() if len(rest) else 0
-            mem = m[rest].sum()
-            gain = -v[list(group)].sum()
-            shape = tuple(len(options[t]) for t in group)
-            for axis, t in enumerate(group):  # broadcast tenant `t`'s options along `axis`
-                view = [1] * len(group)
-                view[axis] = shape[axis]
-                pick = options[t]
-                load = load + rows[t].utilisation[pick].reshape(view)
-                worst = np.maximum(worst, rows[t].deadline_term[pick].reshape(view))
-                mem = mem + rows[t].memory[pick].reshape(view)
-                gain = gain + rows[t].value[pick].reshape(view)
-            gain = np.where((load + worst <= SCALE) & (mem <= memory_cap), gain, -1)
+            gain = _pair_gains(rows, options, group, u, d, m, v, memory_cap)
             if gain.size and gain.max() > best_gain:
                 where = np.unravel_index(int(np.argmax(gain)), gain.shape)
                 best_gain = int(gain.max())
@@ -1174,6 +1160,28 @@ def _improve_by_swaps(rows: list[TenantOptions], picks: list[int], capacity: int
         for t, i in best_move:
             picks[t] = i
     return [int(p) for p in picks]
+
+
+def _pair_gains(rows: list[TenantOptions], options: list[np.ndarray], group: tuple[int, ...], u: np.ndarray,
+                d: np.ndarray, m: np.ndarray, v: np.ndarray, memory_cap: float) -> np.ndarray:
+    """The gain of every joint change of ``group``'s tenants to their
+    ``options`` (-1 where it does not fit), broadcast over one axis per
+    tenant, so that ``_improve_by_swaps`` can pick the best pair move."""
+    rest = np.delete(np.arange(len(rows)), group)
+    load = u[rest].sum()
+    worst = d[rest].max() if len(rest) else 0
+    mem = m[rest].sum()
+    gain = -v[list(group)].sum()
+    shape = tuple(len(options[t]) for t in group)
+    for axis, t in enumerate(group):  # broadcast tenant `t`'s options along `axis`
+        view = [1] * len(group)
+        view[axis] = shape[axis]
+        pick = options[t]
+        load = load + rows[t].utilisation[pick].reshape(view)
+        worst = np.maximum(worst, rows[t].deadline_term[pick].reshape(view))
+        mem = mem + rows[t].memory[pick].reshape(view)
+        gain = gain + rows[t].value[pick].reshape(view)
+    return np.where((load + worst <= SCALE) & (mem <= memory_cap), gain, -1)
 
 
 def _positions_in(rows: list[TenantOptions], subset: list[TenantOptions], picks: list[int]) -> list[int]:
@@ -1277,15 +1285,9 @@ def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, 
     rho = sum(r.utilisation[p] for r, p in zip(rows, picks)) / SCALE
     objective = 0.0
     for tenant, r, p in zip(tenants, rows, picks):
-        table = option_table(tenant.catalog)
-        i = int(r.index[p])
-        costs = table.devices[device.name]
-        quantile_ms = float(costs.latency_ms[tenant.latency_quantile][i])
-        choices[tenant.name] = Choice(
-            tenant.name, str(table.spec(i)), str(table.policy[i]), table.thresholds_of(i), float(table.accuracy[i]),
-            float(costs.expected_ms[i]), quantile_ms, float(table.memory[i]),
-            quantile_ms / device.share / max(1e-12, 1 - rho), i)
-        objective += tenant.weight * float(table.accuracy[i])
+        option = option_table(tenant.catalog).option(r.index[p], device.name, tenant.latency_quantile)
+        choices[tenant.name] = Choice(tenant.name, option, option.quantile_ms / device.share / max(1e-12, 1 - rho))
+        objective += tenant.weight * option.expected_accuracy
     before = sum(len(option_table(t.catalog)) for t in tenants)
     return Allocation(choices, objective, optimal, float(rho), seconds, solver_seconds, before, after_pruning,
                       solved)
@@ -1294,21 +1296,20 @@ def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, 
 def allocation_fits(rows: dict[str, int], tenants: list[Tenant], device: SharedDevice) -> bool:
     """Whether options chosen earlier (option-table rows per tenant name) still
     meet every constraint of the model under a changed device or load."""
-    rho, terms, memory = 0.0, [], 0.0
+    rho, chosen, memory = 0.0, [], 0.0
     for tenant in tenants:
         table = option_table(tenant.catalog)
-        costs = table.devices[device.name]
         i = rows[tenant.name]
-        if tenant.max_macs is not None and table.macs[i] > tenant.max_macs:
+        option = table.option(i, device.name, tenant.latency_quantile)
+        if not (table.family_mask(tenant.family)[i] and option.fits(tenant.budget())):
             return False
-        if not table.family_mask(tenant.family)[i]:
-            return False
-        rho += tenant.rate_hz * costs.expected_ms[i] / 1000.0 / device.share
-        terms.append(costs.latency_ms[tenant.latency_quantile][i] / device.share / tenant.deadline_ms)
-        memory += table.memory[i]
+        rho += tenant.rate_hz * option.expected_ms / 1000.0 / device.share
+        chosen.append((tenant, option))
+        memory += option.memory_bytes
     if device.memory_bytes is not None and memory > device.memory_bytes:
         return False
-    return all(rho + term <= 1 for term in terms)
+    return all(meets_deadlines(option.quantile_ms, tenant.deadline_ms, device.share, rho)
+               for tenant, option in chosen)
 
 
 def integer_objective(rows: list[TenantOptions], picks: tuple[int, ...], capacity: int | None) -> int | None:
