@@ -355,6 +355,25 @@ class Catalog:
         every ``device`` argument's default, the one place it is decided."""
         return next((name for name, table in self.latency.items() if table.measured), None)
 
+    def other_machine_note(self) -> str | None:
+        """A sentence when the measured latency table was timed on another
+        machine than this one (its recorded CPU differs), else None: budgets
+        in milliseconds are then decided for that machine's speed."""
+        device = self.measured_device
+        if device is None:
+            return None
+        provenance = self.latency[device].provenance
+        measured_on = provenance.get("device")
+        if provenance.get("device_type", "cpu") != "cpu" or not measured_on:
+            return None
+        from anytime.machine import cpu_name  # torch-free
+
+        here = cpu_name()
+        if measured_on == here:
+            return None
+        return (f"latency table {device!r} was measured on {measured_on}, this machine is {here}: decisions on "
+                f"milliseconds are for that machine's speed (measure this one with 'anytime retime --out STEM')")
+
     def latency_table(self, device: str) -> LatencyTable:
         if device not in self.latency:
             raise CatalogError(f"catalog has no latency for device {device!r} (has {sorted(self.latency)})")

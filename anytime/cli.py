@@ -20,6 +20,7 @@ from pathlib import Path
 
 log = logging.getLogger("anytime")
 
+DISTRIBUTION = "dnnet-anytime"  # the installed distribution's name (pyproject.toml); its commands: anytime
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
 DEFAULT_CACHE_DIR = "data/cache"
 
@@ -83,6 +84,46 @@ def _cmd_profile(args: argparse.Namespace) -> int:
                       "full_test_accuracy": float(catalog.accuracy("test")[-1, -1]),
                       "latency_model_median_error": round(fit["median_abs_rel_error"], 4),
                       "latency_model_p90_error": round(fit["p90_abs_rel_error"], 4)}))
+    return 0
+
+
+def _cmd_retime(args: argparse.Namespace) -> int:
+    """Time every sub-network, segment and head of a catalog again on this
+    machine; everything else (costs, traces, exits, predicted devices) is
+    kept.  The new table names this machine (``provenance["device"]``)."""
+    import time
+
+    import torch
+
+    from anytime.builder import ProfileConfig, retime_catalog
+    from anytime.catalog import load_catalog
+    from nets.errors import ConfigError
+
+    _check_new_catalog(args.out)  # before minutes of timing
+    if args.passes < 1 or args.repeats < args.passes:
+        raise ConfigError(f"--passes must be >= 1 and --repeats >= --passes, got {args.passes} and {args.repeats}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    catalog = load_catalog(args.catalog)
+    model = catalog.load_net(args.weights)
+    device = catalog.measured_device
+    before = catalog.latency_table(device)
+    config = ProfileConfig(local_device_key=device, large_batch=before.batch_sizes[-1], passes=args.passes,
+                           repeats_batch1=args.repeats,
+                           repeats_large=max(args.passes, args.repeats // 5), repeats_segment=args.repeats)
+    started = time.perf_counter()
+    retimed, fit = retime_catalog(catalog, model, config, progress=not args.quiet and _tty())
+    seconds = time.perf_counter() - started
+    json_path, _ = retimed.save(args.out)
+    after = retimed.latency_table(device)
+    full = (catalog.depths - 1, catalog.widths - 1)
+    print(json.dumps({"catalog": str(json_path), "device": device, "seconds": round(seconds, 1),
+                      "measured_on": {"before": before.provenance.get("device"),
+                                      "after": after.provenance.get("device")},
+                      "threads": after.provenance.get("threads"),
+                      "full_subnet_p50_ms": {"before": round(float(before.p50_ms[0][full]), 3),
+                                             "after": round(float(after.p50_ms[0][full]), 3)},
+                      "latency_model_median_error": round(fit["median_abs_rel_error"], 4)}))
     return 0
 
 
@@ -237,7 +278,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"subnet": str(selection.spec), "policy": selection.policy,
                           "thresholds": selection.thresholds, **selection.costs(),
-                          "expected_accuracy": selection.expected_accuracy, "binding": selection.binding}))
+                          "expected_accuracy": selection.expected_accuracy, "binding": selection.binding,
+                          "latency_note": selection.latency_note}))
     else:
         print(selection.explain())
     return 0
@@ -331,6 +373,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     with results_folder(args.out, scenario) as staging:
         results = run(scenario, catalog=catalog, progress=None if args.quiet or not _tty() else _progress_bar)
         results.write_into(staging, report=not args.no_report)
+    if args.json:  # what summary.json holds, on stdout
+        print(json.dumps({"scenario": scenario.name, "out": str(args.out), "policies": results.summary()}))
+        return 0
     print(results_table(load_results(args.out)[0]))
     print(f"results in {args.out}/ (summary.json, results.csv{'' if args.no_report else ', figures/'})")
     return 0
@@ -506,6 +551,17 @@ def _add_catalog_commands(sub) -> None:
     p.add_argument("--csv", action="store_true", help="also write catalog.csv")
     p.set_defaults(func=_cmd_plot_catalog)
 
+    p = sub.add_parser("retime", help="measure a catalog's latency table on this machine (a new catalog)")
+    p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
+    p.add_argument("--out", required=True, help="the new catalog's stem; its files must not exist")
+    p.add_argument("--weights", help="state_dict of the catalog's net (default: the weights it records)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads while timing (0: torch's default)")
+    p.add_argument("--passes", type=int, default=5, help="round-robin passes over every sub-network; a "
+                   "sub-network's p50 is its lowest per-pass median, which leaves out the machine's slow spells")
+    p.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per sub-network over all passes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_retime)
+
     p = sub.add_parser("exits", help="fit exit scorers, calibrate every exit policy, report and plot")
     p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--fit", action="store_true", help="train gates and support networks, calibrate the "
@@ -580,6 +636,7 @@ def _add_simulator_commands(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of arrivals and samples (default: the scenario's)")
     p.add_argument("--catalog", help="catalog stem or file (default: the scenario's, else the shipped one)")
     p.add_argument("--no-report", action="store_true", help="write results only, no pictures")
+    p.add_argument("--json", action="store_true", help="print the per-policy summary as JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_simulate)
 
@@ -639,7 +696,7 @@ def installed_version() -> str:
     from importlib import metadata
 
     try:
-        return metadata.version("anytime")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "(not installed: run from a source tree)"
 

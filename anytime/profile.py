@@ -15,8 +15,6 @@ CUDA, which silently returns 0 on CPU-only builds and so is never used there).
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 import weakref
 from dataclasses import asdict, dataclass
@@ -27,22 +25,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from anytime.machine import cpu_name
+
 
 def device_name(device: torch.device | str = "cpu") -> str:
     """A human name for the device: the GPU model, or the CPU model and cores."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} cpus)"
+    return cpu_name()
 
 
 @dataclass(frozen=True)

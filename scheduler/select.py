@@ -14,6 +14,7 @@ same test as a deadline D x s at share 1: the frontier does not depend on it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ from scheduler.budget import Budget
 from scheduler.cache import LruCache
 from scheduler.errors import BudgetError, InfeasibleBudget, UnknownDeviceError
 from scheduler.options import NO_EXIT, Option, OptionTable, option_table, pareto_front
+
+log = logging.getLogger(__name__)
 
 _UNITS = {"macs": "MACs", "latency_ms": "ms", "memory_bytes": "bytes", "energy_mj": "mJ"}
 
@@ -57,6 +60,15 @@ class Selection:
                 "energy_mj": self.energy_mj}
 
     @property
+    def latency_note(self) -> str | None:
+        """Said when a deadline was decided on latencies measured on another
+        machine than this one (``Catalog.other_machine_note``)."""
+        catalog = self.frontier.table.catalog
+        if self.budget.latency_ms is None or self.option.device != catalog.measured_device:
+            return None
+        return catalog.other_machine_note()
+
+    @property
     def binding(self) -> list[str]:
         """The constraints that hold back a more accurate option: relaxing any
         one of them alone would allow a better choice."""
@@ -81,6 +93,8 @@ class Selection:
         binding = self.binding
         lines.append("Binding: " + (", ".join(binding) + " (relaxing it would allow a more accurate choice)"
                                     if binding else "nothing: this is the most accurate option there is"))
+        if self.latency_note:
+            lines.append("Note: " + self.latency_note + ".")
         return "\n".join(lines)
 
 
@@ -168,6 +182,9 @@ class Scheduler:
         self._frontiers: dict[tuple[str, float, str], Frontier] = {}  # devices x quantiles x families
         self.tenant_options: LruCache = LruCache(self.TENANT_OPTIONS_KEPT)
         self.allocations: LruCache = LruCache(self.ALLOCATIONS_KEPT)
+        self.other_machine = catalog.other_machine_note()  # logged once per catalog; each Selection says it too
+        if self.other_machine:
+            log.info("%s", self.other_machine)
 
     def frontier(self, device: str | None, quantile: float, family: str = "nested") -> Frontier:
         device = device or self.catalog.measured_device

@@ -77,6 +77,20 @@ def test_train_profile_plot_select_exits(capsys, tmp_path, cifar_batches_dir):
                           str(cifar_batches_dir), "--out", str(stem), "--val-size", "20", "--repeats", "3",
                           "--large-batch", "2", "--quiet", "--cache-dir", str(tmp_path / "cache"))
     assert code == 0 and (tmp_path / "cat.json").exists()
+    retimed = tmp_path / "retimed"
+    retime = ("retime", str(stem), "--out", str(retimed), "--weights", str(out / "dnnet_tiny.pt"), "--passes", "1",
+              "--repeats", "2", "--quiet")
+    code, stdout, err = run(capsys, *retime)
+    assert code == 0, err
+    report = json.loads(stdout)
+    from anytime.catalog import load_catalog
+    from anytime.machine import cpu_name
+
+    assert code == 0 and report["measured_on"]["after"] == cpu_name() and report["seconds"] > 0
+    table = load_catalog(retimed).latency_table(report["device"])
+    assert table.measured and table.provenance["device"] == cpu_name() and load_catalog(retimed).other_machine_note() is None
+    code, _, err = run(capsys, *retime)  # never over an existing catalog
+    assert code == 2 and "exist" in err and len(err.strip().splitlines()) == 1
     code, stdout, _ = run(capsys, "exits", str(stem), "--fit", "--weights", str(out / "dnnet_tiny.pt"), "--data",
                           str(cifar_batches_dir), "--train-subset", "100", "--report", str(tmp_path / "rep"),
                           "--quiet", "--cache-dir", str(tmp_path / "cache"))
@@ -93,6 +107,11 @@ def test_main_job_on_shipped_catalog(capsys, tmp_path):
     code, stdout, _ = run(capsys, "simulate", str(Path(__file__).resolve().parent.parent / "scenarios" / "phone.yaml"), "--out", str(tmp_path / "phone"), "--quiet",
                           "--duration-s", "10")
     assert code == 0 and "| nested |" in stdout and (tmp_path / "phone" / "figures" / "latency_cdf.png").exists()
+    code, stdout, _ = run(capsys, "simulate", "phone", "--out", str(tmp_path / "phone_json"), "--quiet", "--no-report",
+                          "--duration-s", "5", "--policies", "nested,superserve", "--json")
+    summary = json.loads(stdout)
+    assert code == 0 and set(summary["policies"]) == {"nested", "superserve"}
+    assert summary["policies"] == json.loads((tmp_path / "phone_json" / "summary.json").read_text())["policies"]
     code, stdout, _ = run(capsys, "select", "--macs", "20e6", "--memory-bytes", "1.5e6", "--latency-ms", "4")
     assert code == 0 and "Run d" in stdout
     code, stdout, _ = run(capsys, "exits", "--report", str(tmp_path / "exits"))

@@ -17,7 +17,7 @@ import torch
 
 import anytime.cli as cli
 from anytime.catalog import SHIPPED_STEM
-from anytime.cli import build_parser, main
+from anytime.cli import DISTRIBUTION, build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_version_is_the_installed_distributions(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"anytime {metadata.version('anytime')}"
+    assert capsys.readouterr().out.strip() == f"anytime {metadata.version(DISTRIBUTION)}"
 
 
 def test_python_m_anytime_is_anytime(tmp_path):

@@ -495,3 +495,25 @@ def test_exit_depths_many_equals_one_setting_at_a_time():
     many = exit_depths_many(score, thresholds)
     for row, one in zip(thresholds, many):
         np.testing.assert_array_equal(one, exit_depths(score, row))
+
+
+def test_a_deadline_decided_on_another_machines_latency_says_so(catalog):
+    import dataclasses
+
+    from anytime.machine import cpu_name
+
+    device = catalog.measured_device
+    table = catalog.latency_table(device)
+
+    def measured_on(name: str):
+        timed = dataclasses.replace(table, provenance={**table.provenance, "device": name, "device_type": "cpu"})
+        return dataclasses.replace(catalog, latency={**catalog.latency, device: timed})
+
+    here, moved = measured_on(cpu_name()), measured_on("Some Other CPU (64 cpus)")
+    assert here.other_machine_note() is None
+    deadline = Budget(latency_ms=float(table.p50_ms[0].max()) * 10)
+    selection = select_subnet(deadline, moved)
+    assert "Some Other CPU (64 cpus)" in selection.latency_note and cpu_name() in selection.latency_note
+    assert "Note: latency table" in selection.explain()
+    assert select_subnet(Budget(macs=1e12), moved).latency_note is None  # no deadline: nothing to say
+    assert select_subnet(deadline, here).latency_note is None

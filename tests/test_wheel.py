@@ -91,7 +91,7 @@ def dist(tmp_path_factory) -> dict[str, Path]:
     unpacked = next((work / "unpacked").iterdir())
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
           work / "wheel", unpacked], work)
-    wheel = next((work / "wheel").glob("anytime-*.whl"))
+    wheel = next((work / "wheel").glob("dnnet_anytime-*.whl"))
     return {"sdist": sdist, "wheel": wheel, "work": work}
 
 
