@@ -165,7 +165,7 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     from anytime.calibrate import calibrate_policies, compare_at_equal_macs, policy_curves
     from anytime.catalog import load_catalog
     from anytime.outputs import ResultsFolder
-    from anytime.plots import plot_exit_curves
+    from anytime.plots import plot_exit_curves, width_ladder_curve
     from nets.spec import SubnetSpec
 
     if args.fit:  # before anything is read: where the fitted catalog goes
@@ -194,7 +194,8 @@ def _cmd_exits(args: argparse.Namespace) -> int:
         report["width_refinement"] = {**asdict(refinement), "macs_fraction": refinement.macs_fraction}
     with report_folder as staging:
         plot_exit_curves(curves, results, staging / f"exits_{spec}.png",
-                         f"{catalog.net} {spec}: early exits, calibrated on val, reported on test")
+                         f"{catalog.net} {spec}: early exits, calibrated on val, reported on test", ladder=refinement,
+                         ladder_curve=None if refinement is None else width_ladder_curve(catalog, refinement))
         (staging / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
     if args.fit:  # after the report: the cross-entropy gates serve only the comparison above
         catalog.save(args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
@@ -377,7 +378,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps({"scenario": scenario.name, "out": str(args.out), "policies": results.summary()}))
         return 0
     print(results_table(load_results(args.out)[0]))
-    print(f"results in {args.out}/ (summary.json, results.csv{'' if args.no_report else ', figures/'})")
+    print(f"results in {args.out}/ (summary.json, results.csv{'' if args.no_report else ', figures/, report.html'})")
     return 0
 
 
@@ -635,7 +636,7 @@ def _add_simulator_commands(sub) -> None:
     p.add_argument("--duration-s", type=float, help="simulated seconds (default: the scenario's)")
     p.add_argument("--seed", type=int, help="seed of arrivals and samples (default: the scenario's)")
     p.add_argument("--catalog", help="catalog stem or file (default: the scenario's, else the shipped one)")
-    p.add_argument("--no-report", action="store_true", help="write results only, no pictures")
+    p.add_argument("--no-report", action="store_true", help="write results only, no pictures or report.html")
     p.add_argument("--json", action="store_true", help="print the per-policy summary as JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_simulate)
@@ -653,7 +654,7 @@ def _add_simulator_commands(sub) -> None:
     copy.add_argument("folder", type=Path, help="where the copies go (created if needed)")
     actions.add_parser("schema", help="print the JSON Schema of the scenario format (docs/scenario.schema.json)")
 
-    p = sub.add_parser("report", help="draw the pictures of a results folder written by 'simulate'")
+    p = sub.add_parser("report", help="redraw the pictures and report.html of a results folder written by 'simulate'")
     p.add_argument("results", help="results folder")
     p.set_defaults(func=_cmd_report)
 

@@ -4,12 +4,14 @@ decision made from another machine's timings says so."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
 __all__ = ["cpu_name"]
 
 
+@functools.lru_cache(maxsize=1)  # the machine does not change under a running process
 def cpu_name() -> str:
     """The CPU model and its count, e.g. ``"AMD EPYC (2 cpus)"``: the name a
     CPU latency table records (``anytime.profile.device_name``)."""

@@ -1,6 +1,7 @@
 """Pictures of a catalog: heat maps over depth x width of every cost and of
-accuracy (the doubly nested paper's Figure 3), and the accuracy of every
-sub-network that fits a MAC budget (its Figure 5)."""
+accuracy (the doubly nested paper's Figure 3), the accuracy of every
+sub-network that fits a MAC budget (its Figure 5), and the exit policies of
+one sub-network beside its width ladder (``anytime exits``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anytime.catalog import Catalog  # noqa: E402
+from anytime.exits import RefinementResult, ladder_arrays, ladder_sweep  # noqa: E402
 
 
 def _heatmap(ax, values: np.ndarray, title: str, fmt: str) -> None:
@@ -84,10 +86,32 @@ def plot_budget(catalog: Catalog, path: str | Path, mac_budget: float, split: st
     return path
 
 
-def plot_exit_curves(curves: dict[str, np.ndarray], results: list, path: str | Path, title: str) -> Path:
+def width_ladder_curve(catalog: Catalog, ladder: RefinementResult, split: str = "test") -> np.ndarray:
+    """Expected MACs and accuracy ``[n, 2]`` of ``ladder``'s widths for every
+    margin threshold (exact, ``anytime.exits.ladder_sweep``) on ``split``."""
+    _, accuracy, cost = ladder_sweep(*ladder_arrays(catalog, ladder.depth, ladder.ladder, split))
+    return np.column_stack([cost, accuracy])
+
+
+def _plot_ladder(ax, ladder: RefinementResult, curve: np.ndarray | None) -> None:
+    """The width ladder (flexible ensemble's metareasoner over width groups):
+    its margin sweep and its calibrated point."""
+    if curve is not None and len(curve):
+        order = np.argsort(curve[:, 0])
+        ax.plot(curve[order, 0] / 1e6, 100 * curve[order, 1], color="k", ls="--", lw=1.2,
+                label=f"width ladder {ladder.name}, margin sweep")
+    ax.scatter([ladder.test_expected_macs / 1e6], [100 * ladder.test_accuracy], marker="D", s=70, color="k",
+               zorder=5, label=f"width ladder, calibrated: {ladder.test_expected_macs / 1e6:.1f} M, "
+                               f"{100 * ladder.test_accuracy:.2f}%")
+
+
+def plot_exit_curves(curves: dict[str, np.ndarray], results: list, path: str | Path, title: str,
+                     ladder: RefinementResult | None = None, ladder_curve: np.ndarray | None = None) -> Path:
     """Accuracy against expected MACs of every exit policy (threshold sweeps),
-    the calibrated operating points, the full sub-network and the oracle."""
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    the calibrated operating points, the full sub-network and the oracle, and
+    the width ladder (``ladder``, calibrated on val; ``ladder_curve``, its
+    sweep, from :func:`width_ladder_curve`) when given."""
+    fig, ax = plt.subplots(figsize=(10, 5))
     names = {"max_prob": "max softmax", "entropy": "entropy (BranchyNet)", "margin": "margin (flexible ensemble)",
              "gate": "decision gates, hinge", "gate_ce": "gates, cross-entropy", "support": "support net (DL-gleaning)"}
     for index, (policy, curve) in enumerate(curves.items()):
@@ -108,10 +132,12 @@ def plot_exit_curves(curves: dict[str, np.ndarray], results: list, path: str | P
                        label="oracle (ideal bound)", zorder=4)
         ax.axhline(100 * (r.full_test_accuracy - 0.005), color="k", linestyle=":", linewidth=1,
                    label="full accuracy - 0.5 point")
+    if ladder is not None:
+        _plot_ladder(ax, ladder, ladder_curve)
     ax.set_xlabel("expected MACs per inference (M), test split")
     ax.set_ylabel("top-1 accuracy (%), test split")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     lows = [100 * c[:, 1].min() for c in curves.values()]
     if results:
         ax.set_ylim(max(min(lows), 100 * results[0].full_test_accuracy - 25), None)

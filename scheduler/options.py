@@ -1,6 +1,8 @@
 """The scheduler's options: every sub-network without exits, and every
 calibrated exit setting of the catalog, each with its expected accuracy and
-costs on every device.
+costs on every device.  ``OptionTable`` holds them all as parallel arrays (the
+fast paths scan these); ``Option`` is one of them on one device, the type by
+which selection, allocation, switching and the simulator name a choice.
 
 Expectations and quantiles come from the catalog's per-sample test traces:
 each option's distribution of exit depths over the 10,000 test samples
