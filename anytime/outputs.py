@@ -30,6 +30,7 @@ import ctypes.util
 import datetime as _dt
 import errno
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ __all__ = ["MANIFEST", "OutputError", "ResultsFolder", "is_results_folder", "rea
 
 MANIFEST = ".anytime-manifest.json"
 _STAGING, _OLD, _LOCK = ".partial", ".old", ".lock"
+_FRESH = ".new-"  # prefix of the private folder a run makes before it becomes the staging folder
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -179,6 +181,13 @@ class ResultsFolder:
                 raise OutputError(f"{self.staging} is in the way and was not written by anytime; remove it")
             shutil.rmtree(self.staging)  # an interrupted run's partial results
             log.info("removed the partial results of an interrupted run: %s", self.staging)
+        for fresh in self.out.parent.glob(f"{glob.escape(_sibling(self.out, _FRESH).name)}*"):
+            # a run killed between making its private folder and naming it the staging folder;
+            # under the lock no other run is between those steps, and the folder holds at most
+            # the manifest it was being marked with (anything more is not ours to remove)
+            if fresh.is_dir() and not fresh.is_symlink() and {p.name for p in fresh.iterdir()} <= {MANIFEST}:
+                shutil.rmtree(fresh)
+                log.info("removed the empty folder of an interrupted run: %s", fresh)
 
     # -- the context ----------------------------------------------------------
     def check(self) -> None:
@@ -206,7 +215,7 @@ class ResultsFolder:
             check_destination(self.out)
             # made under a private name and marked before it takes the staging
             # name, so a folder found under that name is always the tool's
-            fresh = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.new-", dir=self.out.parent))
+            fresh = Path(tempfile.mkdtemp(prefix=_sibling(self.out, _FRESH).name, dir=self.out.parent))
             umask = os.umask(0)
             os.umask(umask)
             fresh.chmod(0o777 & ~umask)  # mkdtemp's private 0700 is not what a results folder wants

@@ -219,3 +219,22 @@ def test_report_redraws_only_a_simulate_folder(tmp_path, capsys):
     assert main(["report", str(foreign)]) == 2
     assert (foreign / "summary.json").read_text() == "{}"
     assert not (foreign / "figures").exists()
+
+
+def test_a_run_killed_before_naming_its_staging_folder_leaves_nothing_behind(tmp_path):
+    """Killed between making its private folder and renaming it: the next run
+    removes that folder (empty, or holding only its manifest), and nothing
+    that holds anything else."""
+    from anytime.outputs import MANIFEST, ResultsFolder
+
+    out = tmp_path / "out"
+    empty, marked, foreign = (tmp_path / f".out.new-{tag}" for tag in ("a1b2c3d4", "e5f6g7h8", "users123"))
+    empty.mkdir()
+    marked.mkdir()
+    (marked / MANIFEST).write_text('{"tool": "anyt')  # killed while writing it
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with ResultsFolder(out, kind="test") as staging:
+        (staging / "a.txt").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.new-users123", "out"]
+    assert (foreign / "notes.txt").read_text() == "mine"
