@@ -1,9 +1,22 @@
-"""Random edits of a parsed YAML document, shared by the scenario tests
+"""Random edits of the shipped scenarios, shared by the scenario tests
 (hypothesis draws the edits: which place, delete or replace, with what)."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+
+import yaml
+from hypothesis import strategies as st
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+SHIPPED_DATA = {path: yaml.safe_load(path.read_text()) for path in SHIPPED}  # parsed once per session
+
+
+def edit_lists(values: st.SearchStrategy, max_edits: int) -> st.SearchStrategy:
+    """Lists of 1 to ``max_edits`` edits ``(action, pick, value)`` for :func:`mutate`."""
+    return st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace"]), st.integers(0, 10 ** 6), values),
+                    min_size=1, max_size=max_edits)
 
 
 def places(node: object, prefix: tuple = ()) -> list[tuple]:

@@ -22,7 +22,7 @@ from simulator.scenario import (DEFAULT_MAX_REQUESTS, MAX_APPS, MAX_DURATION_S, 
                                 MAX_REQUESTS_CEILING, MAX_SCENARIO_BYTES, Scenario, ScenarioError, load_scenario,
                                 parse_scenario)
 
-from mutations import mutate
+from mutations import SHIPPED_DATA, edit_lists, mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -377,9 +377,7 @@ ODD_VALUES = st.one_of(
     st.recursive(st.integers(), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
         st.text(max_size=3), inner, max_size=3), max_leaves=8),
 )
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace"]), st.integers(0, 10 ** 6), ODD_VALUES),
-                     min_size=1, max_size=4)
-SHIPPED_DATA = {path: yaml.safe_load(path.read_text()) for path in SHIPPED}
+MUTATIONS = edit_lists(ODD_VALUES, 4)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from simulator.scenario import (EVENTS, MAX_APPS, MAX_DEVICES, MAX_EVENTS, POLICIES, SECTIONS, TRACE_RATE_LIMITS,
                                 ScenarioError, json_schema, parse_scenario)
 
-from mutations import mutate
+from mutations import SHIPPED_DATA, edit_lists, mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "docs" / "scenario.schema.json"
@@ -224,9 +224,7 @@ ODD_VALUES = st.one_of(
     st.lists(st.sampled_from(["nested", "oracle", "zoo", "nested"]), max_size=3),
     st.dictionaries(st.sampled_from(["device", "app", "share", "macs", "scale"]), st.integers(0, 3), max_size=2),
 )
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace"]), st.integers(0, 10 ** 6), ODD_VALUES),
-                     min_size=1, max_size=3)
-SHIPPED_DATA = {path: yaml.safe_load(path.read_text()) for path in SHIPPED}
+MUTATIONS = edit_lists(ODD_VALUES, 3)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
