@@ -20,15 +20,12 @@ class LruCache(Generic[V]):
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, V] = OrderedDict()
-        self.hits = self.misses = 0
 
     def get_or_build(self, key: Hashable, build: Callable[[], V]) -> V:
         """The value kept under ``key``, built by ``build()`` the first time."""
         if key in self._entries:
-            self.hits += 1
             self._entries.move_to_end(key)
             return self._entries[key]
-        self.misses += 1
         value = build()
         self._entries[key] = value
         if len(self._entries) > self.max_entries:

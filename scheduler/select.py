@@ -182,9 +182,9 @@ class Scheduler:
         self._frontiers: dict[tuple[str, float, str], Frontier] = {}  # devices x quantiles x families
         self.tenant_options: LruCache = LruCache(self.TENANT_OPTIONS_KEPT)
         self.allocations: LruCache = LruCache(self.ALLOCATIONS_KEPT)
-        self.other_machine = catalog.other_machine_note()  # logged once per catalog; each Selection says it too
-        if self.other_machine:
-            log.info("%s", self.other_machine)
+        other_machine = catalog.other_machine_note()  # logged once per catalog; each Selection says it too
+        if other_machine:
+            log.info("%s", other_machine)
 
     def frontier(self, device: str | None, quantile: float, family: str = "nested") -> Frontier:
         device = device or self.catalog.measured_device

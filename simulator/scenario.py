@@ -612,7 +612,7 @@ def validated(scenario: Scenario, source: str) -> Scenario:
     what a run may cost (for one changed after loading; ``source`` names it in
     messages)."""
     top = _Reader({key: getattr(scenario, key) for key in _TOP_NUMBERS}, "", source, tuple(_TOP_NUMBERS))
-    numbers = {key: top.number(key, DEFAULTS[Scenario].get(key), **limits) for key, limits in _TOP_NUMBERS.items()}
+    numbers = {key: top.read(SECTIONS["scenario"], key) for key in _TOP_NUMBERS}
     if not isinstance(scenario.policies, (tuple, list)):
         top.fail(f"expected a list of policy names, got {type(scenario.policies).__name__}", "policies")
     if len(scenario.policies) > MAX_POLICIES:

@@ -51,10 +51,6 @@ class DeviceView:
     def storage_mb_per_s(self) -> float:
         return self._state.spec.storage_mb_per_s
 
-    @property
-    def has_memory_limit(self) -> bool:
-        return self._state.spec.memory_mb is not None
-
     def share(self) -> float:
         """The fraction of the device other programs and its speed leave now."""
         return self._state.share()
