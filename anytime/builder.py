@@ -18,22 +18,25 @@ import datetime as _dt
 import hashlib
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from anytime.catalog import Catalog, CatalogError, LatencyTable
+from anytime.catalog import DEFAULT_INPUT_SHAPE, MAX_CLASSES, Catalog, CatalogError, LatencyTable
+from anytime.devices_file import predicted_table as predict_from_summaries
 from anytime.evaluate import collect_traces
-from anytime.latency_model import (DeviceModel, fit_device_model, load_device_models, relative_errors,
-                                   simd_channel_block)
+from anytime.latency_model import (DeviceModel, OpSummary, RooflineProfiles, fit_device_model, load_device_models,
+                                   relative_errors, simd_channel_block)
 from anytime.macs import count_macs, count_params, op_profile, output_shape
 from anytime.profile import (LatencyStats, device_name, largest_feature_map_bytes, latency_stats,
                              measured_peak_activation_bytes, time_calls, time_model)
-from nets.data import Cifar10
+from nets.data import ImageDataset
 from nets.dnnet import DNNet
 from nets.spec import SubnetSpec
 
@@ -60,11 +63,24 @@ class ProfileConfig:
     seed: int = 0
 
 
+K = TypeVar("K")
+
+
+@dataclass
+class PassTimings:
+    """One model's latency from :func:`time_in_passes`, in milliseconds."""
+
+    p50_ms: np.ndarray  # [2]: batch 1, the large batch; lowest per-pass median
+    p90_ms: np.ndarray  # [2]: over every call, at least the p50
+    batch1: LatencyStats  # every batch-1 call: spread and provenance
+
+
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _time_segments(model: DNNet, width: int, config: ProfileConfig) -> tuple[np.ndarray, np.ndarray]:
+def _time_segments(model: DNNet, width: int, config: ProfileConfig,
+                   input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """Batch-1 p50 (ms) of each depth's own layers and of each depth's head at one width."""
     full = model.extract(SubnetSpec(model.depths, width)).eval()
     prefix = nn.Sequential(full[0], full[1], full[2], full[3])  # normalize, stem conv, bn, relu
@@ -72,7 +88,7 @@ def _time_segments(model: DNNet, width: int, config: ProfileConfig) -> tuple[np.
     heads = [model.heads[d].as_module(width).eval() for d in range(model.depths)]
     segment_ms = np.zeros(model.depths)
     head_ms = np.zeros(model.depths)
-    x = torch.rand(1, 3, 32, 32, device=config.device)
+    x = torch.rand(1, *input_shape, device=config.device)
     with torch.inference_mode():
         for d, segment in enumerate(segments):
             segment_ms[d] = _time_on(segment, x, config)
@@ -88,7 +104,7 @@ def _time_on(module: nn.Module, x: torch.Tensor, config: ProfileConfig) -> float
     return time_model(module, 1, config.device, config.warmup, config.repeats_segment, input_shape=shape).p50_ms
 
 
-def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: Cifar10,
+def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: ImageDataset,
                   config: ProfileConfig | None = None, progress: bool = True) -> tuple[Catalog, dict]:
     """Count, measure and evaluate every sub-network of ``model``.
 
@@ -97,39 +113,21 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
     """
     config = config or ProfileConfig()
     model = model.eval()
+    check_catalog_data(model, data)
     depths, widths = model.depths, model.widths
     specs = model.specs()
-    shape = (depths, widths)
-    costs = {name: np.zeros(shape, dtype=np.int64) for name in (
-        "macs", "head_macs", "exit_path_macs", "params", "peak_activation_bytes_largest_map",
-        "peak_activation_bytes_measured", "feature_bytes")}
-    profiles: dict[SubnetSpec, list] = {}
-
-    extracted_models = {}
-    # disable=None: a bar only on a terminal (tqdm's test), never in a log
-    for spec in tqdm(specs, desc="count sub-networks", disable=None if progress else True):
-        d, w = spec.depth - 1, spec.width - 1
-        extracted = extracted_models[spec] = model.extract(spec).eval()
-        costs["macs"][d, w] = count_macs(extracted)
-        head = extracted[-1]
-        costs["head_macs"][d, w] = head.in_features * head.out_features
-        costs["params"][d, w] = count_params(extracted)
-        costs["peak_activation_bytes_largest_map"][d, w] = largest_feature_map_bytes(extracted)
-        costs["peak_activation_bytes_measured"][d, w] = measured_peak_activation_bytes(extracted,
-                                                                                       device=config.device)
-        costs["feature_bytes"][d, w] = int(np.prod(output_shape(extracted[:-3], (1, 3, 32, 32)))) * 4
-        profiles[spec] = op_profile(extracted)
-    local = measure_local_latency(model, extracted_models, config, progress)
-    backbone = costs["macs"] - costs["head_macs"]
-    costs["exit_path_macs"] = backbone + np.cumsum(costs["head_macs"], axis=0)
+    input_shape = data.input_shape  # costs and latencies at the data's image size
+    costs, profiles, extracted_models = count_costs(model, input_shape, config.device, progress)
+    local = measure_local_latency(model, extracted_models, config, progress, input_shape)
 
     fit_report = _fit_measured(specs, profiles, local, config)
     log.info("latency model held-out error: median %.1f%%, p90 %.1f%%", 100 * fit_report["median_abs_rel_error"],
              100 * fit_report["p90_abs_rel_error"])
 
     latency = {config.local_device_key: local}
+    roofline = roofline_profiles(model, profiles, input_shape)  # stored: users' spec-sheet devices need it
     for device in load_device_models().values():
-        latency[device.name] = predicted_table(model, device, profiles, local.batch_sizes)
+        latency[device.name] = predict_from_summaries(device, roofline, local.batch_sizes)
 
     traces = {}
     for split in ("val", "test"):
@@ -138,15 +136,82 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: C
 
     catalog = Catalog(
         net=net_name, net_config=model.config_dict(), weights_sha256=_sha256_file(weights_path),
-        classes=list(data.classes), depths=depths, widths=widths, costs=costs, latency=latency, traces=traces,
+        classes=list(data.classes), input_shape=input_shape, depths=depths, widths=widths, costs=costs,
+        latency=latency, traces=traces, roofline=roofline,
         provenance={"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
                     "torch": torch.__version__, "data": Path(data.source).name,
                     "val": "class-stratified hold-out of the training set (calibration)",
                     "test": "the 10,000-image test set (reporting)" if len(data.test_labels) == 10000 else "test split",
-                    "latency_model_fit": fit_report},
+                    "latency_model_fit": fit_report, "splits_sha256": splits_sha256(data)},
     )
     return catalog, fit_report
+
+
+def splits_sha256(data: ImageDataset) -> dict[str, str]:
+    """sha256 of each traced split's images and labels: the catalog's record
+    of exactly which samples its traces are of."""
+    digests = {}
+    for split in ("val", "test"):
+        digest = hashlib.sha256()
+        for tensor in data.split(split):
+            digest.update(np.ascontiguousarray(tensor.numpy()).tobytes())
+        digests[split] = digest.hexdigest()
+    return digests
+
+
+def count_costs(model: DNNet, input_shape: tuple[int, ...], device: str = "cpu", progress: bool = True,
+                ) -> tuple[dict[str, np.ndarray], dict[SubnetSpec, list], dict[SubnetSpec, nn.Module]]:
+    """Count every sub-network's costs (``COST_FIELDS``) at batch 1 on inputs
+    of ``input_shape``; also returns each one's operations (the latency
+    model's input) and the extracted standalone sub-networks."""
+    costs = {name: np.zeros((model.depths, model.widths), dtype=np.int64) for name in (
+        "macs", "head_macs", "exit_path_macs", "params", "peak_activation_bytes_largest_map",
+        "peak_activation_bytes_measured", "feature_bytes")}
+    profiles: dict[SubnetSpec, list] = {}
+    extracted_models = {}
+    shape = (1, *input_shape)
+    # disable=None: a bar only on a terminal (tqdm's test), never in a log
+    for spec in tqdm(model.specs(), desc="count sub-networks", disable=None if progress else True):
+        d, w = spec.depth - 1, spec.width - 1
+        extracted = extracted_models[spec] = model.extract(spec).eval()
+        costs["macs"][d, w] = count_macs(extracted, shape)
+        head = extracted[-1]
+        costs["head_macs"][d, w] = head.in_features * head.out_features
+        costs["params"][d, w] = count_params(extracted)
+        costs["peak_activation_bytes_largest_map"][d, w] = largest_feature_map_bytes(extracted, shape)
+        costs["peak_activation_bytes_measured"][d, w] = measured_peak_activation_bytes(extracted, shape, device)
+        costs["feature_bytes"][d, w] = int(np.prod(output_shape(extracted[:-3], shape))) * 4
+        profiles[spec] = op_profile(extracted, shape)
+    backbone = costs["macs"] - costs["head_macs"]
+    costs["exit_path_macs"] = backbone + np.cumsum(costs["head_macs"], axis=0)
+    return costs, profiles, extracted_models
+
+
+def check_catalog_data(model: DNNet, data: ImageDataset, catalog: Catalog | None = None) -> None:
+    """Refuse data a catalog cannot be built from (or, with ``catalog``, that
+    is not the data it was built from): images smaller than the network takes,
+    another number of classes than it answers, more classes than a catalog
+    stores; another class list, input shape or validation split than the
+    catalog's."""
+    model.check_image_size(data.image_size)
+    if len(data.classes) > MAX_CLASSES:
+        raise CatalogError(f"{len(data.classes)} classes: a catalog stores at most {MAX_CLASSES}")
+    if model.config.num_classes != len(data.classes):
+        raise CatalogError(f"the network answers {model.config.num_classes} classes, the data has "
+                           f"{len(data.classes)}")
+    if catalog is None:
+        return
+    if list(data.classes) != list(catalog.classes) or tuple(data.input_shape) != tuple(catalog.input_shape):
+        raise CatalogError(f"the data ({len(data.classes)} classes, {'x'.join(map(str, data.input_shape))}) is not "
+                           f"the catalog's ({len(catalog.classes)} classes, "
+                           f"{'x'.join(map(str, catalog.input_shape))}); give the data it was profiled on")
+    recorded = catalog.provenance.get("splits_sha256")  # catalogs built before it was recorded: the labels
+    same = (splits_sha256(data) == recorded if isinstance(recorded, dict) else
+            "val" not in catalog.traces or np.array_equal(data.val_labels.numpy(), catalog.traces["val"].labels))
+    if not same:
+        raise CatalogError("the data's validation or test split is not the catalog's (another data set, or "
+                           "another --seed than the profile's)")
 
 
 def lowest_pass_median(passes: list[np.ndarray]) -> float:
@@ -155,49 +220,75 @@ def lowest_pass_median(passes: list[np.ndarray]) -> float:
     return float(min(np.median(times) for times in passes))
 
 
+def time_in_passes(models: Mapping[K, nn.Module], config: ProfileConfig, progress: bool = True,
+                   input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+                   each_pass: Callable[[ProfileConfig], None] | None = None,
+                   desc: str = "time models (passes)") -> dict[K, PassTimings]:
+    """Time every model at batch 1 and ``config.large_batch`` in
+    ``config.passes`` round-robin passes over all of them (``each_pass`` runs
+    inside each pass, with the per-pass share of ``repeats_segment``): a p50
+    is the lowest per-pass median, a p90 keeps every call."""
+    plan = ((0, 1, config.repeats_batch1), (1, config.large_batch, config.repeats_large))
+    calls: dict[tuple[K, int], list[np.ndarray]] = {(key, b): [] for key in models for b in (0, 1)}
+    pass_config = dataclasses.replace(config, repeats_segment=max(1, config.repeats_segment // config.passes))
+    for _ in tqdm(range(config.passes), desc=desc, disable=None if progress else True):  # None: only on a terminal
+        for key, module in models.items():
+            for b, batch, repeats in plan:
+                calls[key, b].append(time_calls(module, batch, config.device, config.warmup,
+                                                max(1, repeats // config.passes), input_shape=input_shape))
+        if each_pass is not None:
+            each_pass(pass_config)
+    timings = {}
+    for key in models:
+        p50, p90, stats = np.zeros(2), np.zeros(2), []
+        for b, batch, _ in plan:
+            stats.append(latency_stats(np.concatenate(calls[key, b]), config.device, batch, torch.float32,
+                                       config.warmup))
+            p50[b] = lowest_pass_median(calls[key, b])
+            p90[b] = max(stats[-1].p90_ms, p50[b])
+        timings[key] = PassTimings(p50, p90, stats[0])
+    return timings
+
+
+def passes_provenance(stats: LatencyStats, config: ProfileConfig) -> dict:
+    """What a table timed by :func:`time_in_passes` records of how it was timed."""
+    provenance = stats.provenance.to_dict()
+    provenance.pop("batch_size")
+    provenance.update(batch_sizes=[1, config.large_batch], repeats=[config.repeats_batch1, config.repeats_large],
+                      passes=config.passes, p50="lowest per-pass median (slow spells of the machine excluded)",
+                      measured=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    return provenance
+
+
 def measure_local_latency(model: DNNet, extracted_models: dict[SubnetSpec, nn.Module], config: ProfileConfig,
-                          progress: bool = True) -> LatencyTable:
+                          progress: bool = True,
+                          input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> LatencyTable:
     """Time every extracted sub-network (batch 1 and ``config.large_batch``,
-    in round-robin passes) and every depth segment and head, on this machine."""
+    in round-robin passes) and every depth segment and head, on this machine,
+    on inputs of ``input_shape`` (channels, height, width)."""
     depths, widths = model.depths, model.widths
     specs = list(extracted_models)
     batch_sizes = (1, config.large_batch)
     p50 = np.zeros((2, depths, widths))
     p90 = np.zeros((2, depths, widths))
-    stats: dict[SubnetSpec, LatencyStats] = {}
-    calls = {(spec, b): [] for spec in specs for b in (0, 1)}
-    plan = ((0, 1, config.repeats_batch1), (1, config.large_batch, config.repeats_large))
     # the segments are timed inside the same passes, so a slow spell cannot cover all of theirs
     segment_ms = np.full((depths, widths), np.inf)
     head_ms = np.full((depths, widths), np.inf)
-    segment_config = dataclasses.replace(config, repeats_segment=max(1, config.repeats_segment // config.passes))
-    for _ in tqdm(range(config.passes), desc="time sub-networks and segments (passes)",
-                  disable=None if progress else True):  # None: only on a terminal
-        for spec in specs:
-            for b, batch, repeats in plan:
-                calls[spec, b].append(time_calls(extracted_models[spec], batch, config.device, config.warmup,
-                                                 max(1, repeats // config.passes)))
+
+    def time_segments(segment_config: ProfileConfig) -> None:
         for w in range(1, widths + 1):
-            segments, heads = _time_segments(model, w, segment_config)
+            segments, heads = _time_segments(model, w, segment_config, input_shape)
             segment_ms[:, w - 1] = np.minimum(segment_ms[:, w - 1], segments)
             head_ms[:, w - 1] = np.minimum(head_ms[:, w - 1], heads)
-    for spec in specs:
-        d, w = spec.depth - 1, spec.width - 1
-        for b, batch, _ in plan:
-            result = latency_stats(np.concatenate(calls[spec, b]), config.device, batch, torch.float32,
-                                   config.warmup)
-            p50[b, d, w] = lowest_pass_median(calls[spec, b])
-            p90[b, d, w] = max(result.p90_ms, p50[b, d, w])
-            if batch == 1:
-                stats[spec] = result
 
-    provenance = stats[specs[-1]].provenance.to_dict()
-    provenance.pop("batch_size")
-    provenance.update(batch_sizes=list(batch_sizes), repeats=[config.repeats_batch1, config.repeats_large],
-                      passes=config.passes, p50="lowest per-pass median (slow spells of the machine excluded)",
-                      segment_repeats=config.repeats_segment, timed="extracted standalone sub-network",
-                      measured=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                      iqr_ms_batch1=np.round([[stats[SubnetSpec(d + 1, w + 1)].iqr_ms for w in range(widths)]
+    timings = time_in_passes(extracted_models, config, progress, input_shape=input_shape, each_pass=time_segments,
+                             desc="time sub-networks and segments (passes)")
+    for spec, timed in timings.items():
+        p50[:, spec.depth - 1, spec.width - 1] = timed.p50_ms
+        p90[:, spec.depth - 1, spec.width - 1] = timed.p90_ms
+    provenance = passes_provenance(timings[specs[-1]].batch1, config)
+    provenance.update(segment_repeats=config.repeats_segment, timed="extracted standalone sub-network",
+                      iqr_ms_batch1=np.round([[timings[SubnetSpec(d + 1, w + 1)].batch1.iqr_ms for w in range(widths)]
                                               for d in range(depths)], 4).tolist())
     return LatencyTable(config.local_device_key, True, batch_sizes, p50, p90, segment_ms, head_ms, provenance)
 
@@ -216,12 +307,13 @@ def retime_catalog(catalog: Catalog, model: DNNet, config: ProfileConfig | None 
     model = model.eval()
     specs = catalog.specs()
     extracted_models = {spec: model.extract(spec).eval() for spec in specs}
-    local = measure_local_latency(model, extracted_models, config, progress)
-    profiles = {spec: op_profile(extracted_models[spec]) for spec in specs}
+    local = measure_local_latency(model, extracted_models, config, progress, catalog.input_shape)
+    profiles = {spec: op_profile(extracted_models[spec], (1, *catalog.input_shape)) for spec in specs}
     fit_report = _fit_measured(specs, profiles, local, config)
     provenance = dict(catalog.provenance, latency_model_fit=fit_report)
     retimed = dataclasses.replace(catalog, latency={**catalog.latency, config.local_device_key: local},
-                                  provenance=provenance)
+                                  provenance=provenance,  # and the summaries spec-sheet devices need
+                                  roofline=roofline_profiles(model, profiles, catalog.input_shape))
     return retimed, fit_report
 
 
@@ -256,26 +348,31 @@ def fit_local_latency_model(specs: list[SubnetSpec], profiles: dict[SubnetSpec, 
     return model, report
 
 
-def predicted_table(model: DNNet, device: DeviceModel, profiles: dict[SubnetSpec, list],
-                    batch_sizes: tuple[int, ...]) -> LatencyTable:
-    """A latency table predicted by the roofline model for an unmeasured device."""
+def roofline_profiles(model: DNNet, profiles: dict[SubnetSpec, list],
+                      input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> RooflineProfiles:
+    """The operation summaries of every sub-network (``profiles``: each one's
+    operations at ``input_shape``), depth segment and head of ``model``: what
+    a catalog stores so that spec-sheet devices are predicted from it without
+    torch (``anytime.devices_file.predicted_table``)."""
     depths, widths = model.depths, model.widths
-    p50 = np.zeros((len(batch_sizes), depths, widths))
-    for spec, ops in profiles.items():
-        for b, batch in enumerate(batch_sizes):
-            p50[b, spec.depth - 1, spec.width - 1] = device.predict(ops, batch) * 1e3
-    segment = np.zeros((depths, widths))
-    head = np.zeros((depths, widths))
+    segments: list[list[OpSummary]] = [[] for _ in range(depths)]
+    heads: list[list[OpSummary]] = [[] for _ in range(depths)]
     for w in range(1, widths + 1):
         full = model.extract(SubnetSpec(depths, w))
         parts = [nn.Sequential(*full[:4])] + [full[4 + i] for i in range(depths - 1)]
-        x_shape = (1, 3, 32, 32)
+        x_shape = (1, *input_shape)
         for d, part in enumerate(parts):
-            ops = op_profile(part, x_shape)
-            segment[d, w - 1] = (device.predict(ops) - device.fixed_s) * 1e3
+            segments[d].append(OpSummary.of(op_profile(part, x_shape)))
             x_shape = output_shape(part, x_shape)
-            head_module = model.heads[d].as_module(w)
-            head[d, w - 1] = (device.predict(op_profile(head_module, x_shape)) - device.fixed_s) * 1e3
-        segment[0, w - 1] += device.fixed_s * 1e3  # the fixed cost is paid once per inference
-    provenance = {"predicted_by": "per-operation roofline (anytime/latency_model.py)", "device_model": device.to_dict()}
-    return LatencyTable(device.name, False, batch_sizes, p50, p50.copy(), segment, head, provenance)
+            heads[d].append(OpSummary.of(op_profile(model.heads[d].as_module(w), x_shape)))
+    subnets = tuple(tuple(OpSummary.of(profiles[SubnetSpec(d, w)]) for w in range(1, widths + 1))
+                    for d in range(1, depths + 1))
+    return RooflineProfiles(subnets, tuple(map(tuple, segments)), tuple(map(tuple, heads)))
+
+
+def predicted_table(model: DNNet, device: DeviceModel, profiles: dict[SubnetSpec, list],
+                    batch_sizes: tuple[int, ...],
+                    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> LatencyTable:
+    """A latency table predicted by the roofline model for an unmeasured
+    device (``profiles``: each sub-network's operations at ``input_shape``)."""
+    return predict_from_summaries(device, roofline_profiles(model, profiles, input_shape), batch_sizes)

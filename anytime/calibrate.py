@@ -4,6 +4,10 @@
 networks on frozen features of a training subset, scores the validation and
 test splits, and adds those scores to the catalog's traces.
 
+``save_fitted`` writes the catalog with the scorers' weights beside it
+(``<stem>.scorers.pt``, recorded in the catalog JSON with its sha256), so
+that ``anytime.runner.runner_for`` can run every policy the catalog offers.
+
 ``calibrate_policies`` calibrates each policy on the validation split for a
 target accuracy (the full sub-network's validation accuracy minus a
 tolerance) and reports it on the test split, beside the oracle bound.
@@ -13,27 +17,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from anytime.catalog import Catalog, ExitSettings
+from anytime.catalog import Catalog, ExitSettings, ScorersFile, catalog_stem, scorers_path
 from anytime.exits import (calibrate_for_accuracy, evaluate_thresholds, no_exit, oracle_thresholds, outcome,
                            path_traces, tradeoff_curve)
-from anytime.gates import (GateConfig, collect_features, gate_macs, gate_scores, support_macs, support_scores,
-                           train_gates, train_support)
+from anytime.gates import (GateConfig, Scorers, collect_features, gate_macs, gate_scores, save_scorers, support_macs,
+                           support_scores, train_gates, train_support)
 from nets.data import Cifar10
 from nets.dnnet import DNNet
+from nets.errors import OutputError
 from nets.spec import SubnetSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scorers:
-    gates: list
-    gates_ce: list
-    support: object
 
 
 def fit_scorers(model: DNNet, data: Cifar10, catalog: Catalog, train_subset: int = 10000,
@@ -58,8 +57,44 @@ def fit_scorers(model: DNNet, data: Cifar10, catalog: Catalog, train_subset: int
             if policy != "support":  # a support network keeps the exit's own answer
                 fields["prediction"] = prediction
             catalog.exit_scores.setdefault(policy, {})[split] = fields
+            # a codebook made for earlier scores would floor these into another range: made anew at save
+            catalog.codebooks.pop(f"exit/{policy}", None)
     catalog.exit_extra_macs.update(gate=gate_macs(model), gate_ce=gate_macs(model), support=support_macs(model))
+    catalog.clear_derived()  # what was computed from (or loaded for) the earlier scores no longer holds
     return Scorers(gates, gates_ce, support)
+
+
+def check_scorers_destination(catalog: Catalog, stem: str | Path) -> Path:
+    """Where :func:`save_fitted` puts the scorers of a catalog saved under
+    ``stem``; refused (OutputError) when a file is there that is not this
+    catalog's own scorers file (never overwrite what this tool did not write)."""
+    path = scorers_path(stem)
+    own = catalog.scorers_file is not None and catalog.scorers_file.path.resolve() == path.resolve()
+    if (path.exists() or path.is_symlink()) and not own:
+        raise OutputError(f"{path} exists and is not this catalog's scorers file; choose another catalog name "
+                          "(nothing was changed)")
+    return path
+
+
+def save_fitted(catalog: Catalog, scorers: Scorers, stem: str | Path,
+                exclude_policies: tuple[str, ...] = ()) -> tuple[Path, Path, Path | None]:
+    """Write the fitted scorers' weights (``<stem>.scorers.pt``), then the
+    catalog recording them (``<stem>.json``, ``<stem>.npz``); the policies in
+    ``exclude_policies`` are left out of both.  Returns the three paths (the
+    last None when every learned policy is excluded)."""
+    stem = catalog_stem(stem)
+    path = check_scorers_destination(catalog, stem)
+    kept = tuple(p for p in scorers.policies() if p not in exclude_policies and p in catalog.exit_scores)
+    new_file = not path.exists()
+    # the catalog's scores are these scorers' now: a file recorded before holds other weights
+    catalog.scorers_file = ScorersFile(path, save_scorers(path, scorers, kept), kept) if kept else None
+    try:
+        json_path, npz_path = catalog.save(stem, exclude_policies=exclude_policies)
+    except BaseException:
+        if new_file:  # ours alone: a failed save leaves nothing that would block the next try
+            path.unlink(missing_ok=True)
+        raise
+    return json_path, npz_path, path if kept else None
 
 
 @dataclass
@@ -124,6 +159,7 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
     the result in ``catalog.exit_settings`` (the scheduler's exit options)."""
     from tqdm import tqdm
 
+    catalog.require_nested("calibrating exit settings")
     available = available_policies(catalog, policies)
     rows_subnet, rows_policy, rows_drop, rows_thresholds = [], [], [], []
     specs = catalog.specs()

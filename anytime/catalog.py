@@ -18,13 +18,17 @@ header (shape and dtype) is checked against the JSON before the array is
 read.  Meaning: costs are non-negative integers, MACs, exit-path MACs and
 parameters positive and non-decreasing with depth and with width (exit-path
 MACs at least the sub-network's); latencies finite and positive, p90 at least
-p50, batch sizes starting at 1; classes distinct names; labels and
+p50, batch sizes starting at 1; classes distinct names; input_shape three
+integers (absent: 3x32x32); labels and
 predictions within the classes; codebooks finite and sorted (probabilities
 and margins in [0, 1], entropies non-negative); codes within their codebook;
 exit scorers' MACs non-negative; exit settings naming known sub-networks and
 policies, accuracy drops in [0, 1], thresholds finite or +inf ("never exit";
 required past the sub-network's depth), never NaN or -inf.  Measured
 latencies are not required to grow with depth or width: real timings do not.
+A model set (``kind: model_set``, ``anytime.model_set``) has depth 1 and one
+member per width, named, ordered by MACs; its parameters need not grow with
+its MACs, its heads cost 0 ms, and it has no exit policies or settings.
 
 All cost arrays are ``[depths, widths]``, indexed ``[depth - 1, width - 1]``.
 """
@@ -37,6 +41,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +50,17 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from anytime.latency_model import RooflineProfiles
 from anytime.traces import SIGNALS, Traces
-from nets.errors import AnytimeError
+from nets.errors import AnytimeError, ConfigError, OutputError
 from nets.spec import SubnetSpec, all_specs
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from anytime.gates import Scorers
 
 SCHEMA_VERSION = 1
 SHIPPED_STEM = Path(__file__).resolve().parent / "data" / "dnnet_resnet32_cifar10.catalog"
@@ -97,6 +105,8 @@ MAX_DEPTHS = 1024
 MAX_WIDTHS = 1024
 MAX_SUBNETS = 1 << 16
 MAX_CLASSES = 256  # labels and predictions are stored as uint8
+MAX_IMAGE_SIDE = 1 << 16
+DEFAULT_INPUT_SHAPE = (3, 32, 32)  # CIFAR-10's: what a catalog without input_shape was measured at
 MAX_TRACE_CELLS = 1 << 28  # samples x sub-networks over all splits: ~4 GB once signals are decoded to float32
 MAX_EXIT_SETTINGS = 1 << 22
 MAX_BATCH_SIZES = 16
@@ -161,9 +171,11 @@ class LatencyTable:
 
     @classmethod
     def from_json(cls, data: dict, depths: int, widths: int, source: str = "catalog",
-                  device: str | None = None) -> "LatencyTable":
+                  device: str | None = None, whole_models: bool = False) -> "LatencyTable":
         """The table stored under ``latency[device]`` of a catalog JSON, its
-        shapes and meaning checked (``source`` names the file in errors)."""
+        shapes and meaning checked (``source`` names the file in errors).
+        ``whole_models``: a model set's, whose members are timed whole and
+        have no separate head (``head_p50_ms`` may be 0)."""
         where = f"latency[{_short(device)}]"
         if not isinstance(data, dict):
             raise CatalogError(f"{source}: {where} is {_short(data)}, expected an object")
@@ -188,7 +200,9 @@ class LatencyTable:
         for key, shape in (("p50_ms", grid), ("p90_ms", grid), ("segment_p50_ms", grid[1:]),
                            ("head_p50_ms", grid[1:])):
             tables[key] = _json_table(source, f"{where}.{key}", data[key], shape, integer=False)
-            _check_values(source, f"{where}.{key}", tables[key], tables[key] <= 0, "latencies must be positive")
+            zero_ok = whole_models and key == "head_p50_ms"
+            _check_values(source, f"{where}.{key}", tables[key], tables[key] < 0 if zero_ok else tables[key] <= 0,
+                          "latencies must be positive")
         _check_values(source, f"{where}.p90_ms", tables["p90_ms"], tables["p90_ms"] < tables["p50_ms"],
                       "below its p50")
         provenance = data.get("provenance", {})
@@ -286,6 +300,18 @@ class ExitSettings:
         return len(self.subnet)
 
 
+@dataclass(frozen=True)
+class ScorersFile:
+    """The learned exit scorers' weights of a catalog (``<stem>.scorers.pt``
+    beside its JSON, written by ``anytime.gates.save_scorers``), as its JSON
+    records them under ``exit_scorers``: the file's name, its sha256 and the
+    policies it serves."""
+
+    path: Path  # where the file is: the catalog JSON's folder and the recorded name
+    sha256: str
+    policies: tuple[str, ...]
+
+
 @dataclass(eq=False)  # identity equality: catalogs are large and key caches
 class Catalog:
     """Costs, accuracy and traces of every sub-network of one nested net."""
@@ -300,6 +326,8 @@ class Catalog:
     latency: dict[str, LatencyTable]
     traces: dict[str, Traces]  # "val" (calibration) and "test" (reporting)
     provenance: dict = field(default_factory=dict)
+    # (channels, height, width) of one input: what the costs and latencies were measured at
+    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
     # learned exit scorers (decision gates, support networks), added by `anytime exits`:
     # policy -> split -> {"score": [N, depths, widths] float, and "prediction": [N, depths, widths] uint8
     # when the scorer answers with its own class (decision gates); otherwise the head's answer stands}
@@ -307,10 +335,20 @@ class Catalog:
     exit_extra_macs: dict[str, np.ndarray] = field(default_factory=dict)  # policy -> [depths, widths] scorer MACs
     # calibrated exit settings (thresholds tuned on val), the scheduler's options:
     exit_settings: "ExitSettings | None" = None
+    # the learned scorers' weights (decision gates, support networks) beside the catalog's files
+    scorers_file: "ScorersFile | None" = None
     # signal name ("top1_prob", "margin", "entropy", "exit/<policy>") -> codebook of its stored values
     codebooks: dict[str, np.ndarray] = field(default_factory=dict)
     # widths whose full-depth entries answer as separately trained models (anytime.zoo); in memory only
     zoo_widths: tuple[int, ...] = ()
+    # "nested" (one network's sub-networks), or "model_set": separately trained models of any
+    # architectures, one column each at depth 1, ordered by MACs (anytime.model_set); then
+    # members[w - 1] names column w: name, architecture, weights file and sha256
+    kind: str = "nested"
+    members: list[dict] = field(default_factory=list)
+    # per-operation summaries of every sub-network, segment and head (anytime.latency_model): a
+    # spec-sheet device's table is predicted from them without torch; None in older catalogs
+    roofline: "RooflineProfiles | None" = None
     # what the layers above compute from this catalog (its option table, its scheduler, the
     # simulator's per-option behaviour, its zoo twin), kept here so that it lives and dies with
     # the catalog; see derive()
@@ -333,6 +371,21 @@ class Catalog:
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
         return all_specs(self.depths, self.widths)
+
+    @property
+    def is_model_set(self) -> bool:
+        """A catalog of separately trained models (``anytime.model_set``)."""
+        return self.kind == "model_set"
+
+    def subnet_name(self, spec: SubnetSpec) -> str:
+        """What a choice is called: a model set's member name, else ``d{D}w{W}``."""
+        return self.members[spec.width - 1]["name"] if self.is_model_set else str(spec)
+
+    def require_nested(self, what: str) -> None:
+        """Refuse ``what`` (a nested-only feature) on a model set."""
+        if self.is_model_set:
+            raise CatalogError(f"{what} needs a nested network's catalog; {self.net} is a model set of "
+                               f"separately trained models ({', '.join(m['name'] for m in self.members)})")
 
     def cost(self, name: str, spec: SubnetSpec) -> int:
         return int(self.costs[name][spec.depth - 1, spec.width - 1])
@@ -385,8 +438,38 @@ class Catalog:
         the very file this catalog measured (``weights_sha256``) and finite."""
         from nets.registry import create_net, load_weights, weights_path  # torch only when a model is wanted
 
+        if self.is_model_set:
+            raise CatalogError(f"{self.net} is a model set: its members are your own modules; load each with "
+                               "anytime.model_set.load_member (checks the recorded sha256)")
         model = create_net(self.net, **{k: v for k, v in self.net_config.items() if k != "family"})
         return load_weights(model, weights or weights_path(self.net), expected_sha256=self.weights_sha256).eval()
+
+    def load_scorers(self) -> "Scorers":
+        """The learned exit scorers (``anytime.gates.Scorers``) whose weights
+        this catalog records (``exit_scorers``): refused with a CatalogError
+        naming the file when it is missing, is not the recorded file (sha256),
+        holds non-finite values or was fitted for another network shape."""
+        from anytime.gates import load_scorers  # torch only when scorers are wanted
+        from nets.errors import CheckpointError
+
+        ref = self.scorers_file
+        if ref is None:
+            raise CatalogError(f"the catalog of {self.net} records no exit scorers' weights (learned policies: "
+                               f"{', '.join(self.exit_scores) or 'none'}); fit them with 'anytime exits --fit --out NEW'")
+        try:
+            scorers = load_scorers(ref.path, ref.sha256)
+        except CheckpointError as exc:
+            raise CatalogError(f"exit scorers of {self.net}: {exc}") from None
+        missing = [p for p in ref.policies if scorers.of(p) is None]
+        if missing:
+            raise CatalogError(f"{ref.path} lacks the scorers of {', '.join(missing)}, which its catalog records")
+        for policy in ref.policies:
+            fitted = scorers.shape(policy)
+            if fitted != (self.depths, self.widths, len(self.classes)):
+                raise CatalogError(f"{ref.path}: the {policy!r} scorers are for {fitted[0]} depths x {fitted[1]} "
+                                   f"widths x {fitted[2]} classes, the catalog has {self.depths} x {self.widths} x "
+                                   f"{len(self.classes)}")
+        return scorers
 
     # ---- export ---------------------------------------------------------
     def rows(self, split: str = "test") -> list[dict]:
@@ -396,6 +479,8 @@ class Catalog:
         for spec in self.specs():
             d, w = spec.depth - 1, spec.width - 1
             row = {"subnet": str(spec), "depth": spec.depth, "width": spec.width}
+            if self.is_model_set:
+                row["model"] = self.subnet_name(spec)
             row.update({name: int(values[d, w]) for name, values in self.costs.items()})
             row.update({f"weight_bytes_{t}": int(self.weight_bytes(t)[d, w]) for t in WEIGHT_DTYPE_BYTES})
             for device, table in self.latency.items():
@@ -443,6 +528,7 @@ class Catalog:
         stem = catalog_stem(stem)
         exit_scores = {p: v for p, v in self.exit_scores.items() if p not in exclude_policies}
         stem.parent.mkdir(parents=True, exist_ok=True)
+        scorers = _place_scorers(self.scorers_file, stem, exit_scores)  # before the traces are written
         self.quantize(exclude_policies)
         arrays: dict[str, np.ndarray] = {}
         for split, traces in self.traces.items():
@@ -470,7 +556,8 @@ class Catalog:
         meta = {
             "schema_version": SCHEMA_VERSION,
             "net": self.net, "net_config": self.net_config, "weights_sha256": self.weights_sha256,
-            "classes": self.classes, "depths": self.depths, "widths": self.widths,
+            "classes": self.classes, "input_shape": list(self.input_shape),
+            "depths": self.depths, "widths": self.widths,
             "subnets": [str(s) for s in self.specs()],
             "cost_fields": COST_FIELDS,
             "costs": {name: values.tolist() for name, values in self.costs.items()},
@@ -480,13 +567,44 @@ class Catalog:
                                        "splits": sorted(exit_scores[policy])} for policy in exit_scores},
             "traces_sha256": _sha256(tmp_npz),
             "provenance": self.provenance,
+            **({"kind": self.kind, "members": self.members} if self.is_model_set else {}),  # nested: unchanged
         }
+        if scorers is not None:
+            meta["exit_scorers"] = scorers
+        if self.roofline is not None:
+            meta["roofline"] = self.roofline.to_json()
         json_path = stem.with_name(stem.name + ".json")
         tmp_json = stem.with_name(stem.name + ".tmp.json")
         tmp_json.write_text(json.dumps(meta, indent=1))
         tmp_npz.replace(npz_path)  # both written in full before either replaces an old file
         tmp_json.replace(json_path)
         return json_path, npz_path
+
+
+def scorers_path(stem: str | Path) -> Path:
+    """Where a catalog's learned exit scorers are stored: ``<stem>.scorers.pt``."""
+    stem = catalog_stem(stem)
+    return stem.with_name(stem.name + ".scorers.pt")
+
+
+def _place_scorers(ref: ScorersFile | None, stem: Path, saved_policies: dict) -> dict | None:
+    """What a catalog saved under ``stem`` records of its scorers' file (None
+    without one), after copying the file beside ``stem`` when it lives
+    elsewhere: a catalog saved under a new name keeps its scorers."""
+    policies = [p for p in (ref.policies if ref else ()) if p in saved_policies]
+    if ref is None or not policies:
+        return None
+    destination = scorers_path(stem)
+    if destination.resolve() != ref.path.resolve():
+        if not ref.path.is_file() or _sha256(ref.path) != ref.sha256:
+            raise CatalogError(f"exit scorers {ref.path} are missing or not the recorded file: cannot save them "
+                               f"with the catalog {stem}")
+        if destination.exists() and (not destination.is_file() or _sha256(destination) != ref.sha256):
+            raise OutputError(f"{destination} exists; choose another catalog name (nothing was changed)")
+        tmp = destination.with_name(f".{destination.name}.tmp")
+        shutil.copyfile(ref.path, tmp)
+        tmp.replace(destination)
+    return {"file": destination.name, "sha256": ref.sha256, "policies": policies}
 
 
 def catalog_stem(path: str | Path) -> Path:
@@ -521,12 +639,17 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     depths, widths, classes, counts = _check_sizes(meta, json_path)
     source = str(json_path)
     try:
-        costs = _check_costs(meta["costs"], depths, widths, source)
+        kind, members = _check_members(meta, depths, widths, source)
+        costs = _check_costs(meta["costs"], depths, widths, source, model_set=bool(members))
         if not isinstance(meta["latency"], dict) or not meta["latency"] or len(meta["latency"]) > 64:
             raise CatalogError(f"{source}: latency = {_short(meta['latency'])}, expected 1 to 64 device tables")
-        latency = {device: LatencyTable.from_json(table, depths, widths, source, device)
+        latency = {device: LatencyTable.from_json(table, depths, widths, source, device, whole_models=bool(members))
                    for device, table in meta["latency"].items()}
         exit_policies = _check_exit_policies(meta.get("exit_policies", {}), depths, widths, counts, source)
+        scorers_file = _check_scorers_file(meta.get("exit_scorers"), json_path, exit_policies)
+        roofline = _check_roofline(meta.get("roofline"), depths, widths, source)
+        if members and exit_policies:
+            raise CatalogError(f"{source}: a model set has no early exits, but exit_policies are given")
     except CatalogError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a checker met a field of the wrong kind
@@ -546,11 +669,34 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     except Exception as exc:  # zipfile, KeyError, ValueError, EOFError from a damaged archive
         raise CatalogError(f"cannot read traces from {npz_path}: {exc.__class__.__name__}: "
                            f"{_cut(str(exc), 120)}") from None
+    if members and exit_settings is not None:
+        raise CatalogError(f"{npz_path}: a model set has no early exits, but exit settings are stored")
     return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
                    classes=classes, depths=depths, widths=widths, costs=costs, latency=latency,
                    traces=traces, provenance=dict(meta.get("provenance", {})), exit_scores=exit_scores,
                    exit_extra_macs={policy: macs for policy, (macs, _) in exit_policies.items()},
-                   exit_settings=exit_settings, codebooks=codebooks)
+                   exit_settings=exit_settings, codebooks=codebooks, kind=kind,
+                   members=members, scorers_file=scorers_file, roofline=roofline,
+                   input_shape=_check_input_shape(meta.get("input_shape", list(DEFAULT_INPUT_SHAPE)), source))
+
+
+def _check_roofline(value: object, depths: int, widths: int, source: str) -> RooflineProfiles | None:
+    """``roofline``: the operation summaries, each checked (absent in older catalogs)."""
+    if value is None:
+        return None
+    try:
+        return RooflineProfiles.from_json(value, depths, widths)
+    except ConfigError as exc:
+        raise CatalogError(f"{source}: {exc}") from None
+
+
+def _check_input_shape(value: object, source: str) -> tuple[int, ...]:
+    """``[channels, height, width]``: positive integers (a catalog without it was measured at 3x32x32)."""
+    if not (isinstance(value, list) and len(value) == 3 and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE
+                                                                 for v in value)):
+        raise CatalogError(f"{source}: input_shape = {_short(value)}, expected [channels, height, width] "
+                           f"of integers in 1..{MAX_IMAGE_SIDE}")
+    return tuple(value)
 
 
 def _read_json(json_path: Path) -> dict:
@@ -620,9 +766,11 @@ def _check_sizes(meta: dict, json_path: Path) -> tuple[int, int, list[str], dict
     return depths, widths, list(classes), counts
 
 
-def _check_costs(tables: dict, depths: int, widths: int, source: str) -> dict[str, np.ndarray]:
+def _check_costs(tables: dict, depths: int, widths: int, source: str,
+                 model_set: bool = False) -> dict[str, np.ndarray]:
     """The cost tables: non-negative integers; MACs and parameters positive
-    and non-decreasing with depth and width; exit paths at least the sub-network."""
+    and non-decreasing with depth and width (a model set's parameters need
+    not grow with its members' MACs); exit paths at least the sub-network."""
     if not isinstance(tables, dict):
         raise CatalogError(f"{source}: costs = {_short(tables)}, expected an object of tables")
     costs = {}
@@ -634,6 +782,8 @@ def _check_costs(tables: dict, depths: int, widths: int, source: str) -> dict[st
     for name in MONOTONE_COSTS:
         values = costs[name]
         _check_values(source, f"costs.{name}", values, values <= 0, "must be positive")
+        if model_set and name == "params":
+            continue
         falls = np.zeros(values.shape, dtype=bool)
         falls[1:] |= values[1:] < values[:-1]
         _check_values(source, f"costs.{name}", values, falls, "smaller than at the depth before (must not decrease)")
@@ -643,6 +793,44 @@ def _check_costs(tables: dict, depths: int, widths: int, source: str) -> dict[st
     _check_values(source, "costs.exit_path_macs", costs["exit_path_macs"], costs["exit_path_macs"] < costs["macs"],
                   "below the sub-network's own MACs")
     return costs
+
+
+CATALOG_KINDS = ("nested", "model_set")
+MEMBER_FIELDS = ("name", "architecture", "weights", "weights_sha256", "state_sha256")
+
+
+def _check_members(meta: dict, depths: int, widths: int, source: str) -> tuple[str, list[dict]]:
+    """The catalog's kind and, for a model set, its members: one per width
+    at depth 1, distinct names, sha256 digests where recorded."""
+    kind = meta.get("kind", "nested")
+    if kind not in CATALOG_KINDS:
+        raise CatalogError(f"{source}: kind = {_short(kind)}, expected one of {', '.join(CATALOG_KINDS)}")
+    members = meta.get("members")
+    if kind == "nested":
+        if members is not None:
+            raise CatalogError(f"{source}: members are given, but kind is nested (a model set says kind: model_set)")
+        return kind, []
+    if depths != 1 or not isinstance(members, list) or len(members) != widths:
+        raise CatalogError(f"{source}: a model set has depths = 1 and one member per width; got depths = "
+                           f"{depths}, {widths} widths, members = {_short(members)}")
+    for i, member in enumerate(members):
+        where = f"{source}: members[{i}]"
+        if not isinstance(member, dict) or set(member) != set(MEMBER_FIELDS):
+            raise CatalogError(f"{where} = {_short(member)}, expected the fields {', '.join(MEMBER_FIELDS)}")
+        for key in ("name", "architecture"):
+            if not isinstance(member[key], str) or not 1 <= len(member[key]) <= 128:
+                raise CatalogError(f"{where}.{key} = {_short(member[key])}, expected a name of 1..128 characters")
+        if member["weights"] is not None and not isinstance(member["weights"], str):
+            raise CatalogError(f"{where}.weights = {_short(member['weights'])}, expected a file name or null")
+        for key in ("weights_sha256", "state_sha256"):
+            value = member[key]
+            if (value is not None or key == "state_sha256") and not (isinstance(value, str)
+                                                                    and _SHA256.fullmatch(value)):
+                raise CatalogError(f"{where}.{key} = {_short(value)}, expected 64 lowercase hex digits")
+    names = [m["name"] for m in members]
+    if len(set(names)) != len(names):
+        raise CatalogError(f"{source}: member names are not distinct: {_short(names)}")
+    return kind, [dict(m) for m in members]
 
 
 def _check_exit_policies(policies: dict, depths: int, widths: int, counts: dict[str, int],
@@ -665,6 +853,27 @@ def _check_exit_policies(policies: dict, depths: int, widths: int, counts: dict[
                                f"expected distinct splits of {sorted(counts)}")
         checked[policy] = (macs, splits)
     return checked
+
+
+def _check_scorers_file(value: object, json_path: Path, exit_policies: dict) -> ScorersFile | None:
+    """``exit_scorers``: a plain file name beside the JSON, its sha256 and the
+    learned policies (of ``exit_policies``) whose weights it holds."""
+    if value is None:
+        return None
+    source = str(json_path)
+    if not isinstance(value, dict) or set(value) != {"file", "sha256", "policies"}:
+        raise CatalogError(f"{source}: exit_scorers = {_short(value)}, expected {{file, sha256, policies}}")
+    name, digest, policies = value["file"], value["sha256"], value["policies"]
+    if not isinstance(name, str) or not 1 <= len(name) <= 255 or name in (".", "..") or "/" in name \
+            or "\\" in name or "\0" in name:
+        raise CatalogError(f"{source}: exit_scorers.file = {_short(name)}, expected a file name beside the catalog")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise CatalogError(f"{source}: exit_scorers.sha256 = {_short(digest)}, expected 64 lowercase hex digits")
+    if not (isinstance(policies, list) and policies and all(isinstance(p, str) and p in exit_policies
+                                                            for p in policies) and len(set(policies)) == len(policies)):
+        raise CatalogError(f"{source}: exit_scorers.policies = {_short(policies)}, expected distinct learned "
+                           f"policies of exit_policies ({', '.join(exit_policies) or 'none'})")
+    return ScorersFile(json_path.parent / name, digest, tuple(policies))
 
 
 class _Archive:

@@ -22,7 +22,10 @@ log = logging.getLogger("anytime")
 
 DISTRIBUTION = "dnnet-anytime"  # the installed distribution's name (pyproject.toml); its commands: anytime
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
-DEFAULT_CACHE_DIR = "data/cache"
+# decoded images are cached in the user's cache directory (anytime.user_cache), never in the working folder
+IMAGE_CACHE_SUBDIR = "images"
+DEVICES_HELP = ("a devices file (YAML): your spec-sheet devices and measured latency tables (CSV), added to the "
+                "catalog in memory; --device may name them")
 
 # Exit statuses: what a script calling the tool can tell apart.  An
 # AnytimeError carries its own (2 for bad input, 3 for a budget or an
@@ -31,8 +34,8 @@ EXIT_INTERNAL, EXIT_INPUT = 1, 2
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from nets.data import load_cifar10
-    from nets.registry import create_net
+    from nets.data import load_image_folder
+    from nets.registry import create_net, net_builder
     from nets.errors import ConfigError
     from nets.train import TrainConfig, check_run_folder, train
 
@@ -46,9 +49,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--net-config must be a JSON object, got {args.net_config!r:.60}")
     import torch
 
+    net_builder(args.net)  # an unknown name is refused before the data is read
+    data = load_image_folder(args.data, val_size=args.val_size, seed=args.seed, cache_dir=_image_cache(args))
     torch.manual_seed(args.seed)  # the initial weights are part of what the seed reproduces
-    model = create_net(args.net, **net_config)
-    data = load_cifar10(args.data, val_size=args.val_size, seed=args.seed, cache_dir=args.cache_dir)
+    model = create_net(args.net, **{"num_classes": len(data.classes), **net_config})  # the data's classes
     card = train(model, args.name or args.net, data, config, args.out, resume=args.resume,
                  progress=not args.quiet and _tty())
     if not card:  # another process of a torchrun group: rank 0 reports
@@ -58,24 +62,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_cache(args: argparse.Namespace) -> Path:
+    """Where decoded images are cached: ``--cache-dir``, else the user cache."""
+    from anytime.user_cache import cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else cache_dir() / IMAGE_CACHE_SUBDIR
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     from anytime.builder import ProfileConfig, build_catalog
+    from anytime.profile import local_device_key
     from nets.errors import OutputError
-    from nets.data import load_cifar10
-    from nets.registry import create_net, load_weights, weights_path
+    from nets.data import load_image_folder
+    from nets.registry import create_trained_net, net_builder, weights_path
 
     _check_new_catalog(args.out)  # before minutes of profiling, not after
     if args.csv and Path(args.csv).exists():
         raise OutputError(f"{args.csv} exists; choose another name (nothing was changed)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = create_net(args.net)
+    net_builder(args.net)  # an unknown name is refused before the data is read
     weights = Path(args.weights) if args.weights else weights_path(args.net)
-    load_weights(model, weights)
-    data = load_cifar10(args.data, val_size=args.val_size, seed=args.seed, cache_dir=args.cache_dir)
-    config = ProfileConfig(large_batch=args.large_batch, repeats_batch1=args.repeats, device=args.device)
+    data = load_image_folder(args.data, val_size=args.val_size, seed=args.seed, cache_dir=_image_cache(args))
+    # built as the model card beside the weights records it (classes, widths), for this data
+    model = create_trained_net(args.net, weights, data.classes, data.image_size)
+    config = ProfileConfig(large_batch=args.large_batch, repeats_batch1=args.repeats, device=args.device,
+                           local_device_key=local_device_key(args.device))  # a GPU's table: cuda-local
     catalog, fit = build_catalog(model, args.net, weights, data, config, progress=not args.quiet and _tty())
     json_path, npz_path = catalog.save(args.out)
     if args.csv:
@@ -108,7 +122,12 @@ def _cmd_retime(args: argparse.Namespace) -> int:
     model = catalog.load_net(args.weights)
     device = catalog.measured_device
     before = catalog.latency_table(device)
+    kind = "cuda" if before.provenance.get("device_type") == "cuda" else "cpu"  # re-timed on its own kind
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"the catalog's measured table {device!r} was timed on a GPU and this machine has no "
+                          "CUDA device: retime it where one is, or profile the net here for a CPU table")
     config = ProfileConfig(local_device_key=device, large_batch=before.batch_sizes[-1], passes=args.passes,
+                           device=kind,
                            repeats_batch1=args.repeats,
                            repeats_large=max(args.passes, args.repeats // 5), repeats_segment=args.repeats)
     started = time.perf_counter()
@@ -150,6 +169,10 @@ def _cmd_plot_catalog(args: argparse.Namespace) -> int:
     from anytime.plots import accuracy_table_markdown, plot_budget, plot_heatmaps
 
     catalog = load_catalog(args.catalog)
+    if args.devices:
+        from anytime.devices_file import add_user_devices
+
+        catalog = add_user_devices(catalog, args.devices)
     with ResultsFolder(args.out, kind="plot-catalog", details={"catalog": catalog.net}) as staging:
         table = staging / "accuracy_grid.md"
         table.write_text(accuracy_table_markdown(catalog))
@@ -173,10 +196,13 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     if args.fit and args.out:
         _check_new_catalog(args.out)  # without --out the fitted catalog replaces its own input
+    if args.fit:  # the scorers' weights go beside it: never over a file that is not the catalog's own
+        from anytime.calibrate import check_scorers_destination
+
+        check_scorers_destination(catalog, args.out or args.catalog or _shipped_stem())
     report_folder = ResultsFolder(args.report, kind="exits")
     report_folder.check()  # before the fitting, which takes minutes
-    if args.fit:
-        _fit_exits(args, catalog)
+    scorers = _fit_exits(args, catalog) if args.fit else None
     spec = SubnetSpec.parse(args.subnet) if args.subnet else SubnetSpec(catalog.depths, catalog.widths)
     results = calibrate_policies(catalog, spec, tolerance=args.tolerance)
     curves = policy_curves(catalog, spec)
@@ -197,8 +223,10 @@ def _cmd_exits(args: argparse.Namespace) -> int:
                          f"{catalog.net} {spec}: early exits, calibrated on val, reported on test", ladder=refinement,
                          ladder_curve=None if refinement is None else width_ladder_curve(catalog, refinement))
         (staging / f"exits_{spec}.json").write_text(json.dumps(report, indent=1))
-    if args.fit:  # after the report: the cross-entropy gates serve only the comparison above
-        catalog.save(args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
+    if scorers is not None:  # after the report: the cross-entropy gates serve only the comparison above
+        from anytime.calibrate import save_fitted
+
+        save_fitted(catalog, scorers, args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
     print(f"{'policy':10s} {'val acc':>8s} {'test acc':>9s} {'exp. MACs (M)':>14s} {'of full':>8s}")
     for r in results:
         print(f"{r.policy:10s} {100 * r.val_accuracy:8.2f} {100 * r.test_accuracy:9.2f} "
@@ -216,21 +244,26 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_exits(args: argparse.Namespace, catalog) -> None:
+def _fit_exits(args: argparse.Namespace, catalog):
     """``exits --fit``: train the gates and support networks on the data and
-    calibrate the scheduler's exit settings, into ``catalog``."""
+    calibrate the scheduler's exit settings, into ``catalog``; returns the
+    fitted scorers (``anytime.gates.Scorers``), whose weights ship with it."""
     import torch
 
+    from anytime.builder import check_catalog_data
     from anytime.calibrate import calibrate_ladder, fit_scorers
-    from nets.data import load_cifar10
+    from nets.data import load_image_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = catalog.load_net(args.weights)  # refuses weights that are not the catalog's
-    data = load_cifar10(args.data, val_size=len(catalog.traces["val"]), seed=args.seed, cache_dir=args.cache_dir)
+    data = load_image_folder(args.data, val_size=len(catalog.traces["val"]), seed=args.seed,
+                             cache_dir=_image_cache(args))
+    check_catalog_data(model, data, catalog)  # the classes, image size and val split the catalog was built on
     progress = not args.quiet and _tty()
-    fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=progress, seed=args.seed)
+    scorers = fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=progress, seed=args.seed)
     calibrate_ladder(catalog, progress=progress)
+    return scorers
 
 
 def _refuse_installed_destination(stem: str | Path, given: bool) -> None:
@@ -271,13 +304,13 @@ def _shipped_stem():
 def _cmd_select(args: argparse.Namespace) -> int:
     from scheduler import Budget, select_subnet
 
-    catalog = _family_catalog(args.catalog, args.family)
+    catalog = _family_catalog(args.catalog, args.family, args.devices)
     budget = Budget(macs=args.macs, latency_ms=args.latency_ms, latency_quantile=args.quantile,
                     memory_bytes=args.memory_bytes, energy_mj=args.energy_mj, min_accuracy=args.min_accuracy,
                     device=args.device, share=args.share)
     selection = select_subnet(budget, catalog, args.family)
     if args.json:
-        print(json.dumps({"subnet": str(selection.spec), "policy": selection.policy,
+        print(json.dumps({"subnet": str(selection.spec), "model": selection.model_name, "policy": selection.policy,
                           "thresholds": selection.thresholds, **selection.costs(),
                           "expected_accuracy": selection.expected_accuracy, "binding": selection.binding,
                           "latency_note": selection.latency_note}))
@@ -286,13 +319,18 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _family_catalog(stem: str | None, family: str):
-    """The catalog to choose from: ``stem`` or the shipped one, with its
-    shipped zoo for the ``zoo`` family."""
+def _family_catalog(stem: str | None, family: str, devices: str | None = None):
+    """The catalog to choose from: ``stem`` or the shipped one, with the
+    devices of a user's devices file and its shipped zoo for the ``zoo`` family."""
     from anytime.catalog import load_catalog
 
     catalog = load_catalog(stem) if stem else None
-    if family == "zoo":
+    if devices:
+        from anytime.catalog import shipped_catalog
+        from anytime.devices_file import add_user_devices
+
+        catalog = add_user_devices(catalog or shipped_catalog(), devices)
+    if family == "zoo" and not (catalog is not None and catalog.is_model_set):  # a model set is its own zoo
         from anytime.zoo import shipped_zoo_catalog
 
         catalog = shipped_zoo_catalog(catalog or load_catalog())
@@ -319,7 +357,7 @@ def parse_tenant(text: str) -> tuple[str, float, float, float]:
 def _cmd_allocate(args: argparse.Namespace) -> int:
     from scheduler.allocation import SharedDevice, Tenant, allocate
 
-    catalog = _family_catalog(args.catalog, args.family)
+    catalog = _family_catalog(args.catalog, args.family, args.devices)
     if catalog is None:
         from anytime.catalog import load_catalog
 
@@ -336,7 +374,8 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"objective": result.objective, "optimal": result.optimal, "gap": result.gap,
                           "utilisation": result.utilisation, "solve_seconds": result.solve_seconds,
-                          "choices": {name: {"subnet": str(c.option.spec), "policy": c.option.policy,
+                          "choices": {name: {"subnet": str(c.option.spec),
+                                             "model": catalog.subnet_name(c.option.spec), "policy": c.option.policy,
                                              "thresholds": c.option.thresholds,
                                              "accuracy": c.option.expected_accuracy,
                                              "expected_ms": c.option.expected_ms, "response_ms": c.response_ms,
@@ -349,7 +388,7 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     print("|---|---|---|---:|---:|---:|---:|")
     for tenant in tenants:
         c = result.choices[tenant.name]
-        print(f"| {c.tenant} | {c.option.spec} | {c.option.policy} | {100 * c.option.expected_accuracy:.2f}% | "
+        print(f"| {c.tenant} | {catalog.subnet_name(c.option.spec)} | {c.option.policy} | {100 * c.option.expected_accuracy:.2f}% | "
               f"{c.option.expected_ms:.3f} | "
               f"{c.response_ms:.3f} | {tenant.deadline_ms:g} |")
     print(f"weighted accuracy {result.objective:.4f}, device load {100 * result.utilisation:.1f}% of the share, "
@@ -369,7 +408,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.report import load_results, results_table
 
     scenario, catalog = prepare_scenario(scenario, policies, catalog=args.catalog, duration_s=args.duration_s,
-                                         seed=args.seed)  # a policy that cannot run fails now
+                                         seed=args.seed, devices=args.devices)  # a policy that cannot run fails now
     # the destination is checked, locked and proven writable before the long work
     with results_folder(args.out, scenario) as staging:
         results = run(scenario, catalog=catalog, progress=None if args.quiet or not _tty() else _progress_bar)
@@ -437,6 +476,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A deployable artifact of one sub-network, with its exits (``anytime.export``)."""
+    from anytime.catalog import load_catalog
+    from anytime.export import export_subnet
+
+    catalog = load_catalog(args.catalog)
+    model = catalog.load_net(args.weights) if args.weights else None
+    result = export_subnet(catalog, args.subnet, args.out, args.policy, accuracy_drop=args.accuracy_drop,
+                           onnx=False if args.no_onnx else None, model=model)
+    exits = result.manifest["exits"]
+    print(json.dumps({"out": str(args.out), "subnet": result.manifest["subnet"]["name"], "policy": args.policy,
+                      "accuracy_drop": exits and exits["accuracy_drop"],
+                      "onnx": result.manifest["programs"]["subnet"]["onnx"] is not None,
+                      "files": len(result.files), "seconds": round(result.seconds, 1),
+                      "run": f"python {Path(args.out) / 'driver.py'} --random 4"}))
+    return 0
+
+
 def _cmd_nets(args: argparse.Namespace) -> int:
     from nets.registry import list_nets
 
@@ -448,7 +505,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by the subcommands that run the network on data."""
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split and scorer training")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where decoded images are cached")
+    p.add_argument("--cache-dir", help="where decoded images are cached (default: images/ in the user cache: "
+                   "$ANYTIME_CACHE_DIR, else $XDG_CACHE_HOME/anytime, else ~/.cache/anytime)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -484,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_models_commands(sub)
     _add_catalog_commands(sub)
+    _add_export_command(sub)
     _add_scheduler_commands(sub)
     _add_simulator_commands(sub)
     return parser
@@ -496,9 +555,10 @@ def _add_models_commands(sub) -> None:
     p = sub.add_parser("nets", help="list the registered networks")
     p.set_defaults(func=_cmd_nets)
 
-    p = sub.add_parser("train", help="train a registered network on CIFAR-10 (resumable)")
+    p = sub.add_parser("train", help="train a registered network on an image data set (resumable)")
     p.add_argument("net", help="registered network name (see 'anytime nets')")
-    p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10: python batches, image folders, or their zip/tar.gz")
+    p.add_argument("--data", default=DEFAULT_DATA, help="image folders train/<class>/*, test/<class>/* (a folder "
+                   "or a zip; any classes, one image size) or CIFAR-10's python batches (or their tar.gz)")
     p.add_argument("--out", type=Path, required=True, help="output folder (weights, model card, checkpoint, log)")
     p.add_argument("--name", help="name of the written weights (default: the net name)")
     p.add_argument("--net-config", help="JSON object of configuration overrides, e.g. '{\"width_groups\": 4}' "
@@ -515,13 +575,15 @@ def _add_models_commands(sub) -> None:
                    help="share of the loss on the full output alone (0: the paper's loss)")
     p.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
                    help="per output, share of distillation from the full output (vs labels)")
-    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--val-size", type=int, default=None, help="training images held out for validation "
+                   "(default: a tenth of them, 5000 for CIFAR-10)")
     p.add_argument("--max-batches", type=int, default=TrainConfig.max_batches,
                    help="batches per epoch (0: all); for smoke runs")
     p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
                    help="auto: bfloat16 autocast where the CPU has native bfloat16 (AMX, AVX-512 BF16), "
                         "else float32 (default: %(default)s)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where decoded images are cached")
+    p.add_argument("--cache-dir", help="where decoded images are cached (default: images/ in the user cache: "
+                   "$ANYTIME_CACHE_DIR, else $XDG_CACHE_HOME/anytime, else ~/.cache/anytime)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
@@ -529,14 +591,16 @@ def _add_models_commands(sub) -> None:
     p = sub.add_parser("profile", help="build the catalog of a nested net: costs, latency, accuracy, traces")
     p.add_argument("net", help="registered nested network name")
     p.add_argument("--weights", help="state_dict to profile (default: the shipped weights of NET)")
-    p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 for accuracy and traces")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the data set the weights were trained on (as for "
+                   "train), for accuracy and traces")
     p.add_argument("--out", required=True, help="catalog stem: writes STEM.json and STEM.npz")
     p.add_argument("--csv", help="also export the cost/accuracy table to this CSV file (default: none)")
     p.add_argument("--device", default="cpu", help="torch device to measure on (cpu, cuda, cuda:1)")
     p.add_argument("--large-batch", type=int, default=32, help="the larger batch size timed beside batch 1")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per sub-network at batch 1")
     _add_run_options(p)
-    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--val-size", type=int, default=None, help="training images held out for validation "
+                   "(default: a tenth of them, 5000 for CIFAR-10)")
     p.set_defaults(func=_cmd_profile)
 
 
@@ -549,6 +613,7 @@ def _add_catalog_commands(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--mac-budget", type=float, default=24e6, help="MAC budget of the feasibility picture")
     p.add_argument("--device", help="latency device shown (default: the measured one)")
+    p.add_argument("--devices", help=DEVICES_HELP + " (default: none)")
     p.add_argument("--csv", action="store_true", help="also write catalog.csv")
     p.set_defaults(func=_cmd_plot_catalog)
 
@@ -566,11 +631,12 @@ def _add_catalog_commands(sub) -> None:
     p = sub.add_parser("exits", help="fit exit scorers, calibrate every exit policy, report and plot")
     p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--fit", action="store_true", help="train gates and support networks, calibrate the "
-                   "scheduler's exit settings and save them into the catalog (needs the data)")
+                   "scheduler's exit settings and save them into the catalog, the scorers' weights beside it "
+                   "(<stem>.scorers.pt; needs the data)")
     p.add_argument("--weights", help="state_dict of the catalog's net (default: its shipped weights)")
     p.add_argument("--out", help="write the fitted catalog here, a new stem (default: over the input catalog; "
                                  "required when that is inside the installed package)")
-    p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 for --fit")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the catalog's data set (as for train), for --fit")
     p.add_argument("--train-subset", type=int, default=10000, help="training images the scorers learn from")
     p.add_argument("--exclude", nargs="*", default=["gate_ce"],
                    help="learned scores left out of the saved catalog (default: gate_ce, report-only)")
@@ -581,6 +647,24 @@ def _add_catalog_commands(sub) -> None:
                         "tool's (default: %(default)s)")
     _add_run_options(p)
     p.set_defaults(func=_cmd_exits)
+
+
+def _add_export_command(sub) -> None:
+    """export: a sub-network and its exits as programs a small driver runs."""
+    p = sub.add_parser("export", help="write a sub-network (and its exits) as torch.export programs, ONNX where "
+                                      "installed, with a manifest and a standalone driver")
+    p.add_argument("subnet", help="the sub-network, e.g. d12w6")
+    p.add_argument("--policy", help="exit policy (max_prob, entropy, margin, gate, gate_ce, support): one program "
+                                     "per depth segment and per exit, with the catalog's calibrated thresholds "
+                                     "(default: none, the whole sub-network only)")
+    p.add_argument("--accuracy-drop", type=float,
+                   help="which calibrated setting of the policy: its tolerated drop of validation accuracy, "
+                        "e.g. 0.01 (default: the catalog's smallest)")
+    p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
+    p.add_argument("--weights", help="state_dict of the catalog's net (default: the weights it records)")
+    p.add_argument("--out", type=Path, required=True, help="a new or empty folder; an export never replaces files")
+    p.add_argument("--no-onnx", action="store_true", help="no ONNX programs even where the exporter is installed")
+    p.set_defaults(func=_cmd_export)
 
 
 def _add_scheduler_commands(sub) -> None:
@@ -598,6 +682,7 @@ def _add_scheduler_commands(sub) -> None:
     p.add_argument("--energy-mj", type=float, help="energy per inference, millijoules (default: no limit)")
     p.add_argument("--min-accuracy", type=float, help="fraction, e.g. 0.85 (default: none)")
     p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
+    p.add_argument("--devices", help=DEVICES_HELP + " (default: none)")
     p.add_argument("--share", type=float, default=Budget.share, help="fraction of the device available, (0, 1]")
     p.add_argument("--family", default="nested", choices=tuple(FAMILIES),
                    help="options to choose from (zoo: the separately trained widths shipped beside the catalog)")
@@ -611,6 +696,7 @@ def _add_scheduler_commands(sub) -> None:
                         "weight in the objective; repeat for each")
     p.add_argument("--catalog", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--device", help="latency table of the catalog (default: the measured device)")
+    p.add_argument("--devices", help=DEVICES_HELP + " (default: none)")
     p.add_argument("--share", type=float, default=Budget.share,
                    help="fraction of the device left for these apps, (0, 1]")
     p.add_argument("--memory-bytes", type=float, help="memory for all the apps' models (default: no limit)")
@@ -636,6 +722,7 @@ def _add_simulator_commands(sub) -> None:
     p.add_argument("--duration-s", type=float, help="simulated seconds (default: the scenario's)")
     p.add_argument("--seed", type=int, help="seed of arrivals and samples (default: the scenario's)")
     p.add_argument("--catalog", help="catalog stem or file (default: the scenario's, else the shipped one)")
+    p.add_argument("--devices", help=DEVICES_HELP + " (default: the scenario's devices_file)")
     p.add_argument("--no-report", action="store_true", help="write results only, no pictures or report.html")
     p.add_argument("--json", action="store_true", help="print the per-policy summary as JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -62,6 +62,7 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
     """
     if policy not in POLICIES:
         raise CatalogError(f"unknown exit policy {policy!r}; known: {', '.join(POLICIES)}")
+    catalog.require_nested("early exits")
     spec.check_within(catalog.depths, catalog.widths)
     if split not in catalog.traces:
         raise CatalogError(f"catalog has no {split!r} traces (has {sorted(catalog.traces)})")
@@ -272,6 +273,7 @@ def ladder_arrays(catalog: Catalog, depth: int, widths: tuple[int, ...], split: 
 
 
 def check_ladder(catalog: Catalog, widths: tuple[int, ...]) -> None:
+    catalog.require_nested("a width ladder")
     if len(widths) < 2 or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 \
             or widths[-1] > catalog.widths:
         raise CatalogError(f"a width ladder is 2 or more increasing widths within 1..{catalog.widths}, got {widths}")

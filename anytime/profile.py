@@ -2,10 +2,13 @@
 
 Latency is timed on the extracted standalone model (what a deployment runs):
 warm-up, then every call timed on its own so medians and tails are real
-per-inference figures.  On CUDA, calls are timed with CUDA events after a
-synchronisation; on the CPU with ``time.perf_counter_ns``.  Every result
-carries its provenance (device, torch version, threads, batch size, dtype,
-repeats and spread).
+per-inference figures.  On CUDA, calls are timed with CUDA events recorded
+on the measured device's current stream (where the model's kernels run),
+after a synchronisation, and read after another; on the CPU with
+``time.perf_counter_ns``.  Every result carries its provenance (device,
+torch version, threads, batch size, dtype, repeats and spread).  A table
+measured on a GPU is named ``cuda-local``, one on the CPU ``cpu-local``
+(:func:`local_device_key`).
 
 Activation memory, for batch-1 inference, is given two ways: the doubly nested
 paper's "largest feature map", and a measured peak of live activation bytes
@@ -26,6 +29,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from anytime.machine import cpu_name
+
+
+def local_device_key(device: torch.device | str = "cpu") -> str:
+    """The catalog's name for the latency table measured on ``device`` here:
+    ``cpu-local``, or ``cuda-local`` for a GPU."""
+    return "cpu-local" if torch.device(device).type == "cpu" else f"{torch.device(device).type}-local"
 
 
 def device_name(device: torch.device | str = "cpu") -> str:
@@ -77,21 +86,30 @@ def time_calls(model: nn.Module, batch_size: int = 1, device: torch.device | str
         for _ in range(warmup):
             model(x)
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-            for i in range(repeats):
-                starts[i].record()
-                model(x)
-                ends[i].record()
-            torch.cuda.synchronize(device)
-            times[:] = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+            times[:] = _cuda_event_times(model, x, repeats)
         else:
             for i in range(repeats):
                 t0 = time.perf_counter_ns()
                 model(x)
                 times[i] = (time.perf_counter_ns() - t0) / 1e6
     return times
+
+
+def _cuda_event_times(model: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls, each between two CUDA events
+    recorded on the stream the model's kernels run on: the current stream of
+    ``x``'s device (an operation runs on its inputs' device, which need not
+    be the current device; a bare ``Event.record()`` would use the latter's)."""
+    stream = torch.cuda.current_stream(x.device)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    torch.cuda.synchronize(x.device)  # the warm-up's kernels are not timed
+    for start, end in zip(starts, ends):
+        start.record(stream)
+        model(x)
+        end.record(stream)
+    torch.cuda.synchronize(x.device)  # elapsed_time needs both events completed
+    return [start.elapsed_time(end) for start, end in zip(starts, ends)]
 
 
 def latency_stats(times: np.ndarray, device: torch.device | str, batch_size: int, dtype: torch.dtype,

@@ -13,6 +13,12 @@ With a wall-clock ``deadline_s`` it is an anytime predictor: when time is up,
 each sample still running returns the answer of the last exit it passed
 (``answered`` is False only for a sample that passed none).
 
+``runner_for`` builds the runner of any option a catalog offers in one call:
+a sub-network with no exits, or with any exit policy of its calibrated exit
+settings (confidence signals, decision gates, support networks), loading the
+network and the learned scorers' weights that ship with the catalog
+(``Catalog.load_net``, ``Catalog.load_scorers``: both sha256-checked).
+
 ``WidthLadderRunner`` executes flexible ensemble's metareasoner on the width
 groups: the narrow slice for the whole batch, then, for the samples whose
 margin stays below the threshold, only the next groups (``DNNet.widen``),
@@ -21,19 +27,26 @@ until the last width of the ladder answers.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from anytime.catalog import Catalog
+from anytime.catalog import Catalog, CatalogError
 from anytime.exits import POLICIES
-from anytime.gates import DepthGates, SupportNetworks, support_inputs
+from anytime.gates import LEARNED_POLICIES, DepthGates, Scorers, SupportNetworks, support_inputs
 from nets.dnnet import DNNet
 from nets.errors import ConfigError
 from nets.spec import SubnetSpec
+
+__all__ = ["AnytimeRunner", "LadderResult", "RunResult", "WidthLadderRunner", "calibrated_thresholds", "runner_for"]
+
+NO_EXIT = "none"  # the scheduler's name of a sub-network run without exits (scheduler.options.NO_EXIT)
 
 
 @dataclass
@@ -60,6 +73,8 @@ class AnytimeRunner:
         spec.check_within(model.depths, model.widths)
         if len(thresholds) != spec.depth:
             raise ConfigError(f"{len(thresholds)} thresholds given for a path of {spec.depth} depths")
+        _check_scorers_fit(model, spec, gates if policy in ("gate", "gate_ce") else None,
+                           support if policy == "support" else None)
         self.spec, self.policy, self.gates, self.support = spec, policy, gates, support
         self.thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32))
         extracted = model.extract(spec).eval()
@@ -145,6 +160,92 @@ class AnytimeRunner:
         depth_index = (exit_depth - 1).clamp_min(0).numpy()
         macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
         return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy())
+
+
+def _check_scorers_fit(model: DNNet, spec: SubnetSpec, gates: list[DepthGates] | None,
+                       support: SupportNetworks | None) -> None:
+    """Refuse scorers fitted for another network than ``model``."""
+    classes = model.config.num_classes
+    if gates is not None:
+        fits = len(gates) >= spec.depth and all(
+            tuple(gates[d].weight.shape) == (model.widths, classes, model.depth_channels[d]) for d in range(spec.depth))
+        if not fits:
+            raise ConfigError(f"the decision gates were fitted for another network than this {model.depths} x "
+                              f"{model.widths} one with {classes} classes")
+    if support is not None and (support.shape != (model.depths, model.widths) or support.w1.shape[1] != classes + 1):
+        raise ConfigError(f"the support networks were fitted for {support.shape[0]} depths x {support.shape[1]} "
+                          f"widths, not this {model.depths} x {model.widths} network with {classes} classes")
+
+
+def calibrated_thresholds(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_drop: float) -> np.ndarray:
+    """The thresholds (depths 1..``spec.depth``) of the catalog's exit setting
+    for ``spec`` and ``policy`` calibrated for ``accuracy_drop``."""
+    settings = catalog.exit_settings
+    index = catalog.specs().index(spec) if spec in catalog.specs() else -1
+    rows = np.zeros(0, dtype=np.int64) if settings is None else np.flatnonzero(
+        (settings.subnet == index) & (settings.policy == policy))
+    if not len(rows):
+        offered = sorted(set(settings.policy.tolist())) if settings is not None else []
+        raise CatalogError(f"the catalog of {catalog.net} has no exit setting of {spec} with {policy!r} "
+                           f"(policies with settings: {', '.join(offered) or 'none'})")
+    drops = settings.accuracy_drop[rows]
+    match = rows[np.isclose(drops, accuracy_drop, rtol=1e-6, atol=1e-9)]  # stored as float32
+    if not len(match):
+        raise CatalogError(f"no exit setting of {spec} with {policy!r} for accuracy drop {accuracy_drop}; "
+                           f"calibrated drops: {', '.join(f'{d:g}' for d in sorted(set(drops.tolist())))}")
+    return settings.thresholds[match[0], : spec.depth].astype(np.float32)
+
+
+def _choice(choice: SubnetSpec | str | object, policy: str | None, thresholds: object
+            ) -> tuple[SubnetSpec, str | None, object]:
+    """(spec, policy, thresholds) of a sub-network name or spec, or of an
+    option the scheduler chose (anything with ``spec``, ``policy`` and
+    ``thresholds``: ``scheduler.Option``, ``scheduler.Selection``)."""
+    if isinstance(choice, str):
+        return SubnetSpec.parse(choice), policy, thresholds
+    if isinstance(choice, SubnetSpec):
+        return choice, policy, thresholds
+    if all(hasattr(choice, name) for name in ("spec", "policy", "thresholds")):
+        if policy is not None or thresholds is not None:
+            raise ConfigError("an option names its own policy and thresholds: give neither")
+        return choice.spec, choice.policy, choice.thresholds
+    raise ConfigError(f"cannot run {choice!r}: give a sub-network (e.g. 'd16w8') or an option of the scheduler")
+
+
+def runner_for(catalog: Catalog, choice: SubnetSpec | str | object, policy: str | None = None,
+               thresholds: Sequence[float] | np.ndarray | None = None, *, accuracy_drop: float | None = None,
+               model: DNNet | None = None, weights: str | Path | None = None,
+               scorers: Scorers | None = None) -> AnytimeRunner:
+    """The :class:`AnytimeRunner` of an option ``catalog`` offers, in one call.
+
+    ``choice`` is a sub-network (``"d16w8"`` or a ``SubnetSpec``) with a
+    ``policy`` (None or ``"none"``: no exits) and its ``thresholds`` (per
+    depth) or the ``accuracy_drop`` of one of the catalog's calibrated exit
+    settings; or an option the scheduler chose (``Option``, ``Selection``).
+    The network comes from ``catalog.load_net(weights)`` unless ``model`` is
+    given, a learned policy's scorers from ``catalog.load_scorers()`` unless
+    ``scorers`` are given; both are loaded once per catalog and kept on it."""
+    spec, policy, thresholds = _choice(choice, policy, thresholds)
+    if policy is None or policy == NO_EXIT:
+        policy, thresholds = "max_prob", np.full(spec.depth, np.inf, dtype=np.float32)
+    elif policy in LEARNED_POLICIES and policy not in catalog.exit_scores:
+        raise CatalogError(f"the catalog of {catalog.net} offers no {policy!r} exits (learned policies: "
+                           f"{', '.join(catalog.exit_scores) or 'none'})")
+    if thresholds is None:
+        if accuracy_drop is None or not math.isfinite(accuracy_drop):
+            raise ConfigError(f"give {policy!r} thresholds or the accuracy_drop of a calibrated exit setting")
+        thresholds = calibrated_thresholds(catalog, spec, policy, accuracy_drop)
+    if model is None:
+        model = catalog.load_net(weights) if weights is not None else catalog.derive("runner/net", Catalog.load_net)
+    modules = None
+    if policy in LEARNED_POLICIES:
+        scorers = scorers or catalog.derive("runner/scorers", Catalog.load_scorers)
+        modules = scorers.of(policy)
+        if modules is None:
+            raise ConfigError(f"the scorers given hold no {policy!r} modules")
+    return AnytimeRunner(model, spec, policy, np.asarray(thresholds, dtype=np.float32), catalog,
+                         gates=modules if policy in ("gate", "gate_ce") else None,
+                         support=modules if policy == "support" else None)
 
 
 @dataclass

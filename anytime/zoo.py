@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from anytime.catalog import SHIPPED_STEM, Catalog, CatalogError
-from anytime.evaluate import SIGNALS, confidence_signals
-from nets.data import batches, to_float
+from anytime.evaluate import SIGNALS
+from anytime.model_set import member_outputs
 
 FIELDS = ("prediction", *SIGNALS)
 
@@ -97,14 +97,9 @@ def collect_zoo_traces(catalog: Catalog, models: dict[int, tuple[str, nn.Module]
                                "load the data with the catalog's val size and seed")
         columns: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
         for w in widths:
-            model = models[w][1].eval()
-            parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
-            for x, _ in batches(images, labels, batch_size):
-                signals = confidence_signals(model(to_float(x)))
-                for name in FIELDS:
-                    parts[name].append(signals[name].numpy())
+            outputs = member_outputs(models[w][1], images, batch_size)  # the one evaluation of a whole model
             for name in FIELDS:
-                columns[name].append(np.concatenate(parts[name]))
+                columns[name].append(outputs[name])
         out[split] = {"prediction": np.stack(columns["prediction"], axis=1).astype(np.uint8),
                       **{name: np.stack(columns[name], axis=1).astype(np.float16) for name in SIGNALS}}
     test = out.get("test")

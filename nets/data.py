@@ -1,16 +1,23 @@
-"""CIFAR-10 loading, splitting and augmentation as tensor operations.
+"""Image data sets: loading, splitting and augmentation as tensor operations.
 
-One entry point, :func:`load_cifar10`, reads both layouts users have:
+One entry point, :func:`load_image_folder`, reads the layouts users have:
 
-* the official python-batches release (``cifar-10-batches-py/`` with
-  ``data_batch_1..5`` and ``test_batch``, or its ``.tar.gz``);
-* an image-folder layout ``train/<class>/*``, ``test/<class>/*`` (JPEG/PNG), as
-  a directory or a ``.zip`` (the shipped ``cifar10-jpeg.zip`` is one).
+* an image-folder layout ``train/<class>/*``, ``test/<class>/*`` (JPEG, PNG or
+  BMP), as a directory or a ``.zip``: any number of classes (at least 2),
+  named by their folders (in sorted order; CIFAR-10's ten folders take the
+  official label order), and any one image size: every image of the data set
+  must have the same height and width; RGB, grayscale or palette images all
+  become three channels (the shipped ``cifar10-jpeg.zip`` is one such set);
+* CIFAR-10's official python-batches release (``cifar-10-batches-py/`` with
+  ``data_batch_1..5`` and ``test_batch``, or its ``.tar.gz``).
 
-Images stay ``uint8 [N, 3, 32, 32]`` in memory; decoded image folders are cached
-as an uncompressed ``.npz`` next to nothing the user owns (``cache_dir``).
-Augmentation (random crop with 4-pixel zero padding, horizontal flip) works on
-whole batches, and all randomness comes from an explicit seeded generator.
+:func:`load_cifar10` is the same loader that also insists on CIFAR-10's shape
+(ten classes of 32x32 images).  Images stay ``uint8 [N, 3, H, W]`` in memory;
+decoded image folders are cached as an uncompressed ``.npz`` in ``cache_dir``,
+keyed by the data's content.  Augmentation (random crop with zero padding, an
+eighth of the shorter side: CIFAR's 4 pixels at 32x32, as in He et al. 2016;
+horizontal flip) works on whole batches, and all randomness comes from an
+explicit seeded generator.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import pickle
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +39,22 @@ import torch
 
 from nets.errors import DataError
 
+__all__ = ["CIFAR10_CLASSES", "Cifar10", "ImageDataset", "augment", "batches", "check_image_size", "crop_padding",
+           "load_cifar10", "load_image_folder", "stratified_holdout", "to_float"]
+
 log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # "train"/"test" -> (uint8 images [N, 3, H, W], int64 labels)
 
 
 @dataclass
-class Cifar10:
-    """The train/validation/test splits as uint8 images and int64 labels."""
+class ImageDataset:
+    """The train/validation/test splits as uint8 images and int64 labels,
+    with the class names (label ``i`` is ``classes[i]``)."""
 
-    train_images: torch.Tensor  # [N, 3, 32, 32] uint8
+    train_images: torch.Tensor  # [N, 3, H, W] uint8
     train_labels: torch.Tensor  # [N] int64
     val_images: torch.Tensor
     val_labels: torch.Tensor
@@ -54,6 +67,19 @@ class Cifar10:
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; expected train, val or test")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of every image."""
+        return int(self.train_images.shape[-2]), int(self.train_images.shape[-1])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one model input."""
+        return (int(self.train_images.shape[1]), *self.image_size)
+
+
+Cifar10 = ImageDataset  # the name from when CIFAR-10 was the only data set
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -81,7 +107,7 @@ def _read_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def _load_python_batches(files: dict[str, bytes], where: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _load_python_batches(files: dict[str, bytes], where: str) -> _Splits:
     train = [_read_batch(files[f"data_batch_{i}"], f"{where}/data_batch_{i}") for i in range(1, 6)]
     test = _read_batch(files["test_batch"], f"{where}/test_batch")
     return {
@@ -91,24 +117,18 @@ def _load_python_batches(files: dict[str, bytes], where: str) -> dict[str, tuple
 
 
 def _decode_image(raw: bytes, name: str) -> np.ndarray:
+    """One image as ``uint8 [3, H, W]`` (grayscale and palette images become RGB)."""
     from PIL import Image  # imported lazily: only the image-folder layout needs it
 
     try:
         image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
     except Exception as exc:
         raise DataError(f"cannot decode image {name}: {exc}") from None
-    if image.shape != (32, 32, 3):
-        raise DataError(f"image {name} is {image.shape[1]}x{image.shape[0]}, expected 32x32")
     return image.transpose(2, 0, 1)
 
 
-def _load_image_folders(entries: dict[str, callable], where: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``entries`` maps 'split/class/file' to a function returning the bytes."""
-    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    for name in entries:
-        parts = name.split("/")
-        if len(parts) == 3 and parts[0] in by_split and parts[2].lower().endswith(_IMAGE_SUFFIXES):
-            by_split[parts[0]].setdefault(parts[1], []).append(name)
+def _class_order(by_split: dict[str, dict[str, list[str]]], where: str) -> list[str]:
+    """The class names in label order: sorted folder names, CIFAR-10's own order for its ten."""
     for split, classes in by_split.items():
         if not classes:
             raise DataError(f"{where} has no {split}/<class>/<image> files")
@@ -116,16 +136,39 @@ def _load_image_folders(entries: dict[str, callable], where: str) -> dict[str, t
     if set(class_names) == set(CIFAR10_CLASSES):
         class_names = list(CIFAR10_CLASSES)  # the official label order
     if sorted(by_split["test"]) != sorted(class_names):
-        raise DataError(f"{where}: train and test class folders differ")
-    out = {}
+        differing = sorted(set(class_names) ^ set(by_split["test"]))
+        raise DataError(f"{where}: train and test class folders differ ({', '.join(differing[:5])})")
+    if len(class_names) < 2:
+        raise DataError(f"{where} has one class folder ({class_names[0]}); a classifier needs at least 2")
+    return class_names
+
+
+def _load_image_folders(entries: dict[str, Callable[[], bytes]], where: str) -> tuple[_Splits, list[str]]:
+    """``entries`` maps 'split/class/file' to a function returning the bytes;
+    returns the decoded splits and the class names in label order."""
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for name in entries:
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] in by_split and parts[2].lower().endswith(_IMAGE_SUFFIXES):
+            by_split[parts[0]].setdefault(parts[1], []).append(name)
+    class_names = _class_order(by_split, where)
+    out: _Splits = {}
+    first: tuple[str, tuple[int, ...]] | None = None  # the first image's name and shape set the size
     for split, classes in by_split.items():
         images, labels = [], []
         for label, cls in enumerate(class_names):
             for name in sorted(classes[cls]):
-                images.append(_decode_image(entries[name](), f"{where}/{name}"))
+                image = _decode_image(entries[name](), f"{where}/{name}")
+                if first is None:
+                    first = (name, image.shape)
+                elif image.shape != first[1]:
+                    raise DataError(f"image {where}/{name} is {image.shape[2]}x{image.shape[1]} pixels but "
+                                    f"{first[0]} is {first[1][2]}x{first[1][1]}: every image of a data set "
+                                    "must have the same size (resize them first)")
+                images.append(image)
                 labels.append(label)
         out[split] = (np.stack(images), np.asarray(labels, dtype=np.int64))
-    return out
+    return out, class_names
 
 
 def _find_root_prefix(names: list[str]) -> str:
@@ -138,7 +181,8 @@ def _find_root_prefix(names: list[str]) -> str:
     return min(prefixes, key=len) if prefixes else ""
 
 
-def _read_source(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _read_source(path: Path) -> tuple[_Splits, list[str]]:
+    """The decoded train and test splits at ``path`` (any supported layout) and the class names."""
     if path.is_dir():
         batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
         if (batches / "data_batch_1").is_file():
@@ -147,7 +191,7 @@ def _read_source(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 files["test_batch"] = (batches / "test_batch").read_bytes()
             except FileNotFoundError as exc:
                 raise DataError(f"incomplete CIFAR-10 python batches in {batches}: {exc.filename}") from None
-            return _load_python_batches(files, str(batches))
+            return _load_python_batches(files, str(batches)), list(CIFAR10_CLASSES)
         entries = {
             str(p.relative_to(path)).replace("\\", "/"): p.read_bytes
             for p in path.glob("*/*/*") if p.is_file()
@@ -170,11 +214,11 @@ def _read_source(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         missing = [n for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if n not in files]
         if missing:
             raise DataError(f"{path} lacks CIFAR-10 batches: {', '.join(missing)}")
-        return _load_python_batches(files, str(path))
+        return _load_python_batches(files, str(path)), list(CIFAR10_CLASSES)
     raise DataError(f"{path} is neither a directory, a zip of image folders nor a CIFAR-10 tar.gz")
 
 
-def _cache_file(path: Path, cache_dir: Path) -> Path:
+def _content_digest(path: Path) -> str:
     # Keyed by content, not path and mtime: a remounted read-only data set keeps
     # its cache (hashing 60 MB takes ~0.1 s; decoding the JPEGs takes minutes).
     digest = hashlib.sha1()
@@ -185,48 +229,82 @@ def _cache_file(path: Path, cache_dir: Path) -> Path:
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    return cache_dir / f"cifar10-{digest.hexdigest()[:16]}.npz"
+    return digest.hexdigest()[:16]
 
 
-def load_cifar10(path: str | Path, val_size: int = 5000, seed: int = 0,
-                 cache_dir: str | Path | None = None) -> Cifar10:
-    """Read CIFAR-10 from ``path`` (any supported layout) and hold out a
-    class-stratified validation split of ``val_size`` training images."""
+def _read_cache(digest: str, cache_dir: Path) -> tuple[_Splits, list[str]] | None:
+    """The cached decoded data set of this content, if any.  ``images-*.npz``
+    records its class names; a ``cifar10-*.npz`` of earlier versions does not
+    and is used only when it holds CIFAR-10's shape (ten classes of 32x32)."""
+    for name, legacy in ((f"images-{digest}.npz", False), (f"cifar10-{digest}.npz", True)):
+        path = cache_dir / name
+        if not path.is_file():
+            continue
+        with np.load(path, allow_pickle=False) as arrays:
+            splits = {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in ("train", "test")}
+            classes = [str(c) for c in arrays["classes"]] if "classes" in arrays.files else list(CIFAR10_CLASSES)
+        if legacy and (splits["train"][0].shape[1:] != (3, 32, 32) or len(np.unique(splits["train"][1])) != 10):
+            continue
+        return splits, classes
+    return None
+
+
+def _write_cache(splits: _Splits, classes: list[str], cache: Path) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # A private temporary name: two runs building the same cache at once
+    # must not rename each other's file away.
+    handle, tmp_name = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem, suffix=".tmp.npz")
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        arrays = {f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))}
+        np.savez(tmp, classes=np.asarray(classes, dtype=str), **arrays)
+        tmp.replace(cache)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_image_folder(path: str | Path, val_size: int | None = None, seed: int = 0,
+                      cache_dir: str | Path | None = None) -> ImageDataset:
+    """Read an image data set from ``path`` (module docstring: image folders,
+    as a directory or a zip, or CIFAR-10's python batches) and hold out a
+    class-stratified validation split of ``val_size`` training images
+    (``None``: a tenth of them, 5,000 for CIFAR-10)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path not found: {path}")
-    cache = _cache_file(path, Path(cache_dir)) if cache_dir is not None else None
-    if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as arrays:
-            splits = {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in ("train", "test")}
-    else:
-        splits = _read_source(path)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            # A private temporary name: two runs building the same cache at once
-            # must not rename each other's file away.
-            handle, tmp_name = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem, suffix=".tmp.npz")
-            os.close(handle)
-            tmp = Path(tmp_name)
-            try:
-                np.savez(tmp, **{f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in (("x", x), ("y", y))})
-                tmp.replace(cache)
-            finally:
-                tmp.unlink(missing_ok=True)
-    train_x, train_y = splits["train"]
-    test_x, test_y = splits["test"]
+    digest = _content_digest(path) if cache_dir is not None else ""
+    found = _read_cache(digest, Path(cache_dir)) if cache_dir is not None else None
+    if found is None:
+        found = _read_source(path)
+        if cache_dir is not None:
+            _write_cache(*found, Path(cache_dir) / f"images-{digest}.npz")
+    (train_x, train_y), (test_x, test_y) = found[0]["train"], found[0]["test"]
+    val_size = len(train_x) // 10 if val_size is None else val_size
     if not 0 <= val_size < len(train_x):
         raise DataError(f"val_size must be in [0, {len(train_x)}), got {val_size}")
     val_index = stratified_holdout(train_y, val_size, seed)
     keep = np.ones(len(train_x), dtype=bool)
     keep[val_index] = False
-    log.info("loaded CIFAR-10 from %s: %d train, %d val, %d test", path, keep.sum(), val_size, len(test_x))
+    log.info("loaded %d classes of %dx%d images from %s: %d train, %d val, %d test", len(found[1]),
+             train_x.shape[3], train_x.shape[2], path, keep.sum(), val_size, len(test_x))
     t = torch.from_numpy
-    return Cifar10(
+    return ImageDataset(
         t(np.ascontiguousarray(train_x[keep])), t(train_y[keep]),
         t(np.ascontiguousarray(train_x[val_index])), t(train_y[val_index]),
-        t(np.ascontiguousarray(test_x)), t(test_y), source=str(path),
+        t(np.ascontiguousarray(test_x)), t(test_y), classes=tuple(found[1]), source=str(path),
     )
+
+
+def load_cifar10(path: str | Path, val_size: int = 5000, seed: int = 0,
+                 cache_dir: str | Path | None = None) -> ImageDataset:
+    """:func:`load_image_folder` for CIFAR-10: the data set must have ten
+    classes of 32x32 images (any supported layout)."""
+    data = load_image_folder(path, val_size, seed, cache_dir)
+    if len(data.classes) != 10 or data.image_size != (32, 32):
+        raise DataError(f"{path} holds {len(data.classes)} classes of {data.image_size[1]}x{data.image_size[0]} "
+                        "images, not CIFAR-10's 10 classes of 32x32 (load_image_folder reads any image folders)")
+    return data
 
 
 def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -242,6 +320,22 @@ def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images to float in [0, 1], the models' input convention."""
     return images.float().div_(255.0)
+
+
+def check_image_size(image_size: tuple[int, int], minimum: int, what: str) -> None:
+    """One :class:`DataError` when an image side is below ``minimum`` pixels
+    (``what`` names the model in the message)."""
+    height, width = image_size
+    if min(height, width) < minimum:
+        raise DataError(f"images of {width}x{height} pixels are too small for {what}: it needs at least "
+                        f"{minimum}x{minimum} (each stage after the first halves the image)")
+
+
+def crop_padding(image_size: tuple[int, int]) -> int:
+    """Zero padding of the random crop: an eighth of the shorter side, at
+    least 1 pixel (CIFAR's 4 at 32x32, as in He et al. 2016), so the crop
+    moves images of any size by the same fraction."""
+    return max(1, round(min(image_size) / 8))
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -261,7 +355,8 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) 
 
 
 def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None, drop_last: bool = False):
+            generator: torch.Generator | None = None,
+            drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(uint8 images, labels)`` batches; shuffled with ``generator``."""
     n = len(images)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.data import check_image_size
 from nets.errors import ConfigError
 from nets.layers import CIFAR10_MEAN, CIFAR10_STD, BasicBlock, CausalConv2d, GroupHeads, Normalize
 from nets.spec import SubnetSpec, all_specs
@@ -76,6 +77,14 @@ class DNNetConfig:
     @property
     def widths(self) -> int:
         return self.width_groups
+
+    @property
+    def min_image_size(self) -> int:
+        """The shortest image side this net takes: each stage after the first
+        halves the feature map, and the heads before the last depth pool it
+        to ``head_pool`` x ``head_pool`` cells, so the last stage's map must
+        keep ``head_pool`` pixels a side: ``2 ** (stages - 1) * head_pool``."""
+        return 2 ** (len(self.stage_widths) - 1) * self.head_pool
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -190,6 +199,10 @@ class DNNet(nn.Module):
 
     def specs(self) -> list[SubnetSpec]:
         return all_specs(self.depths, self.widths)
+
+    def check_image_size(self, image_size: tuple[int, int]) -> None:
+        """Refuse ``(height, width)`` images smaller than ``config.min_image_size`` a side."""
+        check_image_size(image_size, self.config.min_image_size, "this doubly nested net")
 
     def channels_at(self, depth_index: int, width: int) -> int:
         """Channels of the width-``width`` prefix at 0-based output depth ``depth_index``."""

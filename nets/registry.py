@@ -9,6 +9,18 @@ one recorded for it (a catalog's ``weights_sha256``, passed as
 ``expected_sha256``, or a ``weights_sha256`` in the model card ``<stem>.json``
 beside it) is refused, and so is a state_dict holding NaN or infinite values,
 always, each with one :class:`CheckpointError`.
+
+Network families of other installed distributions join the registry through
+the entry-point group ``anytime.nets`` (``ENTRY_POINT_GROUP``): each entry
+point names a builder callable (registered under the entry point's name) or
+a module whose import registers builders with :func:`register_net`.  They are
+loaded on the first :func:`list_nets` or :func:`create_net`, not on import.
+A name claimed twice is refused with one :class:`RegistryError` naming both
+sources, on every call until one of them is uninstalled; a plugin that fails
+to load (its import raises, or it names neither a callable nor a module) is
+skipped with a logged warning naming it, so one broken distribution does not
+stop the others, and asking for a network it would have provided names the
+failure.
 """
 
 from __future__ import annotations
@@ -17,38 +29,111 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from nets.dnnet import DNNet, DNNetConfig
-from nets.errors import CheckpointError, ConfigError, RegistryError, UnknownNetError
+from nets.errors import CheckpointError, ConfigError, DataError, RegistryError, UnknownNetError
 from nets.resnet import ResNet, ResNetConfig
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+ENTRY_POINT_GROUP = "anytime.nets"
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_SOURCES: dict[str, str] = {}  # name -> who registered it, for error messages
+
+
+class _Plugins:
+    """The state of loading the ``anytime.nets`` entry points (module docstring)."""
+
+    loaded = False
+    loading: str | None = None  # the entry point being loaded: the source of what registers now
+    conflict: RegistryError | None = None  # a name claimed twice: refused on every call
+    failures: list[str] = []  # plugins skipped, one line each
 
 
 def register_net(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a builder under ``name``; duplicate names are refused."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        where = f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', repr(builder))}"
+        source = f"{_Plugins.loading} ({where})" if _Plugins.loading else where
         if name in _REGISTRY:
-            raise RegistryError(f"a network named {name!r} is already registered")
+            raise RegistryError(f"a network named {name!r} is already registered by {_SOURCES[name]}; "
+                                f"{source} registers it again")
         _REGISTRY[name] = builder
+        _SOURCES[name] = source
         return builder
 
     return decorator
 
 
 def list_nets() -> list[str]:
-    """Names of every registered network, sorted."""
+    """Names of every registered network, sorted (network plugins included)."""
+    load_plugins()
     return sorted(_REGISTRY)
+
+
+def load_plugins() -> None:
+    """Load the network families other distributions declare under
+    ``ENTRY_POINT_GROUP``, once (module docstring); later calls only repeat
+    a conflict's :class:`RegistryError`."""
+    if not _Plugins.loaded:
+        _Plugins.loaded = True
+        found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for entry in sorted(found, key=lambda e: (e.name, e.value)):
+            _load_plugin(entry)
+            if _Plugins.conflict is not None:
+                break
+    if _Plugins.conflict is not None:
+        raise _Plugins.conflict
+
+
+def _load_plugin(entry: metadata.EntryPoint) -> None:
+    dist = getattr(entry, "dist", None)
+    label = f"network plugin {entry.name!r}{f' of distribution {dist.name!r}' if dist is not None else ''}"
+    before = set(_REGISTRY)
+    _Plugins.loading = label
+    try:
+        target = entry.load()
+        if not isinstance(target, types.ModuleType):
+            if not callable(target):
+                raise TypeError(f"{entry.value} is neither a builder callable nor a module")
+            register_net(entry.name)(target)
+    except RegistryError as exc:  # a name claimed twice: refuse, keep the registry as it was
+        _forget(set(_REGISTRY) - before)
+        _Plugins.conflict = exc
+    except Exception as exc:  # noqa: BLE001 - whatever a third party's import raises, it is skipped
+        _forget(set(_REGISTRY) - before)
+        reason = f"{type(exc).__name__}: {_cut(str(exc), 160)}"
+        _Plugins.failures.append(f"{label} ({entry.value}): {reason}")
+        log.warning("skipping the %s (%s): it failed to load: %s", label, entry.value, reason)
+    finally:
+        _Plugins.loading = None
+
+
+def _forget(names: set[str]) -> None:
+    for name in names:
+        _REGISTRY.pop(name, None)
+        _SOURCES.pop(name, None)
+
+
+def net_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name`` (network plugins included), or one
+    :class:`UnknownNetError` listing the registered names."""
+    load_plugins()
+    if name not in _REGISTRY:
+        failed = f"; network plugins that failed to load: {'; '.join(_Plugins.failures)}" if _Plugins.failures else ""
+        raise UnknownNetError(f"unknown network {name!r}; registered: {', '.join(list_nets())}{failed}")
+    return _REGISTRY[name]
 
 
 BASELINES_DIR = WEIGHTS_DIR / "baselines"  # small separately trained models (issue 7's baselines)
@@ -70,10 +155,9 @@ def create_net(name: str, pretrained: bool = False, weights_sha256: str | None =
     """Build the network registered as ``name``; ``config`` overrides its
     configuration fields.  ``pretrained`` loads the shipped weights, checked
     against ``weights_sha256`` when given (a catalog's record of them)."""
-    if name not in _REGISTRY:
-        raise UnknownNetError(f"unknown network {name!r}; registered: {', '.join(list_nets())}")
+    builder = net_builder(name)
     try:
-        model = _REGISTRY[name](**config)
+        model = builder(**config)
     except TypeError as exc:
         raise ConfigError(f"bad configuration for {name!r}: {exc}") from None
     if pretrained:
@@ -98,11 +182,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def card_sha256(path: str | Path) -> str | None:
-    """The ``weights_sha256`` that the model card beside weights ``path``
-    (``<stem>.json``) records, or None when there is no card or it records
-    none.  A card that cannot be read is logged and ignored: it is metadata,
-    and the weights are still checked for non-finite values."""
+def model_card(path: str | Path) -> dict | None:
+    """The model card beside weights ``path`` (``<stem>.json``, written by
+    ``nets.train``), or None when there is none.  A card that cannot be read
+    is logged and ignored: it is metadata, and the weights are still checked
+    for non-finite values."""
     card = Path(path).with_suffix(".json")
     if not card.is_file():
         return None
@@ -110,13 +194,56 @@ def card_sha256(path: str | Path) -> str | None:
         log.warning("ignoring the model card %s: larger than %d bytes", card, MAX_CARD_BYTES)
         return None
     try:
-        recorded = json.loads(card.read_text()).get("weights_sha256")
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError, RecursionError) as exc:
+        content = json.loads(card.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         log.warning("ignoring the unreadable model card %s: %s", card, exc.__class__.__name__)
         return None
+    if not isinstance(content, dict):
+        log.warning("ignoring the unreadable model card %s: %s", card, "not a JSON object")
+        return None
+    return content
+
+
+def card_sha256(path: str | Path) -> str | None:
+    """The ``weights_sha256`` that the model card beside weights ``path``
+    (``<stem>.json``) records, or None when there is no card, it cannot be
+    read (:func:`model_card`) or it records none."""
+    card = model_card(path)
+    recorded = None if card is None else card.get("weights_sha256")
     if recorded is not None and not (isinstance(recorded, str) and SHA256_HEX.fullmatch(recorded)):
-        raise CheckpointError(f"model card {card}: weights_sha256 = {_short(recorded)} is not a sha256 hex digest")
+        raise CheckpointError(f"model card {Path(path).with_suffix('.json')}: weights_sha256 = {_short(recorded)} "
+                              "is not a sha256 hex digest")
     return recorded
+
+
+def create_trained_net(name: str, weights: str | Path, classes: Sequence[str] | None = None,
+                       image_size: tuple[int, int] | None = None) -> nn.Module:
+    """The network ``name`` as the model card beside ``weights`` records it
+    (its configuration: classes, widths, ...), with those weights loaded.
+
+    ``classes`` and ``image_size`` describe the data it is about to run on;
+    a card that records other classes (names and order: label ``i`` must
+    mean the same) or another image size is refused with one
+    :class:`DataError`.  Without a card, the registered defaults are built
+    with ``len(classes)`` classes."""
+    card = model_card(weights) or {}
+    config = card.get("config") if isinstance(card.get("config"), dict) else {}
+    config = {k: v for k, v in config.items() if k != "family"}
+    if classes is not None:
+        classes = list(classes)
+        recorded = card.get("classes")
+        if isinstance(recorded, list) and recorded != classes:
+            raise DataError(f"{weights} was trained on the classes {_cut(', '.join(map(str, recorded)), 80)}; "
+                            f"the data has {_cut(', '.join(classes), 80)} (names and order must match)")
+        if config.get("num_classes", len(classes)) != len(classes):
+            raise DataError(f"{weights} answers {config['num_classes']} classes; the data has {len(classes)}")
+        config.setdefault("num_classes", len(classes))
+    recorded_size = card.get("image_size")
+    if image_size is not None and isinstance(recorded_size, list) and tuple(recorded_size) != tuple(image_size):
+        raise DataError(f"{weights} was trained on {recorded_size[-1]}x{recorded_size[0]} images; "
+                        f"the data's are {image_size[1]}x{image_size[0]}")
+    model = create_net(name, **config)
+    return load_weights(model, weights).eval()
 
 
 def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> object:

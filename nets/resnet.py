@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from nets.data import check_image_size
 from nets.errors import ConfigError
 from nets.layers import CIFAR10_MEAN, CIFAR10_STD, BasicBlock, Normalize
 
@@ -32,6 +33,11 @@ class ResNetConfig:
             raise ConfigError(f"invalid ResNet configuration {self}")
         if not 0 < self.width_multiplier <= 4:
             raise ConfigError(f"width_multiplier must be in (0, 4], got {self.width_multiplier}")
+
+    @property
+    def min_image_size(self) -> int:
+        """The shortest image side: each stage after the first halves the map."""
+        return 2 ** (len(self.stage_widths) - 1)
 
     def channels(self) -> tuple[int, ...]:
         return tuple(max(1, round(w * self.width_multiplier)) for w in self.stage_widths)
@@ -67,6 +73,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.features(x)))
+
+    def check_image_size(self, image_size: tuple[int, int]) -> None:
+        """Refuse ``(height, width)`` images smaller than ``config.min_image_size`` a side."""
+        check_image_size(image_size, self.config.min_image_size, "this ResNet")
 
     def config_dict(self) -> dict:
         return {"family": "resnet", **self.config.to_dict()}

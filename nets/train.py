@@ -30,10 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from nets.data import Cifar10, augment, batches, to_float
+from nets.data import ImageDataset, augment, batches, crop_padding, to_float
 from nets.dnnet import DNNet
 from nets.distributed import init_from_environment, rank_and_size, use_global_batch_norm
-from nets.errors import CheckpointError, ConfigError, TrainingDivergedError
+from nets.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
 from nets.train_config import TrainConfig
 
@@ -130,6 +130,19 @@ def check_run_folder(out_dir: str | Path, name: str, resume: bool) -> None:
                               "resume it or choose another output folder")
 
 
+def check_fits(model: nn.Module, data: ImageDataset) -> None:
+    """Refuse a model that cannot learn ``data``: images smaller than the
+    architecture takes (``check_image_size``, where the model has one), or a
+    classifier with another number of classes (``config.num_classes``)."""
+    check = getattr(model, "check_image_size", None)
+    if check is not None:
+        check(data.image_size)
+    classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if isinstance(classes, int) and classes != len(data.classes):
+        raise DataError(f"the network answers {classes} classes, the data set has {len(data.classes)} "
+                        f"({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''})")
+
+
 class TrainingObjective(nn.Module):
     """What training minimises, in one place: the joint loss over every
     output of a nested net, cross-entropy for a single-output model.  The
@@ -211,7 +224,7 @@ class _Run:
         tmp.replace(path)  # atomic: a kill mid-save keeps the previous epoch
 
 
-def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_dir: str | Path,
+def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, out_dir: str | Path,
           resume: bool = False, progress: bool = True, model_config: dict | None = None) -> dict:
     """Train ``model`` on ``data`` and write ``<out_dir>/<name>.pt`` (a plain
     state_dict) and ``<out_dir>/<name>.json`` (the model card).
@@ -224,6 +237,7 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
     """
     out_dir = Path(out_dir)
     check_run_folder(out_dir, name, resume)
+    check_fits(model, data)
     owns_group = init_from_environment()
     rank, world_size = rank_and_size()
     if config.batch_size % world_size:
@@ -272,12 +286,13 @@ def train(model: nn.Module, name: str, data: Cifar10, config: TrainConfig, out_d
             dist.destroy_process_group()
 
 
-def _train_epoch(objective: nn.Module, run: _Run, data: Cifar10, config: TrainConfig, steps: int, name: str,
+def _train_epoch(objective: nn.Module, run: _Run, data: ImageDataset, config: TrainConfig, steps: int, name: str,
                  progress: bool, checkpoint_path: Path) -> tuple[float, float]:
     """One epoch; returns the mean training loss (over every process) and its seconds."""
     rank, world_size = rank_and_size()
     shard = config.batch_size // world_size
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    padding = crop_padding(data.image_size)
     run.model.train()
     started = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
@@ -289,7 +304,7 @@ def _train_epoch(objective: nn.Module, run: _Run, data: Cifar10, config: TrainCo
         if step >= steps:
             break
         # every process augments the same global batch (same generator), then takes its shard
-        inputs = to_float(augment(x, run.generator))[rank * shard:(rank + 1) * shard]
+        inputs = to_float(augment(x, run.generator, padding))[rank * shard:(rank + 1) * shard]
         labels = y[rank * shard:(rank + 1) * shard]
         loss = objective(inputs.contiguous(memory_format=memory_format), labels)
         finite = torch.isfinite(loss.detach()).to(torch.float64)
@@ -310,7 +325,7 @@ def _train_epoch(objective: nn.Module, run: _Run, data: Cifar10, config: TrainCo
     return float(totals[0] / max(totals[1], 1)), time.perf_counter() - started
 
 
-def _end_epoch(run: _Run, data: Cifar10, config: TrainConfig, loss: float, seconds: float, precision: str,
+def _end_epoch(run: _Run, data: ImageDataset, config: TrainConfig, loss: float, seconds: float, precision: str,
                log_path: Path) -> None:
     """Validate, log and remember one finished epoch (rank 0)."""
     val = evaluate(run.model, data.val_images, data.val_labels)
@@ -326,7 +341,7 @@ def _end_epoch(run: _Run, data: Cifar10, config: TrainConfig, loss: float, secon
              record["val_accuracy_full"], seconds)
 
 
-def _finish(run: _Run, name: str, data: Cifar10, config: TrainConfig, out_dir: Path, precision: str,
+def _finish(run: _Run, name: str, data: ImageDataset, config: TrainConfig, out_dir: Path, precision: str,
             model_config: dict | None, progress: bool) -> dict:
     """Test, then write the weights and the model card that vouches for them (rank 0)."""
     model = run.model
@@ -338,6 +353,8 @@ def _finish(run: _Run, name: str, data: Cifar10, config: TrainConfig, out_dir: P
         "train_config": asdict(config),
         "data": {"source": Path(data.source).name, "train": len(data.train_images), "val": len(data.val_images),
                  "test": len(data.test_images), "val_split": "class-stratified, seed " + str(config.seed)},
+        "classes": list(data.classes),  # label i is classes[i]: what the weights answer
+        "image_size": list(data.image_size),  # [height, width] of the images they were trained on
         "epochs": config.epochs,
         "wall_time_seconds": round(run.wall_time, 1),
         "environment": {**_environment(), "precision": precision, "processes": rank_and_size()[1]},

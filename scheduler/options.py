@@ -17,7 +17,7 @@ estimates).  Costs per option and device:
   ratio for q >= 0.9;
 * ``memory``: float32 weights of every layer the path can reach (its heads
   and scorers included) plus the measured peak activations;
-* ``energy``: assumed active power (``devices.yaml``) x expected latency.
+* ``energy``: assumed active power (``devices.yaml``, or a user's devices file) x expected latency.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from anytime.catalog import Catalog, LatencyTable
 from anytime.exits import exit_depths_many, path_traces
-from anytime.latency_model import load_active_power
+from anytime.latency_model import load_active_power, table_power_w
 from anytime.user_cache import cached_arrays, content_key
 from nets.spec import SubnetSpec
 from scheduler.budget import QUANTILES, Budget
@@ -43,8 +43,11 @@ FAMILIES = {
     "depth_only": "full width only, any depth, with exits (a conventional anytime network)",
     "width_only": "full depth only, any width, no exits (a slimmable network)",
     "no_exits": "every (depth, width), no early exits",
-    "zoo": "separately trained models at full depth, no exits (a catalog with a zoo: anytime.zoo)",
+    "zoo": "separately trained models, no exits (a model set's members: anytime.model_set; "
+           "or a nested catalog's zoo of widths: anytime.zoo)",
 }
+# a model set (anytime.model_set) has no sub-networks: these families need one nested network
+NESTED_ONLY_FAMILIES = ("depth_only", "width_only")
 
 
 @dataclass
@@ -97,8 +100,9 @@ class OptionTable:
         self._list_options(catalog)
         self._price_options(catalog)
         power = load_active_power()
-        self.devices: dict[str, DeviceCosts] = {device: self._device_costs(table, power.get(device, np.nan))
-                                                for device, table in catalog.latency.items()}
+        self.devices: dict[str, DeviceCosts] = {
+            device: self._device_costs(table, table_power_w(device, table.provenance, power, np.nan))
+            for device, table in catalog.latency.items()}
 
     def _list_options(self, catalog: Catalog) -> None:
         """One row per sub-network without exits, then one per calibrated exit
@@ -202,7 +206,12 @@ class OptionTable:
         return found
 
     def family_mask(self, family: str) -> np.ndarray:
-        """Which options belong to ``family`` (see ``FAMILIES``)."""
+        """Which options belong to ``family`` (see ``FAMILIES``).  On a model
+        set, ``nested``, ``no_exits`` and ``zoo`` are all its members (it has
+        no exits) and the families of ``NESTED_ONLY_FAMILIES`` are refused."""
+        if self.catalog.is_model_set and family in NESTED_ONLY_FAMILIES:
+            raise BudgetError(f"option family {family!r} needs a nested network; {self.catalog.net} is a model set "
+                              "of separately trained models (use zoo: every member)")
         if family == "nested":
             return np.ones(len(self), dtype=bool)
         if family == "depth_only":
@@ -212,6 +221,8 @@ class OptionTable:
         if family == "no_exits":
             return self.policy == NO_EXIT
         if family == "zoo":
+            if self.catalog.is_model_set:
+                return self.policy == NO_EXIT
             if not self.catalog.zoo_widths:
                 raise BudgetError(f"catalog of {self.catalog.net} has no zoo of separately trained models "
                                   "(anytime.zoo.with_zoo)")

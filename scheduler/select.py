@@ -51,6 +51,11 @@ class Selection:
     latency_quantile = property(lambda self: self.option.latency_quantile)
 
     @property
+    def model_name(self) -> str:
+        """What runs: a model set's member name, else the sub-network ``d{D}w{W}``."""
+        return self.frontier.table.catalog.subnet_name(self.spec)
+
+    @property
     def latency_ms(self) -> float:
         """Latency at the budget's quantile, stretched by its share."""
         return self.option.quantile_ms / self.budget.share
@@ -77,7 +82,11 @@ class Selection:
     def explain(self) -> str:
         exits = ("no early exits" if self.policy == NO_EXIT else
                  f"early exits by {self.policy} with thresholds calibrated on the validation split")
-        lines = [f"Run {self.spec} ({self.spec.depth} depths x {self.spec.width} width groups) with {exits}.",
+        catalog = self.frontier.table.catalog
+        what = (f"{self.spec} ({self.spec.depth} depths x {self.spec.width} width groups)" if not catalog.is_model_set
+                else f"model {self.model_name} ({catalog.members[self.spec.width - 1]['architecture']}, "
+                     f"{self.spec.width} of the {catalog.widths} models of {catalog.net} by MACs)")
+        lines = [f"Run {what} with {exits}.",
                  f"Expected top-1 accuracy {100 * self.expected_accuracy:.2f}% (test traces).",
                  f"Expected {self.expected_macs / 1e6:.2f} M MACs; latency {self.latency_ms:.2f} ms at "
                  f"p{round(100 * self.latency_quantile)} on {self.device} with {100 * self.budget.share:.0f}% of it; "
@@ -159,8 +168,9 @@ class Frontier:
             need = f"accuracy >= {budget.min_accuracy:.4f}, the best option reaches {self.accuracy[best]:.4f}"
         else:
             need = f"{failing} <= {values[failing][1]:.4g}, the cheapest option needs {values[failing][0][best]:.4g}"
+        name = self.table.catalog.subnet_name(spec)  # a model set's member name
         return InfeasibleBudget(f"no option meets the budget on {self.device}: {need} "
-                                f"({spec}, exits: {policy})", failing, str(spec))
+                                f"({name}, exits: {policy})", failing, name)
 
 
 def _only(budget: Budget, resource: str) -> Budget:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Union
 
 from anytime.catalog import Catalog, load_catalog
+from anytime.devices_file import add_user_devices
 from anytime.outputs import ResultsFolder
 from simulator.engine import RunResult, check_policies, scenario_catalog, simulate
 from simulator.report import RESULTS_COLUMNS, draw_report, result_summary, results_rows, write_results
@@ -103,11 +104,12 @@ def results_folder(out_dir: str | Path, scenario: Scenario) -> ResultsFolder:
 
 def prepare_scenario(scenario: Scenario | str | Path, policies: Sequence[str] | str | None = None, *,
                      catalog: Catalog | str | Path | None = None, duration_s: float | None = None,
-                     seed: int | None = None) -> tuple[Scenario, Catalog | None]:
+                     seed: int | None = None, devices: str | Path | None = None) -> tuple[Scenario, Catalog | None]:
     """What :func:`run` does before it runs: load ``scenario`` (a path to its
     YAML, or a shipped scenario's name), apply the overrides (``policies``: labels, or one comma-separated
-    string; all checked as a scenario file is), load
-    ``catalog`` (a stem or file) and fail now if a policy cannot run.
+    string; all checked as a scenario file is; ``devices``: a devices file replacing the scenario's
+    ``devices_file:``), load ``catalog`` (a stem or file) with the devices file's devices added, and
+    fail now if a policy cannot run.
     Returns the scenario to run and its catalog (None: the shipped one).  Every problem raises a :class:`nets.errors.AnytimeError`."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario_path(scenario))  # a file, or a shipped scenario's name ("phone")
@@ -119,19 +121,24 @@ def prepare_scenario(scenario: Scenario | str | Path, policies: Sequence[str] | 
         changes["duration_s"] = duration_s
     if seed is not None:
         changes["seed"] = seed
+    if devices is not None:
+        changes["devices_file"] = str(Path(devices).resolve())
     if changes:
         scenario = scenario.with_overrides(**changes)
-    if catalog is not None and not isinstance(catalog, Catalog):
-        catalog = load_catalog(catalog)
-    elif catalog is None and scenario.catalog:
-        catalog = scenario_catalog(scenario)  # read once for every policy, not once per run
+    if catalog is None:
+        if scenario.catalog or scenario.devices_file:
+            catalog = scenario_catalog(scenario)  # read once for every policy, not once per run
+    else:
+        catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+        catalog = add_user_devices(catalog, scenario.devices_file) if scenario.devices_file else catalog
     check_policies(scenario, catalog)  # a policy that cannot run fails now, not after the others ran
     return scenario, catalog
 
 
 def run(scenario: Scenario | str | Path, policies: Sequence[str] | str | None = None, *,
         catalog: Catalog | str | Path | None = None, duration_s: float | None = None, seed: int | None = None,
-        max_requests: int | None = None, progress: ProgressFactory | None = None) -> SimulationResults:
+        max_requests: int | None = None, progress: ProgressFactory | None = None,
+        devices: str | Path | None = None) -> SimulationResults:
     """Run ``scenario`` (a :class:`Scenario` or a path to its YAML) under each
     of its policies, or of ``policies``; every policy sees the same arrivals
     and samples (seeded).
@@ -141,9 +148,11 @@ def run(scenario: Scenario | str | Path, policies: Sequence[str] | str | None = 
     policy labelled ``"...@NET"``, which runs on that network's shipped
     catalog.  ``max_requests`` stops each run after that many requests (for
     smoke runs).  ``progress`` is called once per policy (see
-    :data:`ProgressFactory`).  Everything is checked before the first run
+    :data:`ProgressFactory`).  ``devices`` (a devices file) replaces the
+    scenario's ``devices_file:``.  Everything is checked before the first run
     (:func:`prepare_scenario`)."""
-    scenario, catalog = prepare_scenario(scenario, policies, catalog=catalog, duration_s=duration_s, seed=seed)
+    scenario, catalog = prepare_scenario(scenario, policies, catalog=catalog, duration_s=duration_s, seed=seed,
+                                         devices=devices)
     runs = []
     for policy in scenario.policies:
         net = split_label(policy)[2]

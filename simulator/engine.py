@@ -34,12 +34,13 @@ import numpy as np
 import simpy
 
 from anytime.catalog import Catalog, load_catalog, shipped_catalog
-from anytime.latency_model import load_active_power
+from anytime.devices_file import add_user_devices
+from anytime.latency_model import load_active_power, table_power_w
 from nets.errors import AnytimeError
 from scheduler.options import Option, OptionTable, option_table
 from simulator.behaviour import Behaviour, BehaviourCache
 from simulator.devices import Device, Job
-from simulator.policies import Policy, make_policy
+from simulator.policies import Policy, make_policy, model_set_refusal
 from simulator.scenario import EVENTS, AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError, split_label
 from simulator.topology import build_topology
 from simulator.view import AppView, SchedulerView
@@ -221,9 +222,7 @@ class Simulation:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         if catalog is None:
             catalog = scenario_catalog(scenario, split_label(policy)[2] if isinstance(policy, str) else None)
-        if self.policy.needs_zoo and not catalog.zoo_widths:
-            catalog = zoo_twin(catalog)
-        self.catalog = catalog
+        self.catalog = catalog = policy_catalog(self.policy, catalog, scenario.source)
         self.table: OptionTable = option_table(self.catalog)
         self.behaviours: BehaviourCache = catalog.derive("simulated_behaviour",
                                                          lambda c: BehaviourCache(c, option_table(c)))
@@ -241,7 +240,8 @@ class Simulation:
         self.devices: dict[str, DeviceState] = {}
         for d in scenario.devices:
             self.devices[d.name] = DeviceState(d, Device(self.env, d.name, d.discipline, d.speed),
-                                               float(power.get(d.profile, 0.0)))
+                                               table_power_w(d.profile, self.catalog.latency[d.profile].provenance,
+                                                             power, 0.0))
         self.topology = build_topology(scenario)
         self.links = {link.name: LinkState(link, Device(self.env, link.name, "fcfs"),
                                            self.topology.edges[link.source, link.target]) for link in scenario.links}
@@ -603,7 +603,7 @@ class Simulation:
             if load_s > 0:  # a zoo model loads while its requests wait
                 app.loading_until = now + load_s
         self.option_macs[app.name].append((round(now, 6), option.expected_macs))
-        self.selections.append({"t": round(now, 6), "app": app.name, "option": str(option.spec),
+        self.selections.append({"t": round(now, 6), "app": app.name, "option": self.catalog.subnet_name(option.spec),
                                 "exits": option.policy, "expected_accuracy": round(option.expected_accuracy, 4),
                                 "expected_macs": round(option.expected_macs), "reason": reason})
 
@@ -633,12 +633,15 @@ class Simulation:
 
 def scenario_catalog(scenario: Scenario, net: str | None = None) -> Catalog:
     """The catalog a run uses: another shipped network's (a policy label's
-    "@NET"), else the scenario's ``catalog:``, else the shipped nested one.
-    Shipped catalogs are loaded once per process; a scenario's own is read
-    each time (pass it to :class:`Simulation` to share it between runs)."""
+    "@NET"), else the scenario's ``catalog:``, else the shipped nested one;
+    with the devices of the scenario's ``devices_file:`` added.  Shipped
+    catalogs are loaded once per process; a scenario's own is read each time
+    (pass it to :class:`Simulation` to share it between runs)."""
     if net is not None:
-        return shipped_catalog(net)
-    return load_catalog(scenario.catalog) if scenario.catalog else shipped_catalog()
+        catalog = shipped_catalog(net)
+    else:
+        catalog = load_catalog(scenario.catalog) if scenario.catalog else shipped_catalog()
+    return add_user_devices(catalog, scenario.devices_file) if scenario.devices_file else catalog
 
 
 def zoo_twin(catalog: Catalog) -> Catalog:
@@ -649,17 +652,31 @@ def zoo_twin(catalog: Catalog) -> Catalog:
     return catalog.derive("zoo_twin", shipped_zoo_catalog)
 
 
+def policy_catalog(policy: Policy, catalog: Catalog, source: str) -> Catalog:
+    """The catalog ``policy`` runs on: ``catalog``, with its zoo twin for a
+    zoo policy on a nested catalog; a model set refuses a policy that needs
+    a nested network (naming it)."""
+    refusal = model_set_refusal(policy.label, catalog.net) if catalog.is_model_set else ""
+    if refusal:
+        raise ScenarioError(f"{source}: {refusal}")
+    if policy.needs_zoo and not catalog.zoo_widths and not catalog.is_model_set:
+        return zoo_twin(catalog)
+    return catalog
+
+
 def check_policies(scenario: Scenario, catalog: Catalog | None = None) -> None:
     """Fail before any run if a policy cannot run: its network's catalog is
-    missing, or it needs a zoo that is not shipped (names the policy)."""
+    missing, it needs a zoo that is not shipped, or it needs a nested network
+    and the catalog is a model set (names the policy)."""
     for label in scenario.policies:
         net = split_label(label)[2]
         resolved = scenario_catalog(scenario, net) if net or catalog is None else catalog
-        if make_policy(label).needs_zoo and not resolved.zoo_widths:
-            try:
-                zoo_twin(resolved)
-            except AnytimeError as error:
-                raise ScenarioError(f"policy {label!r}: {error}") from error
+        try:
+            policy_catalog(make_policy(label), resolved, scenario.source)
+        except ScenarioError:
+            raise
+        except AnytimeError as error:  # no zoo shipped beside a nested catalog
+            raise ScenarioError(f"policy {label!r}: {error}") from error
 
 
 def simulate(scenario: Scenario, policy: str, catalog: Catalog | None = None,

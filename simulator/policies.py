@@ -23,6 +23,11 @@ change, and, for per-request policies, which option this request runs.
   latency, stretched by the jobs already running, fits the earliest deadline
   among the device's requests in flight (SuperServe, NSDI 2025).
 
+On a model set's catalog (``anytime.model_set``: separately trained models
+of any architectures) only ``zoo`` (every member, loaded on a switch),
+``static_smallest`` and ``static_largest`` run (``Policy.on_model_set``); the
+others need one nested network and are refused by name.
+
 A split application (edge + server) is decided alone: the more accurate of
 the best option that stays on the edge (depth up to the split point, the
 whole deadline) and the best split option (``select_subnet`` on the server's
@@ -64,6 +69,9 @@ class Policy:
     per_request: bool = False  # decides every request (its time is charged to the request)
     reacts_to_events: bool = False  # re-decides on budget events (its time is charged to the device)
     needs_zoo: bool = False  # runs on the catalog's zoo of separately trained models (anytime.zoo)
+    # runs on a model set's catalog (anytime.model_set): it needs no slices of one network, switches
+    # nothing for free, and reads no intermediate exits
+    on_model_set: bool = False
 
     def __init__(self, interrupt: bool):
         self.interrupt = interrupt
@@ -239,6 +247,7 @@ class ZooPolicy(AllocatingPolicy):
 
     name = "zoo"
     needs_zoo = True
+    on_model_set = True  # a model set is a zoo: every member, loaded on a switch
 
     def __init__(self, interrupt: bool):
         super().__init__(interrupt, "zoo")
@@ -259,6 +268,7 @@ class OraclePolicy(AllocatingPolicy):
 
 class StaticLargestPolicy(Policy):
     name = "static_largest"
+    on_model_set = True
 
     def decide(self, view, now, reason):
         if now > 0:
@@ -273,6 +283,7 @@ class StaticSmallestPolicy(AllocatingPolicy):
 
     name = "static_smallest"
     reacts_to_events = False
+    on_model_set = True
 
     def __init__(self, interrupt: bool):
         super().__init__(interrupt, "no_exits")
@@ -379,6 +390,16 @@ _POLICY_CLASSES = {cls.name: cls for cls in (NestedPolicy, NestedReactivePolicy,
                                                DepthOnlyPolicy, WidthOnlyPolicy, StaticLargestPolicy,
                                                StaticSmallestPolicy, ZooPolicy, SuperServePolicy, OraclePolicy)}
 assert set(_POLICY_CLASSES) == set(POLICIES)
+
+
+def model_set_refusal(label: str, catalog_name: str) -> str:
+    """Why policy ``label`` cannot run on a model set's catalog (or "" when it can)."""
+    policy = _POLICY_CLASSES[split_label(label)[0]]
+    if policy.on_model_set:
+        return ""
+    allowed = ", ".join(name for name, cls in _POLICY_CLASSES.items() if cls.on_model_set)
+    return (f"policy {label!r} needs a nested network (slices of one set of weights, switched for free, with "
+            f"intermediate exits); {catalog_name} is a model set of separately trained models: use {allowed}")
 
 
 def make_policy(label: str) -> Policy:

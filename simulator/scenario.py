@@ -13,7 +13,8 @@ are refused unexpanded; every number must be finite and in range; a run may
 expect at most ``max_requests`` requests per policy (1,000,000 unless the
 file sets ``max_requests:``, at most 100,000,000).  Every path is read from
 the scenario's own folder: an arrival ``trace:`` must be a regular file
-inside it; a ``catalog:`` is relative to it (or absolute) and must exist.
+inside it; a ``catalog:`` or ``devices_file:`` is relative to it (or
+absolute) and must exist.
 Overrides (:meth:`Scenario.with_overrides`, e.g. ``--duration-s``) are
 checked the same way.  Messages quote a bad value shortened and never a trace's contents.
 
@@ -225,6 +226,7 @@ class Scenario:
     seed: int = 0
     description: str = ""
     catalog: str = ""  # catalog stem, absolute once read from a file's folder; empty = the shipped catalog
+    devices_file: str = ""  # a user's devices file (anytime.devices_file), absolute once read; empty = none
     reallocation_ms: float = 5.0  # scheduler time charged to the device per re-selection
     decision_us: float = 10.0  # per-request decision time (measured select_subnet median)
     hysteresis: float = 0.005  # accuracy gain needed to switch before the dwell time is over
@@ -302,6 +304,8 @@ SECTIONS: dict[str, Section] = {
         "seed": "seed of the arrivals and of the samples requested: every policy sees the same",
         "catalog": "catalog stem or file (STEM.json beside STEM.npz), relative to the scenario's folder or "
                    "absolute; absent: the shipped catalog",
+        "devices_file": "a devices file (YAML: spec-sheet devices and measured latency CSVs) whose devices the "
+                        "devices' profile may name, relative to the scenario's folder or absolute; absent: none",
         "devices": "the devices that run inferences",
         "links": "network links between devices (for apps that split work with a server)",
         "apps": "the applications, each on one device",
@@ -313,7 +317,8 @@ SECTIONS: dict[str, Section] = {
         "min_dwell_s": "time a choice is kept unless a switch gains more than hysteresis",
         "rate_window_s": "the scheduler re-estimates each app's rate over this window (0: never)",
         "max_requests": "refuse a run expected to simulate more requests per policy (raise it on purpose)",
-    }, {"name": Text(200), "description": Text(MAX_TEXT_CHARS), "catalog": Text(MAX_PATH_CHARS)}, {
+    }, {"name": Text(200), "description": Text(MAX_TEXT_CHARS), "catalog": Text(MAX_PATH_CHARS),
+        "devices_file": Text(MAX_PATH_CHARS)}, {
         "duration_s": dict(positive=True, maximum=MAX_DURATION_S),
         "seed": dict(minimum=0, maximum=MAX_SEED, integer=True),
         "reallocation_ms": dict(minimum=0, maximum=60_000.0),
@@ -599,10 +604,12 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
     policies = parse_policies(top.sequence("policies", required=False, max_items=MAX_POLICIES)
                               or list(DEFAULTS[Scenario]["policies"]), f"{source}: policies")
     catalog = top.read(SECTIONS["scenario"], "catalog")
+    devices_file = top.read(SECTIONS["scenario"], "devices_file")
     scenario = Scenario(
         name=top.read(SECTIONS["scenario"], "name"), devices=devices, apps=apps, events=events, links=links,
         policies=tuple(policies), description=top.read(SECTIONS["scenario"], "description"),
-        catalog=_catalog_path(top, catalog, source) if catalog else catalog, source=source, **numbers)
+        catalog=_catalog_path(top, catalog, source) if catalog else catalog, source=source,
+        devices_file=_devices_file_path(top, devices_file, source) if devices_file else devices_file, **numbers)
     _check_cost(scenario, source)
     return scenario
 
@@ -739,6 +746,23 @@ def _catalog_path(reader: _Reader, catalog: str, source: str) -> str:
         reader.fail(f"catalog file not found: {shown(missing[0])} (a catalog is STEM.json and STEM.npz; a "
                     f"relative path is read from the scenario's folder), got {shown(catalog)}", "catalog")
     return str(stem)
+
+
+def _devices_file_path(reader: _Reader, devices_file: str, source: str) -> str:
+    """The devices file's absolute path, read from the scenario's folder (an
+    absolute one as written); the file and its CSVs are checked now (their
+    sub-networks against the catalog when a run starts)."""
+    from anytime.devices_file import load_user_devices
+
+    try:
+        path = (Path(source).parent / devices_file).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL in the path, a symlink loop
+        reader.fail(f"is not a usable path: {shown(devices_file)}", "devices_file")
+    try:
+        load_user_devices(path)
+    except AnytimeError as exc:
+        reader.fail(f"{exc} (a relative path is read from the scenario's folder)", "devices_file")
+    return str(path)
 
 
 def _app(data: object, where: str, source: str, devices: set, links: set) -> AppSpec:

@@ -9,6 +9,7 @@ About 30 s in all (the build about 5 s, the install 5 s, the simulation 20 s).""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -107,6 +108,11 @@ def test_the_wheel_holds_every_module_and_data_file(dist):
                    "anytime/__main__.py"):
         assert needed in names
     assert not [n for n in names if n.startswith(("tests/", "scenarios/", "docs/", "runs/", "checkpoints/"))]
+    with zipfile.ZipFile(dist["wheel"]) as archive:  # a catalog's learned scorers' weights ship beside it
+        for name in sorted(n for n in names if n.startswith("anytime/data/") and n.endswith(".catalog.json")):
+            scorers = json.loads(archive.read(name)).get("exit_scorers")
+            if scorers is not None:
+                assert f"anytime/data/{scorers['file']}" in names, f"{name} records {scorers['file']}, not in the wheel"
 
 
 def test_the_sdist_holds_the_scenarios(dist):
