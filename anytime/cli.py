@@ -35,7 +35,7 @@ EXIT_INTERNAL, EXIT_INPUT = 1, 2
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from nets.data import load_image_folder
-    from nets.registry import create_net, net_builder
+    from nets.registry import net_builder
     from nets.errors import ConfigError
     from nets.train import TrainConfig, check_run_folder, train
 
@@ -47,12 +47,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     net_config = json.loads(args.net_config) if args.net_config else {}
     if not isinstance(net_config, dict):
         raise ConfigError(f"--net-config must be a JSON object, got {args.net_config!r:.60}")
-    import torch
-
     net_builder(args.net)  # an unknown name is refused before the data is read
     data = load_image_folder(args.data, val_size=args.val_size, seed=args.seed, cache_dir=_image_cache(args))
-    torch.manual_seed(args.seed)  # the initial weights are part of what the seed reproduces
-    model = create_net(args.net, **{"num_classes": len(data.classes), **net_config})  # the data's classes
+    model = _net_for_data(args.net, data, net_config, args.seed)
     card = train(model, args.name or args.net, data, config, args.out, resume=args.resume,
                  progress=not args.quiet and _tty())
     if not card:  # another process of a torchrun group: rank 0 reports
@@ -60,6 +57,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps({"name": card["name"], "test_accuracy_full": card["test_accuracy_full"],
                       "wall_time_seconds": card["wall_time_seconds"], "out": str(args.out)}))
     return 0
+
+
+def _net_for_data(net: str, data, net_config: dict, seed: int):
+    """``net`` built for ``data``: its classes and, on a data set other than
+    CIFAR-10, input normalisation by the data's own channel statistics
+    (where the network's config has ``mean``/``std``, as this project's do;
+    ``--net-config`` still wins).  Seeded: the initial weights are part of
+    what the seed reproduces."""
+    import torch
+
+    from nets.data import CIFAR10_CLASSES, channel_statistics
+    from nets.registry import create_net
+
+    config = {"num_classes": len(data.classes), **net_config}
+    torch.manual_seed(seed)
+    model = create_net(net, **config)
+    own_data = tuple(data.classes) != CIFAR10_CLASSES
+    if own_data and "mean" not in net_config and hasattr(getattr(model, "config", None), "mean"):
+        mean, std = channel_statistics(data.train_images)
+        torch.manual_seed(seed)
+        model = create_net(net, **{**config, "mean": mean, "std": std})
+    return model
 
 
 def _image_cache(args: argparse.Namespace) -> Path:

@@ -317,6 +317,25 @@ def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def channel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images ``[N, C, H, W]``
+    on the models' [0, 1] scale, in chunks (no float copy of the whole set):
+    a user's data set is normalised by its own statistics, as CIFAR-10 by its
+    published ones (``nets.layers.CIFAR10_MEAN``)."""
+    if len(images) == 0:
+        raise DataError("no images to take channel statistics from")
+    sums = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(sums)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].to(torch.float64).div_(255.0)
+        sums += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = sums / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt().clamp_min(1e-3)  # a flat channel stays finite
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images to float in [0, 1], the models' input convention."""
     return images.float().div_(255.0)

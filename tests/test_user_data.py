@@ -15,7 +15,8 @@ import torch
 
 from anytime.catalog import load_catalog
 from anytime.cli import main
-from nets.data import crop_padding, load_image_folder
+from nets.data import channel_statistics, crop_padding, load_image_folder
+from nets.layers import CIFAR10_MEAN
 from nets.errors import DataError
 
 CLASSES = ("circle", "stripes", "plain")  # sorted folder order is the label order: circle, plain, stripes
@@ -125,6 +126,9 @@ def test_user_data_end_to_end(capsys, tmp_path, shapes_data):
     card = json.loads((out / "dnnet_tiny.json").read_text())
     assert card["classes"] == ["circle", "plain", "stripes"] and card["image_size"] == [SIZE, SIZE]
     assert card["config"]["num_classes"] == 3
+    # normalised by the data's own channel statistics, not CIFAR-10's
+    data = load_image_folder(shapes_data, cache_dir=cache)
+    assert card["config"]["mean"] == list(channel_statistics(data.train_images)[0]) != list(CIFAR10_MEAN)
 
     stem = tmp_path / "shapes"
     code, stdout, err = run(capsys, "profile", "dnnet_tiny", "--weights", str(out / "dnnet_tiny.pt"), "--data",
@@ -200,3 +204,13 @@ def _check_input_shape_field(json_path: Path, npz_path: Path, folder: Path) -> N
     (folder / "bad.json").write_text(json.dumps({**meta, "input_shape": [3, 0, 40]}))
     with pytest.raises(CatalogError, match=r"input_shape = \[3, 0, 40\]"):
         load_catalog(folder / "bad")
+
+
+def test_channel_statistics_are_the_float_ones():
+    images = torch.randint(0, 256, (9, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = channel_statistics(images, chunk=4)  # chunked: three pieces
+    x = images.double() / 255
+    np.testing.assert_allclose(mean, x.mean(dim=(0, 2, 3)).numpy(), atol=1e-4)
+    np.testing.assert_allclose(std, x.std(dim=(0, 2, 3), unbiased=False).numpy(), atol=1e-4)
+    flat_mean, flat_std = channel_statistics(torch.full((2, 1, 3, 3), 7, dtype=torch.uint8))
+    assert flat_mean == (round(7 / 255, 4),) and flat_std == (1e-3,)  # a flat channel stays finite
