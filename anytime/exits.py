@@ -96,6 +96,30 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
     return PathTraces(score, correct, path_cost, policy, spec)
 
 
+def exit_setting_row(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_drop: float | None = None) -> int:
+    """The row of ``catalog.exit_settings`` calibrated for ``spec`` under
+    ``policy`` at ``accuracy_drop`` (None: the smallest drop it has, the most
+    accurate setting); refused with a CatalogError naming what the catalog
+    has instead.  The one lookup of a calibrated setting (the runner, export)."""
+    settings = catalog.exit_settings
+    if settings is None or not len(settings):
+        raise CatalogError(f"the catalog of {catalog.net} has no calibrated exit settings ('anytime exits --fit')")
+    mine = settings.subnet == (catalog.specs().index(spec) if spec in catalog.specs() else -1)
+    rows = np.flatnonzero(mine & (settings.policy == policy))
+    if not rows.size:
+        offered = sorted({str(p) for p in settings.policy[mine]})
+        raise CatalogError(f"the catalog of {catalog.net} has no exit setting of {spec} with {policy!r} "
+                           f"(policies with settings for it: {', '.join(offered) or 'none'})")
+    drops = settings.accuracy_drop[rows]
+    if accuracy_drop is None:
+        return int(rows[np.argmin(drops)])
+    match = rows[np.isclose(drops, accuracy_drop, rtol=1e-6, atol=1e-9)]  # stored as float32
+    if not match.size:
+        raise CatalogError(f"no exit setting of {spec} with {policy!r} for accuracy drop {accuracy_drop:g}; "
+                           f"calibrated drops: {', '.join(f'{d:g}' for d in sorted(set(drops.tolist())))}")
+    return int(match[0])
+
+
 def exit_path_ms(catalog: Catalog, device: str, policy: str) -> np.ndarray:
     """``[depths, widths]`` batch-1 ms on ``device`` of a sample that exits at
     each depth under ``policy``: the segments and heads up to it, plus a gate's

@@ -49,7 +49,7 @@ from torch import nn
 
 from anytime import export_driver
 from anytime.catalog import Catalog, CatalogError
-from anytime.exits import outcome, path_traces
+from anytime.exits import exit_setting_row, outcome, path_traces
 from anytime.gates import DepthGates, Scorers, SupportNetworks, support_inputs
 from anytime.outputs import ResultsFolder
 from nets.dnnet import DNNet
@@ -109,24 +109,11 @@ def exit_setting(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_drop:
         raise ExportError(f"cannot export exit policy {policy!r}; exportable: {', '.join(EXPORT_POLICIES)}"
                           + (" (the oracle needs the labels)" if policy == "oracle" else ""))
     spec.check_within(catalog.depths, catalog.widths)
+    try:
+        row = exit_setting_row(catalog, spec, policy, accuracy_drop)
+    except CatalogError as exc:
+        raise ExportError(str(exc)) from None
     settings = catalog.exit_settings
-    if settings is None or not len(settings):
-        raise ExportError(f"the catalog of {catalog.net} has no calibrated exit settings ('anytime exits --fit')")
-    mine = settings.subnet == catalog.specs().index(spec)
-    rows = np.flatnonzero(mine & (settings.policy == policy))
-    if not rows.size:
-        offered = sorted({str(p) for p in settings.policy[mine]})
-        raise ExportError(f"the catalog has no thresholds for {spec} with policy {policy!r}; it has "
-                          f"{', '.join(offered) if offered else 'none for this sub-network'}")
-    drops = settings.accuracy_drop[rows]
-    if accuracy_drop is None:
-        row = rows[int(np.argmin(drops))]
-    else:
-        matches = rows[np.isclose(drops, accuracy_drop, rtol=0, atol=1e-6)]
-        if not matches.size:
-            raise ExportError(f"the catalog has no {policy!r} thresholds for {spec} at accuracy drop "
-                              f"{accuracy_drop:g}; it has {', '.join(f'{d:g}' for d in sorted(set(drops.round(6))))}")
-        row = matches[0]
     thresholds = tuple(float(t) for t in settings.thresholds[row, : spec.depth])
     return ExitSetting(policy, round(float(settings.accuracy_drop[row]), 6), thresholds)
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from anytime.catalog import Catalog, CatalogError
-from anytime.exits import POLICIES
+from anytime.exits import POLICIES, exit_setting_row
 from anytime.gates import LEARNED_POLICIES, DepthGates, Scorers, SupportNetworks, support_inputs
 from nets.dnnet import DNNet
 from nets.errors import ConfigError
@@ -180,20 +180,8 @@ def _check_scorers_fit(model: DNNet, spec: SubnetSpec, gates: list[DepthGates] |
 def calibrated_thresholds(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_drop: float) -> np.ndarray:
     """The thresholds (depths 1..``spec.depth``) of the catalog's exit setting
     for ``spec`` and ``policy`` calibrated for ``accuracy_drop``."""
-    settings = catalog.exit_settings
-    index = catalog.specs().index(spec) if spec in catalog.specs() else -1
-    rows = np.zeros(0, dtype=np.int64) if settings is None else np.flatnonzero(
-        (settings.subnet == index) & (settings.policy == policy))
-    if not len(rows):
-        offered = sorted(set(settings.policy.tolist())) if settings is not None else []
-        raise CatalogError(f"the catalog of {catalog.net} has no exit setting of {spec} with {policy!r} "
-                           f"(policies with settings: {', '.join(offered) or 'none'})")
-    drops = settings.accuracy_drop[rows]
-    match = rows[np.isclose(drops, accuracy_drop, rtol=1e-6, atol=1e-9)]  # stored as float32
-    if not len(match):
-        raise CatalogError(f"no exit setting of {spec} with {policy!r} for accuracy drop {accuracy_drop}; "
-                           f"calibrated drops: {', '.join(f'{d:g}' for d in sorted(set(drops.tolist())))}")
-    return settings.thresholds[match[0], : spec.depth].astype(np.float32)
+    row = exit_setting_row(catalog, spec, policy, accuracy_drop)
+    return catalog.exit_settings.thresholds[row, : spec.depth].astype(np.float32)
 
 
 def _choice(choice: SubnetSpec | str | object, policy: str | None, thresholds: object
