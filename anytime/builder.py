@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from anytime.catalog import DEFAULT_INPUT_SHAPE, MAX_CLASSES, Catalog, CatalogError, LatencyTable
-from anytime.devices_file import predicted_table as predict_from_summaries
+from anytime.devices_file import predicted_table
 from anytime.evaluate import collect_traces
 from anytime.latency_model import (DeviceModel, OpSummary, RooflineProfiles, fit_device_model, load_device_models,
                                    relative_errors, simd_channel_block)
@@ -127,7 +127,7 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: I
     latency = {config.local_device_key: local}
     roofline = roofline_profiles(model, profiles, input_shape)  # stored: users' spec-sheet devices need it
     for device in load_device_models().values():
-        latency[device.name] = predict_from_summaries(device, roofline, local.batch_sizes)
+        latency[device.name] = predicted_table(device, roofline, local.batch_sizes)
 
     traces = {}
     for split in ("val", "test"):
@@ -368,11 +368,3 @@ def roofline_profiles(model: DNNet, profiles: dict[SubnetSpec, list],
     subnets = tuple(tuple(OpSummary.of(profiles[SubnetSpec(d, w)]) for w in range(1, widths + 1))
                     for d in range(1, depths + 1))
     return RooflineProfiles(subnets, tuple(map(tuple, segments)), tuple(map(tuple, heads)))
-
-
-def predicted_table(model: DNNet, device: DeviceModel, profiles: dict[SubnetSpec, list],
-                    batch_sizes: tuple[int, ...],
-                    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> LatencyTable:
-    """A latency table predicted by the roofline model for an unmeasured
-    device (``profiles``: each sub-network's operations at ``input_shape``)."""
-    return predict_from_summaries(device, roofline_profiles(model, profiles, input_shape), batch_sizes)
