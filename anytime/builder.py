@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import itertools
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +33,13 @@ from tqdm import tqdm
 from anytime.catalog import DEFAULT_INPUT_SHAPE, MAX_CLASSES, Catalog, CatalogError, LatencyTable
 from anytime.devices_file import predicted_table
 from anytime.evaluate import collect_traces
+from anytime.gates import LEARNED_POLICIES, Scorers
 from anytime.latency_model import (DeviceModel, OpSummary, RooflineProfiles, fit_device_model, load_device_models,
                                    relative_errors, simd_channel_block)
 from anytime.macs import count_macs, count_params, op_profile, output_shape
 from anytime.profile import (LatencyStats, device_name, largest_feature_map_bytes, latency_stats,
                              measured_peak_activation_bytes, time_calls, time_model)
+from anytime.runner import AnytimeRunner
 from nets.data import ImageDataset
 from nets.dnnet import DNNet
 from nets.spec import SubnetSpec
@@ -145,6 +149,9 @@ def build_catalog(model: DNNet, net_name: str, weights_path: str | Path, data: I
                     "test": "the 10,000-image test set (reporting)" if len(data.test_labels) == 10000 else "test split",
                     "latency_model_fit": fit_report, "splits_sha256": splits_sha256(data)},
     )
+    if config.device == "cpu":  # the runner's own work per exit policy (learned scorers: at 'anytime retime')
+        catalog.latency[config.local_device_key] = measure_exit_overheads(model, catalog, local, config,
+                                                                          progress=progress)
     return catalog, fit_report
 
 
@@ -293,6 +300,122 @@ def measure_local_latency(model: DNNet, extracted_models: dict[SubnetSpec, nn.Mo
     return LatencyTable(config.local_device_key, True, batch_sizes, p50, p90, segment_ms, head_ms, provenance)
 
 
+NEVER_FIRES = float(np.finfo(np.float32).max)  # a threshold no score reaches, yet every score is computed and tested
+TRACE_RUNNABLE = ("max_prob", "entropy", "margin")  # the confidence policies the runner computes from the head alone
+
+
+def time_exit_paths(model: DNNet, catalog: Catalog, config: ProfileConfig, scorers: Scorers | None = None,
+                    progress: bool = True, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+                    ) -> dict[str, np.ndarray]:
+    """Batch-1 ms of the anytime runner (``anytime.runner.AnytimeRunner``, as
+    the runtime runs it) answering at each depth of each width, per exit
+    policy: the full-depth path of width w with the exit forced at depth d
+    (every earlier exit score computed and tested, none firing).  The
+    confidence policies always; a learned one when ``scorers`` hold it.  In
+    ``config.passes`` round-robin passes; each entry is the lowest per-pass
+    median (as the segments are).  CPU only: the runner runs there."""
+    if config.device != "cpu":
+        raise CatalogError(f"the anytime runner runs on the CPU; cannot time its exits on {config.device!r}")
+    depths, widths = model.depths, model.widths
+    catalog = _with_codebooks(catalog)
+    policies: dict[str, dict] = {policy: {} for policy in TRACE_RUNNABLE}
+    for policy in LEARNED_POLICIES:
+        modules = scorers.of(policy) if scorers is not None and policy in catalog.exit_extra_macs else None
+        if modules is not None:
+            policies[policy] = {"gates" if policy in ("gate", "gate_ce") else "support": modules}
+    runners = {(policy, w): AnytimeRunner(model, SubnetSpec(depths, w), policy, np.full(depths, NEVER_FIRES),
+                                          catalog, **kwargs)
+               for policy, kwargs in policies.items() for w in range(1, widths + 1)}
+    forced = []  # thresholds that make every sample answer at depth d (the last: none fires before it)
+    for d in range(depths):
+        thresholds = np.full(depths, NEVER_FIRES, dtype=np.float32)
+        thresholds[d] = -np.inf
+        forced.append(torch.as_tensor(thresholds))
+    x = torch.rand((1, *input_shape))
+    repeats = max(1, config.repeats_segment // config.passes)
+    best = {policy: np.full((depths, widths), np.inf) for policy in policies}
+    times = np.empty(repeats)
+    for _ in tqdm(range(config.passes), desc="time exit paths (passes)", disable=None if progress else True):
+        for (w, d, policy) in itertools.product(range(1, widths + 1), range(depths), policies):
+            runner = runners[policy, w]  # the policies interleaved: a slow spell hits them alike
+            runner.thresholds = forced[d]
+            for _ in range(config.warmup):
+                runner.run(x)
+            for i in range(repeats):
+                t0 = time.perf_counter_ns()
+                runner.run(x)
+                times[i] = (time.perf_counter_ns() - t0) / 1e6
+            best[policy][d, w - 1] = min(best[policy][d, w - 1], float(np.median(times)))
+    return best
+
+
+def exit_overheads(executed_ms: dict[str, np.ndarray], table: LatencyTable) -> tuple[dict[str, np.ndarray], dict]:
+    """Per-depth ms the runner spends beyond segment and head
+    (``LatencyTable.exit_overhead_ms``) from its timed exit paths
+    (:func:`time_exit_paths`) and the table's segments and heads: per policy,
+    the excess of answering at depth d over the timed segments and heads up
+    to d is fitted by least squares over every depth and width as
+    ``a + b d`` (``a``: the call's own work, ``b``: each depth's), which
+    steadies the noise of single timings; the excess shows no trend with
+    width (the runner's work is on logits and pooled features, a few hundred
+    numbers), so one line serves every width.  Depth 1 carries ``a + b``,
+    every deeper one ``b``, neither below 0.  Returns the tables and a
+    summary of the fit (the provenance)."""
+    path = table.exit_path_p50_ms()
+    depths, widths = path.shape
+    d = np.repeat(np.arange(1, depths + 1, dtype=np.float64), widths)
+    design = np.stack([np.ones_like(d), d], axis=1)
+    overheads, summary = {}, {}
+    for policy, executed in executed_ms.items():
+        excess = executed - path  # [depths, widths]
+        if depths > 1:
+            a, b = np.linalg.lstsq(design, excess.ravel(), rcond=None)[0]
+        else:  # one depth: the call's work alone
+            a, b = float(np.median(excess)), 0.0
+        b = max(float(b), 0.0)
+        table_ms = np.full((depths, widths), b)
+        table_ms[0] = max(float(a) + b, 0.0)
+        residual = excess - np.cumsum(table_ms, axis=0)
+        overheads[policy] = table_ms
+        summary[policy] = {"per_call_ms": round(float(table_ms[0, 0]) - b, 4), "per_depth_ms": round(b, 4),
+                           "median_abs_residual_ms": round(float(np.median(np.abs(residual))), 4),
+                           "median_rel_error_without": round(float(np.median(np.abs(excess) / executed)), 4),
+                           "median_rel_error_with": round(float(np.median(np.abs(residual) / executed)), 4)}
+    return overheads, summary
+
+
+def _with_codebooks(catalog: Catalog) -> Catalog:
+    """``catalog`` with the codebooks its file will have (``Catalog.quantize``
+    builds them at save), so a runner rounds its scores as it will once
+    stored; the catalog itself is left as it is."""
+    from anytime.catalog import make_codebook
+    from anytime.traces import SIGNALS
+
+    missing = [name for name in SIGNALS if name not in catalog.codebooks]
+    if not missing:
+        return catalog
+    built = {name: make_codebook([getattr(t, name) for t in catalog.traces.values()]) for name in missing}
+    return dataclasses.replace(catalog, codebooks={**catalog.codebooks, **built})
+
+
+def measure_exit_overheads(model: DNNet, catalog: Catalog, table: LatencyTable, config: ProfileConfig,
+                           scorers: Scorers | None = None, progress: bool = True) -> LatencyTable:
+    """``table`` (measured on this machine now) with the runner's overhead per
+    exit policy measured (:func:`time_exit_paths`, :func:`exit_overheads`)
+    and its fit recorded in the provenance."""
+    executed = time_exit_paths(model, catalog, config, scorers, progress, catalog.input_shape)
+    overheads, summary = exit_overheads(executed, table)
+    for policy, fit in summary.items():
+        log.info("exit overhead %s: per call %.3f ms, per depth %.3f ms; exit-path error %.1f%% -> %.1f%%", policy,
+                 fit["per_call_ms"], fit["per_depth_ms"], 100 * fit["median_rel_error_without"],
+                 100 * fit["median_rel_error_with"])
+    provenance = dict(table.provenance, exit_overhead={
+        "timed": "anytime.runner.AnytimeRunner at batch 1 answering at each depth of each width (lowest per-pass "
+                 "median), less the timed segments and heads; fitted per policy as a + b x depth",
+        "repeats": max(1, config.repeats_segment // config.passes) * config.passes, "fit": summary})
+    return dataclasses.replace(table, exit_overhead_ms=overheads, provenance=provenance)
+
+
 def retime_catalog(catalog: Catalog, model: DNNet, config: ProfileConfig | None = None,
                    progress: bool = True) -> tuple[Catalog, dict]:
     """Measure the catalog's local latency table again on this machine (and
@@ -308,6 +431,9 @@ def retime_catalog(catalog: Catalog, model: DNNet, config: ProfileConfig | None 
     specs = catalog.specs()
     extracted_models = {spec: model.extract(spec).eval() for spec in specs}
     local = measure_local_latency(model, extracted_models, config, progress, catalog.input_shape)
+    if config.device == "cpu" and not catalog.is_model_set:  # where the runner runs
+        scorers = catalog.load_scorers() if catalog.scorers_file is not None else None
+        local = measure_exit_overheads(model, catalog, local, config, scorers, progress)
     profiles = {spec: op_profile(extracted_models[spec], (1, *catalog.input_shape)) for spec in specs}
     fit_report = _fit_measured(specs, profiles, local, config)
     provenance = dict(catalog.provenance, latency_model_fit=fit_report)

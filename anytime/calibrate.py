@@ -11,6 +11,13 @@ that ``anytime.runner.runner_for`` can run every policy the catalog offers.
 ``calibrate_policies`` calibrates each policy on the validation split for a
 target accuracy (the full sub-network's validation accuracy minus a
 tolerance) and reports it on the test split, beside the oracle bound.
+
+Two calibrations, named by ``CALIBRATIONS``: the point estimate (thresholds
+tuned on val until the val drop reaches the tolerance: on fresh data the drop
+exceeds it about half the time), and Learn then Test
+(``anytime.risk_control``: the drop exceeds the tolerance with probability
+at most ``delta``, at a cost in MACs saved).  ``calibrate_ladder`` records
+which one made a catalog's exit settings in its provenance.
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ import numpy as np
 import torch
 
 from anytime.catalog import Catalog, ExitSettings, ScorersFile, catalog_stem, scorers_path
-from anytime.exits import (calibrate_for_accuracy, evaluate_thresholds, no_exit, oracle_thresholds, outcome,
-                           path_traces, tradeoff_curve)
+from anytime.exits import (evaluate_thresholds, no_exit, oracle_thresholds, outcome, path_traces,
+                           tradeoff_curve)
+from anytime.risk_control import CALIBRATIONS, DEFAULT_DELTA, thresholds_for_drop
 from anytime.gates import (GateConfig, Scorers, collect_features, gate_macs, gate_scores, save_scorers, support_macs,
                            support_scores, train_gates, train_support)
 from nets.data import Cifar10
 from nets.dnnet import DNNet
-from nets.errors import OutputError
+from nets.errors import ConfigError, OutputError
 from nets.spec import SubnetSpec
 
 log = logging.getLogger(__name__)
+
 
 
 def fit_scorers(model: DNNet, data: Cifar10, catalog: Catalog, train_subset: int = 10000,
@@ -122,9 +131,11 @@ def available_policies(catalog: Catalog, candidates: tuple[str, ...] = ("max_pro
 
 
 def calibrate_policies(catalog: Catalog, spec: SubnetSpec, tolerance: float = 0.003,
-                       policies: tuple[str, ...] | None = None) -> list[PolicyResult]:
-    """Calibrate every available policy on val for ``val_full - tolerance``;
-    report each on test (the oracle needs no calibration)."""
+                       policies: tuple[str, ...] | None = None, calibration: str = "point_estimate",
+                       delta: float = DEFAULT_DELTA) -> list[PolicyResult]:
+    """Calibrate every available policy on val for an accuracy drop of
+    ``tolerance`` by ``calibration``; report each on test (the oracle needs
+    no calibration)."""
     results = []
     full_val = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "val"), no_exit(spec.depth))[0]
     full_test = evaluate_thresholds(path_traces(catalog, spec, "max_prob", "test"), no_exit(spec.depth))[0]
@@ -134,7 +145,7 @@ def calibrate_policies(catalog: Catalog, spec: SubnetSpec, tolerance: float = 0.
         if policy == "oracle":
             thresholds = oracle_thresholds(spec.depth)
         else:
-            thresholds = calibrate_for_accuracy(val_path, full_val - tolerance)
+            thresholds = thresholds_for_drop(val_path, tolerance, calibration, delta, full_accuracy=full_val)
         val_accuracy, _ = evaluate_thresholds(val_path, thresholds)
         test = outcome(path_traces(catalog, spec, policy, "test"), thresholds)
         results.append(PolicyResult(policy, str(spec), [float(t) for t in thresholds], val_accuracy, test.accuracy,
@@ -153,11 +164,16 @@ LADDER_DROPS = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)  # tolerated validation a
 
 
 def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICIES,
-                     drops: tuple[float, ...] = LADDER_DROPS, progress: bool = False) -> ExitSettings:
+                     drops: tuple[float, ...] = LADDER_DROPS, progress: bool = False,
+                     calibration: str = "learn_then_test", delta: float = DEFAULT_DELTA) -> ExitSettings:
     """Calibrate every sub-network deeper than one depth, for every available
-    policy, for each tolerated accuracy drop, on the validation split; stores
-    the result in ``catalog.exit_settings`` (the scheduler's exit options)."""
+    policy, for each tolerated accuracy drop, on the validation split by
+    ``calibration``; stores the result in ``catalog.exit_settings`` (the
+    scheduler's exit options) and the method in its provenance."""
     from tqdm import tqdm
+
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"unknown calibration {calibration!r}; use one of {', '.join(CALIBRATIONS)}")
 
     catalog.require_nested("calibrating exit settings")
     available = available_policies(catalog, policies)
@@ -169,10 +185,9 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
             continue
         for policy in available:
             path = path_traces(catalog, spec, policy, "val")
-            full_accuracy = evaluate_thresholds(path, no_exit(spec.depth))[0]
             for drop in drops:
                 thresholds = np.full(catalog.depths, np.inf, dtype=np.float32)
-                thresholds[: spec.depth] = calibrate_for_accuracy(path, full_accuracy - drop)
+                thresholds[: spec.depth] = thresholds_for_drop(path, drop, calibration, delta)
                 rows_subnet.append(index)
                 rows_policy.append(policy)
                 rows_drop.append(drop)
@@ -182,6 +197,9 @@ def calibrate_ladder(catalog: Catalog, policies: tuple[str, ...] = LADDER_POLICI
                             np.stack(rows_thresholds) if rows_thresholds
                             else np.zeros((0, catalog.depths), dtype=np.float32))
     catalog.exit_settings = settings
+    catalog.provenance["exit_calibration"] = {
+        "method": calibration, "split": "val", "accuracy_drops": list(drops),
+        **({"delta": delta} if calibration == "learn_then_test" else {})}
     catalog.clear_derived()  # option tables built before knew other settings
     return settings
 

@@ -15,10 +15,14 @@ parsed; every size it declares (depths, widths, samples per split, exit
 settings) is checked against the limits below before anything is built from
 it; the archive's checksum must match ``traces_sha256``; every array's ``.npy``
 header (shape and dtype) is checked against the JSON before the array is
-read.  Meaning: costs are non-negative integers, MACs, exit-path MACs and
+read.  The per-sample arrays (traces and learned exit scores, most of the
+bytes) are read on first use, not at load (a command that only selects never
+needs them): the checksum is checked again then, so they come from the file
+that was loaded, and their values are checked as they are read.  Meaning: costs are non-negative integers, MACs, exit-path MACs and
 parameters positive and non-decreasing with depth and with width (exit-path
 MACs at least the sub-network's); latencies finite and positive, p90 at least
-p50, batch sizes starting at 1; classes distinct names; input_shape three
+p50, batch sizes starting at 1, the runner's exit overheads (optional) finite,
+non-negative and only of policies the catalog runs; classes distinct names; input_shape three
 integers (absent: 3x32x32); labels and
 predictions within the classes; codebooks finite and sorted (probabilities
 and margins in [0, 1], entropies non-negative); codes within their codebook;
@@ -45,7 +49,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -115,6 +119,8 @@ MAX_JSON_BYTES = 256 << 20
 # without the learned scorers, which a catalog carries in exit_policies)
 TRACE_POLICIES = ("max_prob", "entropy", "margin", "oracle")
 SIGNAL_RANGES = {"top1_prob": (0.0, 1.0), "margin": (0.0, 1.0), "entropy": (0.0, math.inf)}
+MAX_EXIT_POLICIES = 64  # exit policies a latency table prices (the shipped catalog: 5)
+_POLICY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # what an exit policy is called (``exit_policies`` keys)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -158,16 +164,26 @@ class LatencyTable:
     segment_p50_ms: np.ndarray  # [depths, widths] batch 1: depth d's own layers (stem or block) at width w
     head_p50_ms: np.ndarray  # [depths, widths] batch 1: the width-w head at depth d
     provenance: dict = field(default_factory=dict)
+    # exit policy -> [depths, widths] batch-1 ms the anytime runner spends at depth d beyond segment d
+    # and head d (exit score, codebook rounding, threshold test, batch shrinking, a learned scorer,
+    # Python; depth 1 also carries the per-call cost): measured by running the runner
+    # (anytime.builder.measure_exit_overheads); absent (older or predicted tables): 0 for that policy
+    exit_overhead_ms: dict[str, np.ndarray] = field(default_factory=dict)
 
     def exit_path_p50_ms(self) -> np.ndarray:
-        """Batch-1 latency of a sample exiting at depth d (segments and heads up to d)."""
+        """Batch-1 latency of a sample exiting at depth d (segments and heads up to d), without the
+        runner's own work: ``anytime.exits.exit_path_ms`` prices an exit path under a policy."""
         return np.cumsum(self.segment_p50_ms + self.head_p50_ms, axis=0)
 
     def to_json(self) -> dict:
-        return {"device": self.device, "measured": self.measured, "batch_sizes": list(self.batch_sizes),
+        data = {"device": self.device, "measured": self.measured, "batch_sizes": list(self.batch_sizes),
                 "p50_ms": self.p50_ms.tolist(), "p90_ms": self.p90_ms.tolist(),
                 "segment_p50_ms": self.segment_p50_ms.tolist(), "head_p50_ms": self.head_p50_ms.tolist(),
                 "provenance": self.provenance}
+        if self.exit_overhead_ms:  # absent, not empty, in a table without it: older readers see no change
+            data["exit_overhead_ms"] = {policy: np.asarray(table).tolist()
+                                        for policy, table in self.exit_overhead_ms.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: dict, depths: int, widths: int, source: str = "catalog",
@@ -208,8 +224,21 @@ class LatencyTable:
         provenance = data.get("provenance", {})
         if not isinstance(provenance, dict):
             raise CatalogError(f"{source}: {where}.provenance = {_short(provenance)}, expected an object")
+        overheads = data.get("exit_overhead_ms", {})
+        if not isinstance(overheads, dict) or len(overheads) > MAX_EXIT_POLICIES or (whole_models and overheads):
+            raise CatalogError(f"{source}: {where}.exit_overhead_ms = {_short(overheads)}, expected an object of "
+                               f"at most {MAX_EXIT_POLICIES} exit policies"
+                               + (" (a model set has no exits)" if whole_models and overheads else ""))
+        overhead_ms = {}
+        for policy, table in overheads.items():
+            if not _POLICY_NAME.fullmatch(policy):
+                raise CatalogError(f"{source}: {where}.exit_overhead_ms has a key {_short(policy)}, expected an "
+                                   "exit policy's name")
+            key = f"{where}.exit_overhead_ms.{policy}"
+            overhead_ms[policy] = _json_table(source, key, table, grid[1:], integer=False)
+            _check_values(source, key, overhead_ms[policy], overhead_ms[policy] < 0, "an overhead is never negative")
         return cls(name, data["measured"], batch_sizes, tables["p50_ms"], tables["p90_ms"], tables["segment_p50_ms"],
-                   tables["head_p50_ms"], dict(provenance))
+                   tables["head_p50_ms"], dict(provenance), overhead_ms)
 
     def p50(self, spec: SubnetSpec, batch_size: int = 1) -> float:
         return float(self.p50_ms[self.batch_sizes.index(batch_size), spec.depth - 1, spec.width - 1])
@@ -367,6 +396,18 @@ class Catalog:
     def clear_derived(self) -> None:
         """Forget every object computed from this catalog (:meth:`derive`)."""
         self.derived.clear()
+
+    def traces_fingerprint(self) -> str | None:
+        """The recorded sha256 of the archive the traces and exit scores come
+        from, while they are still unread, so exactly as stored (a cache may
+        key what it computes from them by it without reading them); None once
+        they were read (they may have changed in memory since) and for a
+        catalog built in memory."""
+        traces, scores = self.traces, self.exit_scores
+        if (isinstance(traces, _LazyTable) and isinstance(scores, _LazyTable) and traces.stored is scores.stored
+                and traces.stored.values is None):
+            return traces.stored.sha256
+        return None
 
     # ---- lookups --------------------------------------------------------
     def specs(self) -> list[SubnetSpec]:
@@ -650,6 +691,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         roofline = _check_roofline(meta.get("roofline"), depths, widths, source)
         if members and exit_policies:
             raise CatalogError(f"{source}: a model set has no early exits, but exit_policies are given")
+        _check_overhead_policies(latency, exit_policies, source)
     except CatalogError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a checker met a field of the wrong kind
@@ -662,13 +704,20 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         with np.load(npz_path, allow_pickle=False) as arrays:
             if not isinstance(arrays, np.lib.npyio.NpzFile):
                 raise CatalogError(f"cannot read traces from {npz_path}: not an .npz archive")
-            traces, codebooks, exit_scores, exit_settings = _read_traces(
-                _Archive(arrays, str(npz_path)), depths, widths, len(classes), counts, exit_policies)
+            archive = _Archive(arrays, str(npz_path))
+            codebooks = _read_codebooks(archive, exit_policies)
+            _check_trace_headers(archive, depths, widths, counts, exit_policies)
+            exit_settings = None
+            if any(k.startswith("settings/") for k in archive.keys):
+                exit_settings = _read_exit_settings(archive, depths, widths, exit_policies)
     except CatalogError:
         raise
     except Exception as exc:  # zipfile, KeyError, ValueError, EOFError from a damaged archive
         raise CatalogError(f"cannot read traces from {npz_path}: {exc.__class__.__name__}: "
                            f"{_cut(str(exc), 120)}") from None
+    stored = _StoredTraces(npz_path, meta["traces_sha256"], depths, widths, len(classes), counts, exit_policies,
+                           codebooks)
+    traces, exit_scores = _LazyTable(stored, 0, list(counts)), _LazyTable(stored, 1, list(exit_policies))
     if members and exit_settings is not None:
         raise CatalogError(f"{npz_path}: a model set has no early exits, but exit settings are stored")
     return Catalog(net=meta["net"], net_config=meta["net_config"], weights_sha256=meta["weights_sha256"],
@@ -855,6 +904,17 @@ def _check_exit_policies(policies: dict, depths: int, widths: int, counts: dict[
     return checked
 
 
+def _check_overhead_policies(latency: dict[str, LatencyTable], exit_policies: dict, source: str) -> None:
+    """A latency table prices the runner's overhead only of policies this catalog runs: the
+    confidence signals and its learned scorers (``exit_policies``)."""
+    runnable = [p for p in TRACE_POLICIES if p != "oracle"] + list(exit_policies)
+    for device, table in latency.items():
+        unknown = sorted(set(table.exit_overhead_ms) - set(runnable))
+        if unknown:
+            raise CatalogError(f"{source}: latency[{_short(device)}].exit_overhead_ms prices {_short(unknown[0])}, "
+                               f"which this catalog does not run (its exit policies: {', '.join(runnable)})")
+
+
 def _check_scorers_file(value: object, json_path: Path, exit_policies: dict) -> ScorersFile | None:
     """``exit_scorers``: a plain file name beside the JSON, its sha256 and the
     learned policies (of ``exit_policies``) whose weights it holds."""
@@ -920,11 +980,8 @@ class _Archive:
             return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _read_traces(archive: _Archive, depths: int, widths: int, n_classes: int, counts: dict[str, int],
-                 exit_policies: dict[str, tuple[np.ndarray, list[str]]],
-                 ) -> tuple[dict[str, Traces], dict[str, np.ndarray], dict, ExitSettings | None]:
-    """Traces, codebooks, learned exit scores and exit settings from the
-    archive, each array checked against the JSON's sizes and for meaning."""
+def _read_codebooks(archive: _Archive, exit_policies: dict) -> dict[str, np.ndarray]:
+    """Every codebook of the archive, checked: finite, sorted, in its signal's range."""
     source = archive.source
     codebooks = {}
     for key in sorted(k for k in archive.keys if k.startswith("codebook/")):
@@ -938,46 +995,144 @@ def _read_traces(archive: _Archive, depths: int, widths: int, n_classes: int, co
     for name in SIGNALS:
         if name not in codebooks:
             raise CatalogError(f"{source} lacks the codebook of {name!r}")
-    traces = {}
+    for policy, (_, splits) in exit_policies.items():
+        for split in splits:
+            if f"{split}/exit/{policy}/score" not in archive.keys or f"exit/{policy}" not in codebooks:
+                raise CatalogError(f"{source} lacks the {split} scores of exit policy {policy!r}")
+    return codebooks
+
+
+def _trace_arrays(depths: int, widths: int, counts: dict[str, int], exit_policies: dict,
+                  keys: set[str]) -> list[tuple[str, tuple[int, ...], str, str]]:
+    """(key, shape, dtype kinds, what) of every per-sample array the archive
+    holds: labels, predictions and signal codes per split, then the exit
+    scores (codes) and the scorers' own predictions of each exit policy."""
+    arrays = []
     for split, count in counts.items():
         grid = (count, depths, widths)
-        fields = {"labels": archive.read(f"{split}/labels", (count,), "iu"),
-                  "prediction": archive.read(f"{split}/prediction", grid, "iu")}
-        for name in ("labels", "prediction"):
-            values = fields[name]
-            _check_values(source, f"{split}/{name}", values, (values < 0) | (values >= n_classes),
-                          f"not one of the {n_classes} classes")
-            fields[name] = values.astype(np.uint8, copy=False)
-        for name in SIGNALS:
-            codes = archive.read(f"{split}/{name}", grid, "iu")
-            _check_codes(f"{split}/{name}", codes, codebooks[name], source)
-            fields[name] = codebooks[name][codes]
-        traces[split] = Traces(**fields)
+        arrays += [(f"{split}/labels", (count,), "iu", "class"), (f"{split}/prediction", grid, "iu", "class")]
+        arrays += [(f"{split}/{name}", grid, "iu", "code") for name in SIGNALS]
+    for policy, (_, splits) in exit_policies.items():
+        for split in splits:
+            prefix, grid = f"{split}/exit/{policy}", (counts[split], depths, widths)
+            arrays.append((f"{prefix}/score", grid, "iu", "code"))
+            if f"{prefix}/prediction" in keys:
+                arrays.append((f"{prefix}/prediction", grid, "iu", "class"))
+    return arrays
+
+
+def _check_trace_headers(archive: _Archive, depths: int, widths: int, counts: dict[str, int],
+                         exit_policies: dict) -> None:
+    """Every per-sample array is there with the shape and dtype the JSON
+    declares (its ``.npy`` header only: the data is read on first use)."""
+    for key, shape, kinds, what in _trace_arrays(depths, widths, counts, exit_policies, archive.keys):
+        declared, dtype = archive.header(key)
+        if tuple(declared) != shape:
+            raise CatalogError(f"{archive.source}: array {key!r} has shape {_short(declared)}, expected {shape}")
+        if dtype.kind not in kinds or dtype.hasobject:
+            raise CatalogError(f"{archive.source}: array {key!r} has dtype {dtype}, expected kind {kinds!r}")
+        if what == "code" and dtype != np.uint8:
+            raise CatalogError(f"{archive.source}: {key} has dtype {dtype}, expected uint8 codes")
+
+
+def _read_trace_data(archive: _Archive, depths: int, widths: int, n_classes: int, counts: dict[str, int],
+                     exit_policies: dict, codebooks: dict[str, np.ndarray]) -> tuple[dict[str, Traces], dict]:
+    """Traces and learned exit scores from the archive, every value checked:
+    labels and predictions within the classes, codes within their codebook."""
+    source = archive.source
+    values = {}
+    for key, shape, kinds, what in _trace_arrays(depths, widths, counts, exit_policies, archive.keys):
+        array = archive.read(key, shape, kinds)
+        if what == "class":
+            _check_values(source, key, array, (array < 0) | (array >= n_classes), f"not one of the {n_classes} classes")
+            array = array.astype(np.uint8, copy=False)
+        else:
+            codebook = codebooks[f"exit/{key.split('/')[2]}" if "/exit/" in key else key.split("/")[1]]
+            _check_codes(key, array, codebook, source)
+            array = codebook[array]
+        array.flags.writeable = False  # as stored: nothing changes them in place (Catalog.traces_fingerprint)
+        values[key] = array
+    traces = {split: Traces(labels=values[f"{split}/labels"], prediction=values[f"{split}/prediction"],
+                            **{name: values[f"{split}/{name}"] for name in SIGNALS}) for split in counts}
     exit_scores: dict = {}
     for policy, (_, splits) in exit_policies.items():
         exit_scores[policy] = {}
         for split in splits:
             prefix = f"{split}/exit/{policy}"
-            if f"{prefix}/score" not in archive.keys or f"exit/{policy}" not in codebooks:
-                raise CatalogError(f"{source} lacks the {split} scores of exit policy {policy!r}")
-            grid = (counts[split], depths, widths)
-            codes = archive.read(f"{prefix}/score", grid, "iu")
-            _check_codes(f"{prefix}/score", codes, codebooks[f"exit/{policy}"], source)
-            fields = {"score": codebooks[f"exit/{policy}"][codes]}
-            if f"{prefix}/prediction" in archive.keys:
-                prediction = archive.read(f"{prefix}/prediction", grid, "iu")
-                _check_values(source, f"{prefix}/prediction", prediction,
-                              (prediction < 0) | (prediction >= n_classes),
-                              f"not one of the {n_classes} classes")
-                fields["prediction"] = prediction.astype(np.uint8, copy=False)
+            fields = {"score": values[f"{prefix}/score"]}
+            if f"{prefix}/prediction" in values:
+                fields["prediction"] = values[f"{prefix}/prediction"]
             exit_scores[policy][split] = fields
-    exit_settings = None
-    if any(k.startswith("settings/") for k in archive.keys):
-        exit_settings = _read_exit_settings(archive, depths, widths, exit_scores)
-    return traces, codebooks, exit_scores, exit_settings
+    return traces, exit_scores
 
 
-def _read_exit_settings(archive: _Archive, depths: int, widths: int, exit_scores: dict) -> ExitSettings:
+class _StoredTraces:
+    """The per-sample arrays of a loaded catalog (traces and learned exit
+    scores, most of its bytes), read from its archive on first use: a command
+    that only selects never reads them.  Loading has checked the checksum,
+    the codebooks and every array's header; reading checks the checksum
+    again (the file must be the one that was loaded) and every value."""
+
+    def __init__(self, npz_path: Path, sha256: str, depths: int, widths: int, n_classes: int,
+                 counts: dict[str, int], exit_policies: dict, codebooks: dict[str, np.ndarray]):
+        self.npz_path, self.sha256 = npz_path, sha256
+        self.shape = (depths, widths, n_classes)
+        self.counts, self.exit_policies, self.codebooks = counts, exit_policies, codebooks
+        self.values: tuple[dict, dict] | None = None
+
+    def read(self) -> tuple[dict[str, Traces], dict]:
+        if self.values is None:
+            if _sha256(self.npz_path) != self.sha256:
+                raise CatalogError(f"{self.npz_path} changed since its catalog was loaded: load the catalog again")
+            try:
+                with np.load(self.npz_path, allow_pickle=False) as arrays:
+                    self.values = _read_trace_data(_Archive(arrays, str(self.npz_path)), *self.shape,
+                                                   self.counts, self.exit_policies, self.codebooks)
+            except CatalogError:
+                raise
+            except Exception as exc:  # zipfile, ValueError, EOFError from a damaged member
+                raise CatalogError(f"cannot read traces from {self.npz_path}: {exc.__class__.__name__}: "
+                                   f"{_cut(str(exc), 120)}") from None
+        return self.values
+
+
+class _LazyTable(MutableMapping):
+    """``Catalog.traces`` or ``Catalog.exit_scores`` of a loaded catalog: its
+    keys are known from the JSON; the arrays are read on first use
+    (``_StoredTraces``), after which it is a plain mapping."""
+
+    def __init__(self, stored: _StoredTraces, index: int, keys: list[str]):
+        self.stored, self.index, self.known = stored, index, keys
+
+    def data(self) -> dict:
+        return self.stored.read()[self.index]
+
+    def __getitem__(self, key: str):
+        if self.stored.values is None and key not in self.known:
+            raise KeyError(key)
+        return self.data()[key]
+
+    def __setitem__(self, key: str, value) -> None:
+        self.data()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.data()[key]
+
+    def __iter__(self):
+        return iter(self.known if self.stored.values is None else self.data())
+
+    def __len__(self) -> int:
+        return len(self.known if self.stored.values is None else self.data())
+
+    def __contains__(self, key: object) -> bool:
+        return key in (self.known if self.stored.values is None else self.data())
+
+    def __repr__(self) -> str:
+        state = "unread" if self.stored.values is None else "read"
+        return f"<{', '.join(map(str, self))} ({state}) of {self.stored.npz_path.name}>"
+
+
+def _read_exit_settings(archive: _Archive, depths: int, widths: int, exit_policies: dict) -> ExitSettings:
     """Calibrated exit settings: known sub-networks and policies, accuracy
     drops in [0, 1], thresholds finite or +inf (never exit), +inf past the
     sub-network's depth."""
@@ -996,7 +1151,7 @@ def _read_exit_settings(archive: _Archive, depths: int, widths: int, exit_scores
         raise CatalogError(f"catalog exit settings have inconsistent shapes: {exc}") from None
     _check_values(source, "settings/subnet", subnet, (subnet < 0) | (subnet >= depths * widths),
                   f"names no sub-network (out of range 0..{depths * widths - 1})")
-    known = np.asarray(sorted({*TRACE_POLICIES, *exit_scores}))
+    known = np.asarray(sorted({*TRACE_POLICIES, *exit_policies}))
     _check_values(source, "settings/policy", policy, ~np.isin(policy, known),
                   f"not an exit policy of this catalog ({', '.join(known)})")
     _check_values(source, "settings/accuracy_drop", drop, ~((drop >= 0) & (drop <= 1)), "not in [0, 1]")

@@ -208,12 +208,16 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     from anytime.catalog import load_catalog
     from anytime.outputs import ResultsFolder
     from anytime.plots import plot_exit_curves, width_ladder_curve
+    from nets.errors import ConfigError
     from nets.spec import SubnetSpec
 
-    if args.fit:  # before anything is read: where the fitted catalog goes
+    if args.fit and args.recalibrate:
+        raise ConfigError("--fit calibrates the exit settings itself: give --fit or --recalibrate, not both")
+    writes = args.fit or args.recalibrate
+    if writes:  # before anything is read: where the fitted catalog goes
         _refuse_installed_destination(args.out or args.catalog or _shipped_stem(), bool(args.out))
     catalog = load_catalog(args.catalog)
-    if args.fit and args.out:
+    if writes and args.out:
         _check_new_catalog(args.out)  # without --out the fitted catalog replaces its own input
     if args.fit:  # the scorers' weights go beside it: never over a file that is not the catalog's own
         from anytime.calibrate import check_scorers_destination
@@ -223,7 +227,13 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     report_folder.check()  # before the fitting, which takes minutes
     scorers = _fit_exits(args, catalog) if args.fit else None
     spec = SubnetSpec.parse(args.subnet) if args.subnet else SubnetSpec(catalog.depths, catalog.widths)
-    results = calibrate_policies(catalog, spec, tolerance=args.tolerance)
+    if args.recalibrate:  # the exit settings again from the stored val traces: no data, no training
+        from anytime.calibrate import calibrate_ladder
+
+        calibrate_ladder(catalog, progress=not args.quiet and _tty(), calibration=args.calibration,
+                         delta=args.delta)
+    results = calibrate_policies(catalog, spec, tolerance=args.tolerance, calibration=args.calibration,
+                                 delta=args.delta)
     curves = policy_curves(catalog, spec)
     report = {"policies": [r.to_dict() for r in results]}
     if "gate" in curves and "gate_ce" in curves:
@@ -246,6 +256,8 @@ def _cmd_exits(args: argparse.Namespace) -> int:
         from anytime.calibrate import save_fitted
 
         save_fitted(catalog, scorers, args.out or args.catalog or _shipped_stem(), exclude_policies=tuple(args.exclude))
+    elif args.recalibrate:
+        catalog.save(args.out or args.catalog or _shipped_stem())
     print(f"{'policy':10s} {'val acc':>8s} {'test acc':>9s} {'exp. MACs (M)':>14s} {'of full':>8s}")
     for r in results:
         print(f"{r.policy:10s} {100 * r.val_accuracy:8.2f} {100 * r.test_accuracy:9.2f} "
@@ -281,7 +293,7 @@ def _fit_exits(args: argparse.Namespace, catalog):
     check_catalog_data(model, data, catalog)  # the classes, image size and val split the catalog was built on
     progress = not args.quiet and _tty()
     scorers = fit_scorers(model, data, catalog, train_subset=args.train_subset, progress=progress, seed=args.seed)
-    calibrate_ladder(catalog, progress=progress)
+    calibrate_ladder(catalog, progress=progress, calibration=args.calibration, delta=args.delta)
     return scorers
 
 
@@ -438,6 +450,143 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(results_table(load_results(args.out)[0]))
     print(f"results in {args.out}/ (summary.json, results.csv{'' if args.no_report else ', figures/, report.html'})")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Play a scenario for real (``simulator.playback.play``): the runtime serves its requests on one CPU
+    while a load generator plays its background and memory events; the results folder ``simulate`` writes."""
+    from simulator.scenario import load_scenario, parse_policies
+    from simulator.shipped import scenario_path
+
+    scenario = load_scenario(scenario_path(args.scenario))  # a bad scenario is refused before the heavy imports
+    policy = parse_policies([args.policy], "--policy")[0] if args.policy else scenario.policies[0]
+    scenario = scenario.with_overrides(policies=(policy,),
+                                       **({"duration_s": args.duration_s} if args.duration_s else {}))
+    from simulator.playback import check_playable
+
+    check_playable(scenario, policy)  # before the data and the model are loaded
+    from anytime.catalog import load_catalog
+    from nets.data import load_image_folder
+    from simulator.api import results_folder
+    from simulator.engine import scenario_catalog
+    from simulator.playback import play
+    from simulator.records import write_records
+    from simulator.report import draw_report, load_results, results_table, write_results
+
+    catalog = load_catalog(args.catalog) if args.catalog else scenario_catalog(scenario)
+    data = load_image_folder(args.data, cache_dir=_image_cache(args))
+    images, labels = data.split("test")
+    with results_folder(args.out, scenario) as staging:
+        shown = None if args.quiet or not _tty() else (
+            lambda s: print(f"\rplayed {s:.0f} of {scenario.duration_s:g} s", end="", file=sys.stderr))
+        result, records, stats = play(scenario, policy, catalog=catalog, images=images, labels=labels, cpu=args.cpu,
+                                      progress=shown)
+        write_results([result], scenario, staging)
+        write_records(staging / "records.jsonl", records)
+        (staging / "playback.json").write_text(json.dumps(stats.summary(), indent=1))
+        if not args.no_report:
+            draw_report(staging)
+    print(results_table(load_results(args.out)[0]))
+    print(f"results in {args.out}/ (summary.json, results.csv, records.jsonl, playback.json"
+          f"{'' if args.no_report else ', figures/, report.html'})")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Scenarios x policies x seeds (x a grid) in parallel, resumable; means and paired comparisons with intervals."""
+    from simulator.scenario import parse_policies
+    from simulator.sweep import plan_sweep, run_sweep
+
+    policies = parse_policies(args.policies.split(","), "--policies") if args.policies else None
+    seeds = range(args.seeds) if args.seed_list is None else _seed_list(args.seed_list)
+    plan = plan_sweep(args.scenarios, policies, seeds, args.grid, args.max_requests)  # refused before any run
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None and total and not args.quiet and _tty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="runs", unit="run", leave=False)
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        results = run_sweep(plan, args.out, executor=args.executor, workers=args.workers, address=args.address,
+                            progress=progress, report=not args.no_report)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps({"out": str(args.out), "ran": results.ran, "reused": results.reused,
+                          "configs": results.statistics}))
+        return 0
+    print(results.table())
+    found = sum(c.excludes_zero for c in results.comparisons)
+    print(f"{len(results.records)} runs ({results.ran} run now on {results.executor}, {results.reused} already in "
+          f"{args.out}) in {results.wall_s:.1f} s; {found} of {len(results.comparisons)} paired differences "
+          f"exclude zero (comparisons.csv)")
+    print(f"results in {args.out}/ (runs.jsonl, summary.json, summary.csv, comparisons.csv"
+          f"{'' if args.no_report else ', figures/'})")
+    return 0
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    """A fleet: many independent copies of small scenarios, sharded across workers and merged exactly."""
+    from simulator.fleet import load_fleet, run_fleet, write_fleet
+    from simulator.scenario import parse_policies
+
+    fleet = load_fleet(args.fleet)  # a bad fleet (or group scenario) is refused before any work
+    policies = parse_policies(args.policies.split(","), "--policies") if args.policies else None
+    fleet = fleet.with_overrides(policies=policies, duration_s=args.duration_s)
+    from anytime.outputs import ResultsFolder
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None and total and not args.quiet and _tty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="copies", unit="copy", leave=False)
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    # the destination is checked, locked and proven writable before the long work
+    with ResultsFolder(args.out, kind="fleet", details={"fleet": fleet.name}) as staging:
+        try:
+            results = run_fleet(fleet, executor=args.executor, workers=args.workers, address=args.address,
+                                chunk_copies=args.chunk_copies, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        write_fleet(results, staging)
+    if args.json:
+        print(json.dumps({"out": str(args.out), **results.run_info(), "policies": results.summary["policies"]}))
+        return 0
+    info = results.run_info()
+    print(f"fleet {fleet.name}: {fleet.copies:,} copies, {results.devices:,} devices, {results.requests:,} simulated "
+          f"requests ({len(fleet.policies)} policies x {results.requests // max(1, len(fleet.policies)):,}) in "
+          f"{results.wall_s:.1f} s on {len(results.workers)} {results.executor} worker(s)")
+    print("| worker | copies | requests | simulating s (CPU s) | requests/s (per CPU s) | peak memory MB (after its "
+          "first chunk) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for worker in info["workers"]:
+        print(f"| {worker['worker']} | {worker['copies']:,} | {worker['requests']:,} | {worker['busy_s']:.1f} "
+              f"({worker['cpu_s']:.1f}) | {worker['requests_per_s'] or 0:,} ({worker['requests_per_cpu_s'] or 0:,}) | "
+              f"{worker['peak_rss_mb']:.0f} ({worker['first_rss_mb']:.0f}) |")
+    print(results.table())
+    print(f"results in {args.out}/ (summary.json, results.csv, fleet.json)")
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    from nets.errors import ConfigError
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seed-list: expected comma-separated whole numbers, got {text[:80]!r}") from None
 
 
 def _progress_bar(policy: str, total_s: float):
@@ -638,6 +787,8 @@ def _add_models_commands(sub) -> None:
 
 def _add_catalog_commands(sub) -> None:
     """plot-catalog, exits: the commands that read a catalog."""
+    from anytime.risk_control import CALIBRATIONS, DEFAULT_DELTA
+
     p = sub.add_parser("plot-catalog", help="heat maps and the MAC-budget picture of a catalog")
     p.add_argument("catalog", nargs="?", help="catalog stem or file (default: the shipped catalog)")
     p.add_argument("--out", type=Path, default=Path("reports/catalog"),
@@ -674,6 +825,12 @@ def _add_catalog_commands(sub) -> None:
                    help="learned scores left out of the saved catalog (default: gate_ce, report-only)")
     p.add_argument("--subnet", help="sub-network of the report, e.g. d16w8 (default: the full one)")
     p.add_argument("--tolerance", type=float, default=0.003, help="accuracy drop allowed on val when calibrating")
+    p.add_argument("--recalibrate", action="store_true", help="calibrate the scheduler's exit settings again "
+                   "from the catalog's stored val traces (no data needed) and save the catalog (as --fit does)")
+    p.add_argument("--calibration", choices=tuple(CALIBRATIONS), default="learn_then_test",
+                   help="how thresholds are chosen: " + "; ".join(f"{k}: {v}" for k, v in CALIBRATIONS.items()))
+    p.add_argument("--delta", type=float, default=DEFAULT_DELTA,
+                   help="learn_then_test: the probability that the drop exceeds its tolerance")
     p.add_argument("--report", type=Path, default=Path("reports/exits"),
                    help="results folder for the picture and table: new, empty or an earlier one of this "
                         "tool's (default: %(default)s)")
@@ -743,7 +900,7 @@ def _add_scheduler_commands(sub) -> None:
 
 
 def _add_simulator_commands(sub) -> None:
-    """simulate, report: scenarios and their results."""
+    """simulate, sweep, scenarios, report: scenarios and their results."""
     p = sub.add_parser("simulate", help="run a scenario under each of its policies and write results and pictures")
     p.add_argument("scenario", help="a shipped scenario's name (see 'anytime scenarios') or a scenario YAML file")
     p.add_argument("--out", required=True,
@@ -759,6 +916,67 @@ def _add_simulator_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the per-policy summary as JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("serve", help="play a scenario for real: the runtime serves its requests on one CPU while a "
+                                     "load generator plays its load; writes what 'simulate' writes, and the records")
+    p.add_argument("scenario", help="a shipped scenario's name or a scenario YAML file (one fcfs device, no links)")
+    p.add_argument("--out", required=True,
+                   help="results folder: new, empty or an earlier one of this tool's, replaced only when the "
+                        "run succeeds; a folder holding anything else is refused")
+    p.add_argument("--policy", help="the policy served (default: the scenario's first)")
+    p.add_argument("--catalog", help="catalog stem or file, e.g. one retimed on this machine (default: the "
+                                     "scenario's, else the shipped one)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the data set whose test split the catalog's traces are "
+                                                         "of (zip or folder)")
+    p.add_argument("--cache-dir", help="where decoded images are cached (default: images/ in the user cache)")
+    p.add_argument("--cpu", type=int, help="the CPU served on (default: the last this process may use)")
+    p.add_argument("--duration-s", type=float, help="played seconds (default: the scenario's)")
+    p.add_argument("--no-report", action="store_true", help="write results only, no pictures or report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_serve)
+
+    from simulator.sweep import EXECUTORS
+
+    p = sub.add_parser("sweep", help="run scenarios x policies x seeds (x a grid of overrides) in parallel, resumably; "
+                                     "means and paired differences with 95%% intervals")
+    p.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="shipped scenarios' names or scenario YAML files")
+    p.add_argument("--out", required=True,
+                   help="sweep folder: new, empty or an earlier sweep's, whose finished runs are kept and skipped "
+                        "(runs.jsonl); a folder holding anything else is refused")
+    p.add_argument("--policies", help="comma-separated policies instead of each scenario's (default: the scenario's)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (replacing the scenario's seed)")
+    seeds.add_argument("--seed-list", help="comma-separated seeds instead of --seeds (default: none)")
+    p.add_argument("--grid", help="YAML grid of overrides, e.g. 'apps.camera.deadline_ms: [8, 12]' "
+                                  "(default: none, each scenario as it is)")
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="where runs go (default: ray when installed, else process)")
+    p.add_argument("--workers", type=int, help="parallel workers (default: one per CPU, of the cluster with --address)")
+    p.add_argument("--address", help="a Ray cluster to join, e.g. 10.0.0.5:6379 or auto (default: start a local "
+                                     "Ray instance)")
+    p.add_argument("--max-requests", type=int, help="stop each run after N requests (default: none, the whole run)")
+    p.add_argument("--no-report", action="store_true", help="no pictures")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON instead of the tables")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("fleet", help="simulate a fleet (many independent copies of small scenarios, e.g. 1,000 "
+                                     "phones in blocks sharing edge servers) sharded across workers, merged exactly")
+    p.add_argument("fleet", help="a fleet YAML file (docs/FORMATS.md), e.g. scenarios/fleets/city.yaml")
+    p.add_argument("--out", required=True,
+                   help="results folder: new, empty or an earlier one of this tool's, replaced only when the "
+                        "run succeeds; a folder holding anything else is refused")
+    p.add_argument("--policies", help="comma-separated policies instead of the fleet's (default: the fleet's)")
+    p.add_argument("--duration-s", type=float, help="simulated seconds of every copy (default: the fleet's)")
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="where the copies go (default: ray when installed, else process)")
+    p.add_argument("--workers", type=int, help="parallel workers (default: one per CPU, of the cluster with --address)")
+    p.add_argument("--address", help="a Ray cluster to join (default: start a local Ray instance)")
+    p.add_argument("--chunk-copies", type=int, help="copies per task sent to a worker (default: about four tasks "
+                                                    "per worker)")
+    p.add_argument("--json", action="store_true", help="print the run's figures and the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fleet)
 
     p = sub.add_parser("scenarios", help="list the shipped scenarios; 'copy NAME DIR' one for editing; 'schema' "
                                          "prints the scenario format's JSON Schema",

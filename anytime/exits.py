@@ -122,11 +122,19 @@ def exit_setting_row(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_d
 
 def exit_path_ms(catalog: Catalog, device: str, policy: str) -> np.ndarray:
     """``[depths, widths]`` batch-1 ms on ``device`` of a sample that exits at
-    each depth under ``policy``: the segments and heads up to it, plus a gate's
-    or support network's scorer beside each head (timed like one).  What the
-    calibration prices and what the simulator charges."""
+    each depth under ``policy``, as the anytime runner spends it: the
+    segments and heads up to it plus, at every depth passed, the runner's own
+    work there (``LatencyTable.exit_overhead_ms``: the exit score, the
+    threshold test, shrinking the batch, a gate's or support network's scorer,
+    Python), measured by running the runner.  A table without that
+    measurement for ``policy`` (older catalogs, spec-sheet devices) prices it
+    at 0, and a learned scorer like one more head.  The one place an exit
+    path is priced: the calibration, the scheduler and the simulator read it."""
     table = catalog.latency_table(device)
     path = table.exit_path_p50_ms()
+    overhead = table.exit_overhead_ms.get(policy)
+    if overhead is not None:
+        return path + np.cumsum(overhead, axis=0)  # a learned scorer's time is in its measured overhead
     if policy in catalog.exit_extra_macs:
         path = path + np.cumsum(table.head_p50_ms, axis=0)
     return path

@@ -20,6 +20,10 @@ writes a folder does so through :class:`ResultsFolder`:
   are recognised by their manifest and cleaned, or restored, by the next
   run; a folder without the tool's manifest is never touched.
 
+Long work whose results must survive being stopped (``anytime sweep``)
+writes a :class:`GrowingFolder` instead: in place, file by file, each file
+listed in the manifest before it exists, under the same lock and rules.
+
 Torch-free: the simulator and the scheduler's commands use it too.
 """
 
@@ -43,10 +47,12 @@ from nets.errors import OutputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST", "OutputError", "ResultsFolder", "is_results_folder", "read_manifest", "write_new_file"]
+__all__ = ["MANIFEST", "GrowingFolder", "OutputError", "ResultsFolder", "is_results_folder", "read_manifest",
+           "write_new_file"]
 
 MANIFEST = ".anytime-manifest.json"
 _STAGING, _OLD, _LOCK = ".partial", ".old", ".lock"
+_TMP = ".tmp-"  # a file written whole is first ".NAME.tmp-PID" beside it (GrowingFolder.write)
 _FRESH = ".new-"  # prefix of the private folder a run makes before it becomes the staging folder
 
 
@@ -117,6 +123,59 @@ def check_destination(out: Path) -> dict | None:
     return manifest
 
 
+def _destination(out: str | Path) -> Path:
+    """``out`` as an absolute path, refused when no folder can have that name."""
+    if "\0" in str(out) or any(len(os.fsencode(part)) > 255 for part in Path(out).parts):
+        raise OutputError(f"{str(out)[:60]!r}: not a usable folder name (NUL byte or a name over 255 bytes)")
+    absolute = Path(os.path.abspath(out))  # "x/.." becomes the real parent, and is judged as such
+    if not absolute.name:
+        raise OutputError(f"{out!s:.80} is a file system root; choose a folder inside it")
+    return absolute
+
+
+def _lock(out: Path) -> int:
+    """Take the lock of destination ``out`` (``.NAME.lock`` beside it, an
+    ``flock`` the kernel releases if the process dies); refuse at once when
+    another run holds it.  Returns the lock file's descriptor."""
+    lock_path = _sibling(out, _LOCK)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"another anytime run is writing {out}; wait for it to finish") from None
+        # the lock file may have been removed by the previous holder between
+        # our open and our lock: then we locked a dead inode; try again
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _unlock(out: Path, fd: int) -> None:
+    _sibling(out, _LOCK).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def _check_parent(out: Path) -> None:
+    parent = out.parent
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {parent}: permission denied or not a folder")
+
+
+def _write_manifest(folder: Path, kind: str, status: str, files: list[str], details: dict) -> None:
+    manifest = {"tool": "anytime", "kind": kind, "status": status, "files": files,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **details}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(folder / MANIFEST)
+
+
 class ResultsFolder:
     """Write a results folder crash-safely::
 
@@ -129,11 +188,7 @@ class ResultsFolder:
     """
 
     def __init__(self, out: str | Path, kind: str, details: dict | None = None):
-        if "\0" in str(out) or any(len(os.fsencode(part)) > 255 for part in Path(out).parts):
-            raise OutputError(f"{str(out)[:60]!r}: not a usable folder name (NUL byte or a name over 255 bytes)")
-        self.out = Path(os.path.abspath(out))  # "x/.." becomes the real parent, and is judged as such
-        if not self.out.name:
-            raise OutputError(f"{out!s:.80} is a file system root; choose a folder inside it")
+        self.out = _destination(out)
         self.kind = kind
         self.details = details or {}
         self.staging = _sibling(self.out, _STAGING)
@@ -141,29 +196,11 @@ class ResultsFolder:
 
     # -- locking ------------------------------------------------------------
     def _acquire(self) -> None:
-        lock_path = _sibling(self.out, _LOCK)
-        while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise OutputError(f"another anytime run is writing {self.out}; wait for it to finish") from None
-            # the lock file may have been removed by the previous holder between
-            # our open and our lock: then we locked a dead inode; try again
-            try:
-                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._lock_file = fd
-                return
-            os.close(fd)
+        self._lock_file = _lock(self.out)
 
     def _release(self) -> None:
         if self._lock_file is not None:
-            _sibling(self.out, _LOCK).unlink(missing_ok=True)
-            os.close(self._lock_file)
+            _unlock(self.out, self._lock_file)
             self._lock_file = None
 
     # -- leftovers ----------------------------------------------------------
@@ -193,11 +230,12 @@ class ResultsFolder:
     def check(self) -> None:
         """Raise :class:`OutputError` now if the destination could not take
         the results (for commands that work long before they write)."""
-        parent = self.out.parent
-        existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
-        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write into {parent}: permission denied or not a folder")
+        _check_parent(self.out)
         check_destination(self.out)
+        earlier = read_manifest(self.out) if self.out.is_dir() else None
+        if earlier is not None and earlier.get("kind") != self.kind:  # e.g. a sweep's runs, which took hours
+            raise OutputError(f"{self.out} holds results of 'anytime {earlier.get('kind')}', not of "
+                              f"'anytime {self.kind}'; choose another folder (nothing was changed)")
 
     def __enter__(self) -> Path:
         self.check()  # refuses a foreign destination before anything is created beside it
@@ -228,11 +266,7 @@ class ResultsFolder:
 
     def _write_manifest(self, folder: Path, status: str) -> None:
         files = sorted(_files_in(folder) - {MANIFEST}) if status == "complete" else []
-        manifest = {"tool": "anytime", "kind": self.kind, "status": status, "files": files,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.details}
-        tmp = folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        tmp.replace(folder / MANIFEST)
+        _write_manifest(folder, self.kind, status, files, self.details)
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -257,6 +291,115 @@ class ResultsFolder:
         self.out.rename(old)  # old results complete under a name _recover knows
         self.staging.rename(self.out)
         shutil.rmtree(old)
+
+
+class GrowingFolder:
+    """A results folder written in place, file by file, for long work that
+    must survive being stopped (``anytime sweep``'s ``runs.jsonl``, appended
+    run by run, is read back to resume)::
+
+        with GrowingFolder(out, kind="sweep") as folder:
+            log = folder.open_append("runs.jsonl")   # listed in the manifest before it exists
+            folder.write("summary.json", text)       # atomically (beside, then rename)
+
+    The same rules as :class:`ResultsFolder`: the destination must be new,
+    empty or a folder of the tool's *of the same kind* holding nothing but
+    what its manifest lists; it is locked while open; every file is listed in
+    the manifest before it is created, so the next run recognises all of it
+    (and removes only the temporary files of a listed name that a killed
+    write left).  Nothing is swapped or deleted: a stopped run leaves the
+    folder as far as it got, marked ``status: growing``; a finished one
+    ``complete``.
+    """
+
+    def __init__(self, out: str | Path, kind: str, details: dict | None = None):
+        self.out = _destination(out)
+        self.kind = kind
+        self.details = details or {}
+        self.files: set[str] = set()
+        self._lock_file: int | None = None
+
+    def __enter__(self) -> "GrowingFolder":
+        _check_parent(self.out)
+        earlier = read_manifest(self.out) if self.out.is_dir() and not self.out.is_symlink() else None
+        if earlier is None:
+            check_destination(self.out)  # a foreign folder is refused before anything is made beside it
+        self._check_kind(earlier)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _lock(self.out)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {self.out.parent}: {exc.strerror}") from None
+        try:
+            manifest = read_manifest(self.out) if self.out.is_dir() else None
+            if manifest is not None:
+                self._remove_torn_writes(manifest)
+            manifest = check_destination(self.out)  # under the lock: what it holds now
+            self._check_kind(manifest)
+            self.files = set(manifest["files"]) if manifest else set()
+            self.out.mkdir(exist_ok=True)
+            self._mark("growing")
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self._mark("complete" if kind is None else "growing")
+        finally:
+            self._release()
+
+    def path(self, name: str) -> Path:
+        """The path of file ``name`` (relative, '/'-separated), listed in the
+        manifest from now on; its folders are made."""
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or name == MANIFEST:
+            raise OutputError(f"{name!r}: not a file name inside the results folder")
+        if name not in self.files:
+            self.files.add(name)
+            self._mark("growing")
+        path = self.out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def open_append(self, name: str):
+        """File ``name`` opened to append bytes (created when missing)."""
+        return open(self.path(name), "ab")
+
+    def write(self, name: str, data: bytes | str) -> Path:
+        """Write file ``name`` whole, atomically: beside it, synced, then renamed."""
+        path = self.path(name)
+        tmp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        return path
+
+    def _check_kind(self, manifest: dict | None) -> None:
+        if manifest is not None and manifest.get("kind") != self.kind:
+            raise OutputError(f"{self.out} holds results of 'anytime {manifest.get('kind')}', not of "
+                              f"'anytime {self.kind}'; choose another folder (nothing was changed)")
+
+    def _remove_torn_writes(self, manifest: dict) -> None:
+        """Temporary files of listed names that a killed :meth:`write` left."""
+        for name in manifest["files"]:
+            path = self.out / name
+            for tmp in path.parent.glob(f"{glob.escape('.' + path.name + _TMP)}*"):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink()
+                    log.info("removed the temporary file of an interrupted write: %s", tmp)
+
+    def _mark(self, status: str) -> None:
+        _write_manifest(self.out, self.kind, status, sorted(self.files), self.details)
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            _unlock(self.out, self._lock_file)
+            self._lock_file = None
 
 
 def write_new_file(path: str | Path, data: bytes | str, replace: bool = False) -> Path:

@@ -40,11 +40,31 @@ import numpy as np
 from anytime.exits import PathTraces, calibrate_for_accuracy, exit_depths_many, no_exit
 from nets.errors import ConfigError
 
-__all__ = ["GuaranteedThresholds", "binomial_cdf", "calibrate_with_guarantee", "check_risk_args", "flip_counts",
-           "hb_pvalue", "learn_then_test", "resplit_study", "sequential_family"]
+__all__ = ["CALIBRATIONS", "DEFAULT_DELTA", "GuaranteedThresholds", "binomial_cdf", "calibrate_with_guarantee", "check_risk_args", "flip_counts",
+           "hb_pvalue", "learn_then_test", "resplit_study", "sequential_family", "thresholds_for_drop"]
 
 log = logging.getLogger(__name__)
 PVALUES = ("hb", "binomial")
+
+CALIBRATIONS = {
+    "point_estimate": "thresholds tuned on val until the val accuracy drop reaches the tolerance",
+    "learn_then_test": "Learn then Test: the drop exceeds the tolerance with probability at most delta",
+}
+DEFAULT_DELTA = 0.1  # Learn then Test's risk: P(drop > tolerance) <= delta
+
+
+def thresholds_for_drop(path: PathTraces, drop: float, calibration: str = "point_estimate",
+                        delta: float = DEFAULT_DELTA, full_accuracy: float | None = None) -> np.ndarray:
+    """Thresholds of ``path`` (val traces) for a tolerated accuracy drop by
+    ``calibration`` (a name of ``CALIBRATIONS``): the point estimate's drop
+    from ``full_accuracy`` (default: the path's own at its last depth),
+    Learn then Test's from the path's own answers at its last depth."""
+    if calibration == "point_estimate":
+        full = float(path.correct[:, -1].mean()) if full_accuracy is None else full_accuracy
+        return calibrate_for_accuracy(path, full - drop)
+    if calibration == "learn_then_test":
+        return calibrate_with_guarantee(path, drop, delta).thresholds
+    raise ConfigError(f"unknown calibration {calibration!r}; use one of {', '.join(CALIBRATIONS)}")
 
 
 def check_risk_args(tolerance: float, delta: float, n: int) -> None:

@@ -3,7 +3,11 @@
 ``AnytimeRunner`` executes the extracted sub-network at width c depth by depth;
 after each depth it evaluates that depth's head (and gate or support network)
 on the samples still running, and the samples whose score reaches the
-threshold leave the batch, so the batch shrinks as it goes deeper.  It returns
+threshold leave the batch, so the batch shrinks as it goes deeper.  Run
+without exits (policy ``"none"``), it evaluates only the last head: the
+others could never answer.  What it spends per depth beyond the layers and
+the head is measured into the catalog (``LatencyTable.exit_overhead_ms``) and
+priced by ``anytime.exits.exit_path_ms``.  It returns
 each sample's prediction, exit depth and MACs spent.  Signals are rounded to
 the catalog's codebook before they are compared, exactly as the stored traces
 were, so runtime decisions reproduce the traces the thresholds were
@@ -56,6 +60,7 @@ class RunResult:
     macs: np.ndarray  # [B] MACs spent on each sample
     answered: np.ndarray  # [B] bool
     timed_out: np.ndarray  # [B] bool: answered by the deadline, not by the policy or the last depth
+    score: np.ndarray | None = None  # [B] float: the policy's exit score where each sample answered (NaN: none)
 
 
 class AnytimeRunner:
@@ -63,9 +68,9 @@ class AnytimeRunner:
 
     def __init__(self, model: DNNet, spec: SubnetSpec, policy: str, thresholds: np.ndarray, catalog: Catalog,
                  gates: list[DepthGates] | None = None, support: SupportNetworks | None = None):
-        if policy not in POLICIES or policy == "oracle":
+        if (policy not in POLICIES and policy != NO_EXIT) or policy == "oracle":
             raise ConfigError(f"cannot run exit policy {policy!r}; runnable: "
-                              f"{', '.join(p for p in POLICIES if p != 'oracle')}")
+                              f"{', '.join(p for p in POLICIES if p != 'oracle')} or {NO_EXIT!r} (no exits)")
         if policy in ("gate", "gate_ce") and gates is None:
             raise ConfigError(f"policy {policy!r} needs the trained gates")
         if policy == "support" and support is None:
@@ -73,18 +78,25 @@ class AnytimeRunner:
         spec.check_within(model.depths, model.widths)
         if len(thresholds) != spec.depth:
             raise ConfigError(f"{len(thresholds)} thresholds given for a path of {spec.depth} depths")
+        if policy == NO_EXIT and not np.all(np.asarray(thresholds, dtype=np.float64) == np.inf):
+            raise ConfigError(f"a sub-network run without exits ({NO_EXIT!r}) has no thresholds but +inf")
         _check_scorers_fit(model, spec, gates if policy in ("gate", "gate_ce") else None,
                            support if policy == "support" else None)
         self.spec, self.policy, self.gates, self.support = spec, policy, gates, support
         self.thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32))
         extracted = model.extract(spec).eval()
         self.segments: list[nn.Module] = [nn.Sequential(*extracted[:4])] + list(extracted[4:4 + spec.depth - 1])
-        self.heads = [model.heads[d].as_module(spec.width).eval() for d in range(spec.depth)]
+        # without exits only the last head runs: the others could never answer (a plain sub-network
+        # interrupted by its deadline has no answer, as the simulator and the runtime treat it)
+        self.heads = [model.heads[d].as_module(spec.width).eval()
+                      if policy != NO_EXIT or d == spec.depth - 1 else None for d in range(spec.depth)]
         self.full_channels = list(model.depth_channels)
         w = spec.width - 1
         cost = catalog.costs["exit_path_macs"][: spec.depth, w].astype(np.int64)
         if policy in catalog.exit_extra_macs:
             cost = cost + np.cumsum(catalog.exit_extra_macs[policy][: spec.depth, w])
+        if policy == NO_EXIT:
+            cost[-1] = catalog.costs["macs"][spec.depth - 1, w]  # the extracted sub-network, one head
         self.path_macs = cost
         signal = {"max_prob": "top1_prob", "entropy": "entropy", "margin": "margin"}.get(policy, f"exit/{policy}")
         codebook = catalog.codebooks.get(signal)
@@ -135,6 +147,7 @@ class AnytimeRunner:
         prediction = torch.full((batch,), -1, dtype=torch.long)
         exit_depth = torch.zeros(batch, dtype=torch.long)
         timed_out = torch.zeros(batch, dtype=torch.bool)
+        exit_score = torch.full((batch,), math.nan)
         running = torch.arange(batch)
         h = images
         last = self.spec.depth - 1
@@ -143,12 +156,19 @@ class AnytimeRunner:
                 timed_out[running] = exit_depth[running] > 0
                 break
             h = segment(h)
+            if self.heads[depth] is None:  # no exit here (a sub-network without exits)
+                continue
+            if self.policy == NO_EXIT:  # its last depth: the answer alone, no exit score
+                prediction[running] = self.heads[depth](h).argmax(-1)
+                exit_depth[running] = depth + 1
+                break
             pooled = h.mean(dim=(2, 3))  # what the gates read
             logits = self.heads[depth](h)
             score, answer = self._score(depth, logits, pooled)
             # the last answer passed so far: what an interrupted sample returns
             prediction[running] = answer
             exit_depth[running] = depth + 1
+            exit_score[running] = score.float()
             if depth == last:
                 break
             leaving = score >= self.thresholds[depth]
@@ -159,7 +179,8 @@ class AnytimeRunner:
                     break
         depth_index = (exit_depth - 1).clamp_min(0).numpy()
         macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
-        return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy())
+        return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy(),
+                         exit_score.numpy())
 
 
 def _check_scorers_fit(model: DNNet, spec: SubnetSpec, gates: list[DepthGates] | None,
@@ -207,7 +228,7 @@ def runner_for(catalog: Catalog, choice: SubnetSpec | str | object, policy: str 
     """The :class:`AnytimeRunner` of an option ``catalog`` offers, in one call.
 
     ``choice`` is a sub-network (``"d16w8"`` or a ``SubnetSpec``) with a
-    ``policy`` (None or ``"none"``: no exits) and its ``thresholds`` (per
+    ``policy`` (None or ``"none"``: no exits; only the last head runs) and its ``thresholds`` (per
     depth) or the ``accuracy_drop`` of one of the catalog's calibrated exit
     settings; or an option the scheduler chose (``Option``, ``Selection``).
     The network comes from ``catalog.load_net(weights)`` unless ``model`` is
@@ -215,7 +236,7 @@ def runner_for(catalog: Catalog, choice: SubnetSpec | str | object, policy: str 
     ``scorers`` are given; both are loaded once per catalog and kept on it."""
     spec, policy, thresholds = _choice(choice, policy, thresholds)
     if policy is None or policy == NO_EXIT:
-        policy, thresholds = "max_prob", np.full(spec.depth, np.inf, dtype=np.float32)
+        policy, thresholds = NO_EXIT, np.full(spec.depth, np.inf, dtype=np.float32)
     elif policy in LEARNED_POLICIES and policy not in catalog.exit_scores:
         raise CatalogError(f"the catalog of {catalog.net} offers no {policy!r} exits (learned policies: "
                            f"{', '.join(catalog.exit_scores) or 'none'})")

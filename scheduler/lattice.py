@@ -17,9 +17,10 @@ import networkx as nx
 from anytime.catalog import Catalog
 from nets.spec import SubnetSpec
 from scheduler.errors import InfeasibleBudget
+from scheduler.options import DECISION_SPLIT
 
 
-def build_lattice(catalog: Catalog, split: str = "test") -> nx.DiGraph:
+def build_lattice(catalog: Catalog, split: str = DECISION_SPLIT) -> nx.DiGraph:
     accuracy = catalog.accuracy(split)
     graph = nx.DiGraph()
     for spec in catalog.specs():

@@ -4,10 +4,13 @@ costs on every device.  ``OptionTable`` holds them all as parallel arrays (the
 fast paths scan these); ``Option`` is one of them on one device, the type by
 which selection, allocation, switching and the simulator name a choice.
 
-Expectations and quantiles come from the catalog's per-sample test traces:
-each option's distribution of exit depths over the 10,000 test samples
-(thresholds were calibrated on the validation split, so these are honest
-estimates).  Costs per option and device:
+Expectations and quantiles come from the catalog's per-sample validation
+traces (``DECISION_SPLIT``): each option's distribution of exit depths and
+its accuracy over the validation samples, the split its thresholds were
+calibrated on.  Everything a decision may use comes from there; the test
+split grades decisions (the simulator's requests carry test samples) and no
+decision sees it.
+Costs per option and device:
 
 * ``macs``: expected exit-path MACs (heads and scorers on the way included);
 * ``latency`` at quantile q: without exits, the measured p50 (q = 0.5) or p90
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anytime.catalog import Catalog, LatencyTable
-from anytime.exits import exit_depths_many, path_traces
+from anytime.exits import exit_depths_many, exit_path_ms, path_traces
 from anytime.latency_model import load_active_power, table_power_w
 from anytime.user_cache import cached_arrays, content_key
 from nets.spec import SubnetSpec
@@ -35,6 +38,9 @@ from scheduler.budget import QUANTILES, Budget
 from scheduler.errors import BudgetError, UnknownDeviceError
 
 NO_EXIT = "none"
+# the split whose traces every decision reads (expected accuracies, exit-depth mixes, latency
+# quantiles); the simulator grades requests on the test split, which no decision may see
+DECISION_SPLIT = "val"
 
 # Option families: the subsets of options a policy may choose from, so that the
 # nested scheduler and its restricted rivals are compared on one table.
@@ -70,7 +76,7 @@ class Option:
     spec: SubnetSpec
     policy: str  # exit policy; NO_EXIT for none
     thresholds: tuple[float, ...] | None  # per depth 1..spec.depth; None without exits
-    expected_accuracy: float  # top-1 on the test traces
+    expected_accuracy: float  # top-1 on the validation traces (DECISION_SPLIT)
     expected_macs: float
     memory_bytes: float  # float32 weights reachable on the path + peak activations
     device: str  # the latency table the times below come from
@@ -107,7 +113,7 @@ class OptionTable:
     def _list_options(self, catalog: Catalog) -> None:
         """One row per sub-network without exits, then one per calibrated exit
         setting, with its distribution of exit depths and accuracy over the
-        test traces."""
+        decision split's traces (``DECISION_SPLIT``)."""
         depths, specs = catalog.depths, self._specs
         n_specs = len(specs)
         subnet = list(range(n_specs))
@@ -116,17 +122,19 @@ class OptionTable:
         thresholds = [np.full(depths, np.inf, dtype=np.float32)] * n_specs
         histograms = np.zeros((n_specs, depths))
         histograms[np.arange(n_specs), [s.depth - 1 for s in specs]] = 1.0
-        accuracy = list(catalog.accuracy("test").ravel())
-        rows = [histograms]
         settings = catalog.exit_settings
-        if settings is not None and len(settings):
-            exit_hist, exit_accuracy = _cached_exit_behaviour(catalog, specs, settings)
+        if settings is not None and not len(settings):
+            settings = None
+        behaviour = _cached_decision_behaviour(catalog, specs, settings, DECISION_SPLIT)
+        accuracy = list(behaviour["subnet_accuracy"].ravel())
+        rows = [histograms]
+        if settings is not None:
             subnet += settings.subnet.tolist()
             policy += [str(p) for p in settings.policy]
             drop += settings.accuracy_drop.tolist()
             thresholds += list(settings.thresholds)
-            rows.append(exit_hist)
-            accuracy += exit_accuracy.tolist()
+            rows.append(behaviour["exit_histogram"])
+            accuracy += behaviour["exit_accuracy"].tolist()
         self.subnet = np.asarray(subnet, dtype=np.int64)
         self.policy = np.asarray(policy)
         self.accuracy_drop = np.asarray(drop)
@@ -167,9 +175,9 @@ class OptionTable:
         whole_p90 = table.p90_ms[0][last, w]
         tail = np.maximum(whole_p90 / np.maximum(whole_p50, 1e-12), 1.0)
         path_ms = table.exit_path_p50_ms()[:, w].T  # [n, depths]
-        for name in self.catalog.exit_extra_macs:  # a scorer costs about what a head costs
+        for name in set(self.policy[has_exits].tolist()):  # as the runner spends it (anytime.exits.exit_path_ms)
             rows_with = self.policy == name
-            path_ms[rows_with] += np.cumsum(table.head_p50_ms[:, w[rows_with]].T, axis=1)
+            path_ms[rows_with] = exit_path_ms(self.catalog, table.device, name)[:, w[rows_with]].T
         cumulative = np.cumsum(self.exit_histogram, axis=1)
         latency = {}
         for q in QUANTILES:
@@ -264,38 +272,52 @@ def option_table(catalog: Catalog) -> OptionTable:
     return catalog.derive("option_table", OptionTable)
 
 
-EXIT_BEHAVIOUR_VERSION = "1"  # bump when _exit_behaviour's meaning changes: old cache entries are then never read
+EXIT_BEHAVIOUR_VERSION = "2"  # bump when _decision_behaviour's meaning changes: old cache entries are then never read
 
 
-def _cached_exit_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings) -> tuple[np.ndarray, np.ndarray]:
-    """``_exit_behaviour``, kept in the user's cache (``anytime.user_cache``)
-    under a hash of everything it reads: the test traces, the learned exit
-    scores on them and the settings.  It is most of the time of building a
-    table (seconds), and a command such as ``anytime select`` builds one."""
-    test = catalog.traces["test"]
-    parts = [EXIT_BEHAVIOUR_VERSION, str(catalog.depths), str(catalog.widths), *test.arrays().values(),
-             settings.subnet, settings.policy.astype("U16"), settings.thresholds]
-    for policy in sorted(catalog.exit_scores):
-        parts += [policy, *[catalog.exit_scores[policy].get("test", {}).get(k, np.zeros(0))
-                            for k in ("score", "prediction")]]
-    shape = (len(settings), catalog.depths)
+def _cached_decision_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings, split: str
+                               ) -> dict[str, np.ndarray]:
+    """The accuracy of every sub-network and every exit setting's exit-depth
+    distribution and accuracy on ``split``, kept in the user's cache
+    (``anytime.user_cache``) under a hash of everything they are computed
+    from: the traces and learned exit scores (by the archive's recorded
+    sha256 while they are unread, ``Catalog.traces_fingerprint``, so that a
+    warm ``anytime select`` reads no traces at all; else by their bytes) and
+    the settings.  Computing them is most of the time of building a table."""
+    fingerprint = catalog.traces_fingerprint()
+    parts = [EXIT_BEHAVIOUR_VERSION, split, str(catalog.depths), str(catalog.widths)]
+    if settings is not None:
+        parts += [settings.subnet, settings.policy.astype("U16"), settings.thresholds]
+    if fingerprint is not None:
+        parts.append("stored:" + fingerprint)
+    else:
+        parts += [*catalog.traces[split].arrays().values()]
+        for policy in sorted(catalog.exit_scores):
+            parts += [policy, *[catalog.exit_scores[policy].get(split, {}).get(k, np.zeros(0))
+                                for k in ("score", "prediction")]]
+    n_settings = 0 if settings is None else len(settings)
+    shapes = {"subnet_accuracy": (catalog.depths, catalog.widths), "exit_histogram": (n_settings, catalog.depths),
+              "exit_accuracy": (n_settings,)}
 
     def valid(found: dict[str, np.ndarray]) -> bool:
-        return (set(found) == {"exit_histogram", "accuracy"} and found["exit_histogram"].shape == shape
-                and found["accuracy"].shape == shape[:1]
+        return (set(found) == set(shapes) and all(found[k].shape == shape for k, shape in shapes.items())
                 and all(np.isfinite(a).all() and a.dtype == np.float64 for a in found.values()))
 
     def compute() -> dict[str, np.ndarray]:
-        histogram, accuracy = _exit_behaviour(catalog, specs, settings)
-        return {"exit_histogram": histogram, "accuracy": accuracy}
+        found = {"subnet_accuracy": catalog.accuracy(split).astype(np.float64)}
+        if settings is None:
+            found.update(exit_histogram=np.zeros(shapes["exit_histogram"]), exit_accuracy=np.zeros(0))
+        else:
+            found["exit_histogram"], found["exit_accuracy"] = _exit_behaviour(catalog, specs, settings, split)
+        return found
 
-    found = cached_arrays("option-exits", content_key(parts), compute, valid)
-    return found["exit_histogram"], found["accuracy"]
+    return cached_arrays("option-behaviour", content_key(parts), compute, valid)
 
 
-def _exit_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings) -> tuple[np.ndarray, np.ndarray]:
+def _exit_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings, split: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Every exit setting's distribution of exit depths [settings, depths]
-    and accuracy [settings] over the test traces.  The settings of one
+    and accuracy [settings] over a split's traces.  The settings of one
     (sub-network, policy) share a path and are evaluated together."""
     exit_hist = np.zeros((len(settings), catalog.depths))
     exit_accuracy = np.zeros(len(settings))
@@ -304,7 +326,7 @@ def _exit_behaviour(catalog: Catalog, specs: list[SubnetSpec], settings) -> tupl
         groups.setdefault((int(settings.subnet[i]), str(settings.policy[i])), []).append(i)
     for (subnet, policy), members in groups.items():
         spec = specs[subnet]
-        path = path_traces(catalog, spec, policy, "test")
+        path = path_traces(catalog, spec, policy, split)
         exits = exit_depths_many(path.score, settings.thresholds[members, : spec.depth])  # [settings, N]
         k, n = exits.shape
         counts = np.bincount((exits + spec.depth * np.arange(k)[:, None]).ravel(), minlength=k * spec.depth)

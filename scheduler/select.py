@@ -23,7 +23,7 @@ from anytime.catalog import Catalog, shipped_catalog
 from scheduler.budget import Budget
 from scheduler.cache import LruCache
 from scheduler.errors import BudgetError, InfeasibleBudget, UnknownDeviceError
-from scheduler.options import NO_EXIT, Option, OptionTable, option_table, pareto_front
+from scheduler.options import DECISION_SPLIT, NO_EXIT, Option, OptionTable, option_table, pareto_front
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Selection:
                 else f"model {self.model_name} ({catalog.members[self.spec.width - 1]['architecture']}, "
                      f"{self.spec.width} of the {catalog.widths} models of {catalog.net} by MACs)")
         lines = [f"Run {what} with {exits}.",
-                 f"Expected top-1 accuracy {100 * self.expected_accuracy:.2f}% (test traces).",
+                 f"Expected top-1 accuracy {100 * self.expected_accuracy:.2f}% ({DECISION_SPLIT} traces).",
                  f"Expected {self.expected_macs / 1e6:.2f} M MACs; latency {self.latency_ms:.2f} ms at "
                  f"p{round(100 * self.latency_quantile)} on {self.device} with {100 * self.budget.share:.0f}% of it; "
                  f"{self.memory_bytes / 1e6:.2f} MB of memory; {self.energy_mj:.3f} mJ (modelled)."]

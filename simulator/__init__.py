@@ -21,14 +21,17 @@ if TYPE_CHECKING:
     from simulator.report import draw_report, load_results, write_results
     from simulator.scenario import Scenario, ScenarioError, load_scenario
     from simulator.shipped import scenario_path, shipped_scenarios
+    from simulator.fleet import run_fleet
+    from simulator.sweep import run_sweep
 
 __all__ = ["RunResult", "Scenario", "ScenarioError", "SimulationResults", "draw_report", "load_results",
-           "load_scenario", "run", "scenario_path", "shipped_scenarios", "write_results"]
+           "load_scenario", "run", "run_fleet", "run_sweep", "scenario_path", "shipped_scenarios", "write_results"]
 
 _LAZY = {"SimulationResults": "simulator.api", "run": "simulator.api", "RunResult": "simulator.engine",
          "draw_report": "simulator.report", "load_results": "simulator.report", "write_results": "simulator.report",
          "Scenario": "simulator.scenario", "ScenarioError": "simulator.scenario", "load_scenario": "simulator.scenario",
-         "scenario_path": "simulator.shipped", "shipped_scenarios": "simulator.shipped"}
+         "scenario_path": "simulator.shipped", "shipped_scenarios": "simulator.shipped", "run_sweep": "simulator.sweep",
+         "run_fleet": "simulator.fleet"}
 
 
 def __getattr__(name: str):

@@ -123,10 +123,11 @@ def cumulative_ms(catalog: Catalog, table: OptionTable, rows: np.ndarray, profil
     cum = latency.exit_path_p50_ms()[:, w].T.astype(np.float64)
     if oracle:
         return cum
-    for policy in catalog.exit_extra_macs:
-        with_scorer = table.policy[rows] == policy
-        cum[with_scorer] = exit_path_ms(catalog, profile, policy)[:, w[with_scorer]].T
-    plain = table.policy[rows] == NO_EXIT
+    policies = table.policy[rows]
+    for policy in sorted(set(policies.tolist()) - {NO_EXIT}):  # the one price of an exit path, overheads included
+        under = policies == policy
+        cum[under] = exit_path_ms(catalog, profile, policy)[:, w[under]].T
+    plain = policies == NO_EXIT
     segments = np.cumsum(latency.segment_p50_ms[:, w[plain]].T, axis=1)
     last = depth[plain] - 1
     scale = latency.p50_ms[0, last, w[plain]] / segments[np.arange(len(last)), last]

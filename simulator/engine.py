@@ -17,6 +17,16 @@ checks that these add up to the arrivals.
 Memory stays flat however many requests run: requests are not kept after
 they end; latencies go to a fixed log-spaced histogram, device time to fixed
 time bins.
+
+Speed (a sweep's cost is the cost per request): a request costs one SimPy
+event for its arrival (the app's arrival event, once fired, is scheduled
+again for its next arrival) and its share of its device's timer events
+(``simulator.devices``); arrival gaps are drawn in blocks
+(``simulator.workloads``); an unsplit request's arrival and answer are
+written out inline (``_arrive``, ``_stage_done``).  These paths do the same
+floating-point operations in the same order as the plain ones, so a run's
+results do not depend on them (``scripts/summaries_digest.py`` checks every
+shipped scenario under every policy).
 """
 
 from __future__ import annotations
@@ -29,9 +39,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import simpy
+from simpy.events import NORMAL, Event
 
 from anytime.catalog import Catalog, load_catalog, shipped_catalog
 from anytime.devices_file import add_user_devices
@@ -39,7 +51,7 @@ from anytime.latency_model import load_active_power, table_power_w
 from nets.errors import AnytimeError
 from scheduler.options import Option, OptionTable, option_table
 from simulator.behaviour import Behaviour, BehaviourCache
-from simulator.devices import Device, Job
+from simulator.devices import Device, Job, Wake
 from simulator.policies import Policy, make_policy, model_set_refusal
 from simulator.scenario import EVENTS, AppSpec, DeviceSpec, LinkSpec, Scenario, ScenarioError, split_label
 from simulator.topology import build_topology
@@ -98,6 +110,22 @@ class DeviceState:
 
     def memory_of_others(self, app: "AppState") -> float:
         return sum(a.memory for a in self.apps if a is not app)
+
+    def fit_residents(self) -> None:
+        """The one residency rule (the engine's and the runtime's): models
+        that no longer fit beside other programs are evicted, the largest
+        first; their requests are dropped until they fit again."""
+        free = self.free_memory_for_apps()
+        apps = sorted(self.apps, key=lambda a: -a.memory)
+        total = sum(a.memory for a in apps)
+        for a in apps:
+            a.resident = True
+        if free is not None:
+            for a in apps:
+                if total <= free:
+                    break
+                a.resident = False
+                total -= a.memory
 
     def earliest_deadline(self, now: float) -> float:
         earliest = math.inf
@@ -175,6 +203,9 @@ class Stage(enum.Enum):
     SERVER = "server"
 
 
+_EDGE = Stage.EDGE
+
+
 class Request:
     __slots__ = ("app", "sample", "arrival", "deadline", "behaviour", "server_behaviour", "stage", "finished",
                  "row")
@@ -184,7 +215,7 @@ class Request:
         self.deadline = arrival + app.deadline_s
         self.behaviour = behaviour
         self.server_behaviour = None
-        self.stage = Stage.EDGE
+        self.stage = _EDGE
         self.finished = False
         self.row = row
 
@@ -256,7 +287,7 @@ class Simulation:
             self.apps.append(state)
         self.apps_by_device = {name: d.apps for name, d in self.devices.items() if d.apps}
         for app in self.apps:
-            app.arrive_callback = lambda _event, app=app: self._arrive(app)
+            app.arrive_callback = partial(self._arrive, app)
         self.app_by_name = {a.name: a for a in self.apps}
         self.bin_s = scenario.duration_s / TIME_BINS
         self.utilisation = {name: [[0.0] * TIME_BINS for _ in range(len(self.apps) + 1)] for name in
@@ -270,6 +301,10 @@ class Simulation:
         self.budget_events: list[dict] = []
         self.requests = 0
         self._stopped = False
+        self._on_stage_done, self._on_interrupted = self._stage_done, self._interrupted  # bound once
+        # read on every arrival
+        self._request_limit = math.inf if max_requests is None else max_requests
+        self._duration_s = scenario.duration_s
         self.view = SchedulerView(self)  # all a policy sees
         for app, app_view in zip(self.apps, self.view.apps):
             app.view = app_view
@@ -339,17 +374,33 @@ class Simulation:
             gap = next(app.gaps) * app.gap_scale
         except StopIteration:
             return  # a finite trace ended
-        if self.env.now + gap <= self.scenario.duration_s:
-            self.env.timeout(gap).callbacks.append(app.arrive_callback)
+        at = self.env.now + gap
+        if at <= self.scenario.duration_s:
+            Wake(self.env, gap, app.arrive_callback).at = at  # when it is due (SimPy's same sum)
 
-    def _arrive(self, app: AppState) -> None:
+    def _arrive(self, app: AppState, event: Event | None = None) -> None:
         # the hot path: one call per request, kept free of repeated lookups
-        now = self.env.now
-        self.requests += 1
-        if self.max_requests is not None and self.requests >= self.max_requests:
+        # and of calls (the next arrival is scheduled inline, as _schedule_arrival
+        # does, on the event that just fired: processed, SimPy is done with it)
+        env = self.env
+        now = env.now if event is None else event.at  # when it was due: SimPy's clock now, the same sum
+        self.requests = requests = self.requests + 1
+        if requests >= self._request_limit:
             self._stopped = True
         else:
-            self._schedule_arrival(app)
+            try:
+                gap = next(app.gaps) * app.gap_scale
+            except StopIteration:  # a finite trace ended
+                gap = None
+            if gap is not None:
+                at = now + gap
+                if at <= self._duration_s:
+                    if event is None:  # called directly, not by its arrival event
+                        event = Wake(env, gap, app.arrive_callback)
+                    else:
+                        event.callbacks = [app.arrive_callback]
+                        env.schedule(event, NORMAL, gap)
+                    event.at = at
         stats = app.stats
         stats.arrived += 1
         app.window_arrivals += 1
@@ -357,7 +408,8 @@ class Simulation:
             stats.dropped["queue_full"] += 1
             return
         policy = self.policy
-        if policy.per_request:
+        per_request = policy.per_request
+        if per_request:
             row = policy.request_row(app.view, self.view, now)
             behaviour = self.behaviours.get(row, app.device.spec.profile, policy.oracle)
             extra_work = self.scenario.decision_us * 1e-6
@@ -373,25 +425,25 @@ class Simulation:
             if not app.resident:
                 stats.dropped["memory"] += 1
                 return
-        sample = app.samples[app.next_sample]
-        app.next_sample += 1
-        if app.next_sample == len(app.samples):
-            app.next_sample = 0
+        samples, next_sample = app.samples, app.next_sample
+        sample = samples[next_sample]
+        next_sample += 1
+        app.next_sample = 0 if next_sample == len(samples) else next_sample
         request = Request(app, sample, now, behaviour, row)
         app.in_flight += 1
-        if policy.per_request:
+        if per_request:
             app.pending.append(request)
         split = app.split
         if split is not None and behaviour.exit_index[sample] >= split.at_depth:
             work = behaviour.cum_s[split.at_depth - 1]
-            request.server_behaviour = app.server_behaviour if not policy.per_request else \
+            request.server_behaviour = app.server_behaviour if not per_request else \
                 self.behaviours.get(row, self.devices[split.server].spec.profile, policy.oracle)
         else:
             work = behaviour.work_s[sample]
         if policy.interrupt:
-            job = Job(work + extra_work, self._stage_done, request.deadline, self._interrupted, payload=request)
+            job = Job(work + extra_work, self._on_stage_done, request.deadline, self._on_interrupted, payload=request)
         else:
-            job = Job(work + extra_work, self._stage_done, payload=request)
+            job = Job(work + extra_work, self._on_stage_done, payload=request)
         if app.loading_until > now:  # a zoo model still loading: start when it is in memory
             timer = self.env.timeout(app.loading_until - now)
             timer.callbacks.append(lambda _e: app.sim_device.submit(job))
@@ -402,15 +454,38 @@ class Simulation:
         request: Request = job.payload
         app = request.app
         now = self.env.now
-        if request.stage is Stage.EDGE:
-            app.stats.energy_j += job.work * app.device.power_w
-            first, last = int(job.arrival / self.bin_s), int(now / self.bin_s)
+        if request.stage is _EDGE:
+            work, arrival, bin_s = job.work, job.arrival, self.bin_s
+            stats = app.stats
+            stats.energy_j += work * app.device.power_w
+            first, last = int(arrival / bin_s), int(now / bin_s)
             if first == last and last < TIME_BINS:  # the usual case: within one time bin
-                app.utilisation_row[first] += job.work
+                app.utilisation_row[first] += work
             else:
-                self._spread(app.utilisation_row, job.arrival, now, job.work)
+                self._spread(app.utilisation_row, arrival, now, work)
+            if request.server_behaviour is None:
+                # not split: answered at its own exit.  The hot path: _answer's
+                # accounting for that case, inline, in the same order
+                behaviour, sample = request.behaviour, request.sample
+                exit_index = behaviour.exit_index[sample]
+                latency = now - request.arrival
+                stats.macs += behaviour.macs[sample]
+                stats.answered += 1
+                stats.exit_depths[exit_index] += 1
+                if latency <= app.deadline_s + 1e-12:
+                    stats.on_time += 1
+                    if behaviour.correct[sample]:
+                        stats.correct += 1
+                        stats.correct_on_time += 1
+                elif behaviour.correct[sample]:
+                    stats.correct += 1
+                bin_index = int((_log10(latency) - _LOG_LO) * _BINS_PER_DECADE) + 1 if latency > 0 else 0
+                stats.latency_hist[0 if bin_index < 0 else (_LAST_BIN if bin_index > _LAST_BIN else bin_index)] += 1
+                request.finished = True
+                app.in_flight -= 1
+                return
         if request.server_behaviour is None:
-            self._answer(request, request.behaviour.exit_index[request.sample])
+            self._answer(request, request.behaviour.exit_index[request.sample], now)
             return
         split = app.spec.split
         if request.stage is Stage.EDGE:  # ship the feature map
@@ -429,7 +504,7 @@ class Simulation:
         else:
             server = self.devices[split.server]
             self._account(server, app.index, job.arrival, now, job.work, server.power_w)
-            self._answer(request, request.behaviour.exit_index[request.sample])
+            self._answer(request, request.behaviour.exit_index[request.sample], now)
 
     def _start_server(self, request: Request) -> None:
         app = request.app
@@ -474,20 +549,23 @@ class Simulation:
             self._end(request)
             return
         stats.interrupted += 1
-        self._answer(request, passed, correct=bool(request.behaviour.correct_by_depth[request.sample,
-                                                                                                     passed]))
+        self._answer(request, passed, self.env.now, bool(request.behaviour.correct_by_depth[request.sample, passed]))
 
-    def _answer(self, request: Request, exit_index: int, correct: bool | None = None) -> None:
+    def _answer(self, request: Request, exit_index: int, now: float, correct: bool | None = None) -> None:
         """Record an answer from ``exit_index``: the sample's own exit when
-        ``correct`` is None, else an earlier exit reached by the deadline."""
+        ``correct`` is None, else an earlier exit reached by the deadline.
+        (``_stage_done`` holds an inline copy for an unsplit request answered
+        at its own exit, the hot path: change both alike.)"""
         app = request.app
         stats = app.stats
-        latency = self.env.now - request.arrival
+        behaviour = request.behaviour
+        latency = now - request.arrival
         if correct is None:
-            correct = request.behaviour.correct[request.sample]
-            stats.macs += request.behaviour.macs[request.sample]
+            sample = request.sample
+            correct = behaviour.correct[sample]
+            stats.macs += behaviour.macs[sample]
         else:
-            stats.macs += request.behaviour.cum_macs[exit_index]
+            stats.macs += behaviour.cum_macs[exit_index]
         stats.answered += 1
         stats.exit_depths[exit_index] += 1
         on_time = latency <= app.deadline_s + 1e-12
@@ -608,19 +686,7 @@ class Simulation:
                                 "expected_macs": round(option.expected_macs), "reason": reason})
 
     def _check_residency(self, device: DeviceState, now: float) -> None:
-        """Models that no longer fit beside other programs are evicted, the
-        largest first; their requests are dropped until they fit again."""
-        free = device.free_memory_for_apps()
-        apps = sorted(device.apps, key=lambda a: -a.memory)
-        total = sum(a.memory for a in apps)
-        for a in apps:
-            a.resident = True
-        if free is not None:
-            for a in apps:
-                if total <= free:
-                    break
-                a.resident = False
-                total -= a.memory
+        device.fit_residents()
         self.memory_steps[device.spec.name].append((round(now, 6), self._memory_row(device)))
 
     def _memory_row(self, device: DeviceState) -> list[float]:

@@ -556,6 +556,14 @@ class _ScenarioLoader(yaml.SafeLoader):
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; any problem raises one
     :class:`ScenarioError` naming the file and the key."""
+    return parse_scenario(read_scenario_data(path), str(path))
+
+
+def read_scenario_data(path: str | Path) -> object:
+    """A scenario file's YAML as plain data, read with the scenario format's
+    limits (size, nesting, no aliases) but not yet validated: what
+    :func:`parse_scenario` reads (``simulator.sweep`` changes a few values of
+    it first, so that a changed scenario is checked as a file is)."""
     path = Path(path)
     source = str(path)
     text = read_regular_text(path, MAX_SCENARIO_BYTES, "scenario", ScenarioError)
@@ -570,7 +578,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         # e.g. an integer of more than 4300 digits, an impossible date
         raise ScenarioError(f"{source}: not valid YAML: a value cannot be read ({type(exc).__name__})") from None
-    return parse_scenario(data, source)
+    return data
 
 
 def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
 import reprlib
@@ -80,37 +81,65 @@ class Arrivals:
         return self.mean_rate_hz * until_s
 
     def gaps(self, seed: int) -> Iterator[float]:
-        """Inter-arrival gaps (seconds), endless except for a finite trace."""
+        """Inter-arrival gaps (seconds, Python floats), endless except for a
+        finite trace.
+
+        Random numbers are drawn in blocks (a simulation asks for one gap
+        per request): a block of ``Generator.uniform`` or ``exponential``
+        draws is the same sequence as one draw at a time, and
+        ``exponential(scale)`` is ``scale`` times a standard exponential
+        draw, so the gaps are the same numbers as drawing one at a time."""
         rng = np.random.default_rng(seed)
         if self.kind == "periodic":
             period = 1.0 / self.rate_hz
-            previous_offset = 0.0
-            while True:
-                offset = rng.uniform(-self.jitter, self.jitter) * period / 2 if self.jitter else 0.0
-                yield period + offset - previous_offset
-                previous_offset = offset
-        elif self.kind == "poisson":
-            while True:
-                yield from rng.exponential(1.0 / self.rate_hz, 4096)
-        elif self.kind == "gamma":
+            if not self.jitter:
+                return itertools.repeat(period)
+            return itertools.chain.from_iterable(_jittered_periods(rng, period, self.jitter))
+        if self.kind == "poisson":
+            scale = 1.0 / self.rate_hz
+            return itertools.chain.from_iterable(iter(lambda: rng.exponential(scale, _BLOCK).tolist(), None))
+        if self.kind == "gamma":
             shape = 1.0 / self.cv ** 2
             scale = 1.0 / (self.rate_hz * shape)
-            while True:
-                yield from rng.gamma(shape, scale, 4096)
-        elif self.kind == "onoff":
-            pending = 0.0  # off time to add to the next gap
-            while True:
-                on_left = rng.exponential(self.on_s)
-                while True:
-                    gap = rng.exponential(1.0 / self.rate_hz)
-                    if gap > on_left:
-                        pending += on_left + rng.exponential(self.off_s)
-                        break
-                    on_left -= gap
-                    yield pending + gap
-                    pending = 0.0
-        else:
-            yield from _trace_gaps(Path(self.trace), self.trace_column, rng)
+            return itertools.chain.from_iterable(iter(lambda: rng.gamma(shape, scale, _BLOCK).tolist(), None))
+        if self.kind == "onoff":
+            return _onoff_gaps(rng, self.rate_hz, self.on_s, self.off_s)
+        return _trace_gaps(Path(self.trace), self.trace_column, rng)
+
+
+_BLOCK = 4096  # random numbers drawn at a time
+
+
+def _jittered_periods(rng: np.random.Generator, period: float, jitter: float) -> Iterator[list[float]]:
+    """Blocks of periodic gaps, each frame offset by a uniform jitter (a
+    fraction of the period): a gap is the period plus this frame's offset
+    less the previous one's."""
+    previous_offset = 0.0
+    while True:
+        offsets = [u * period / 2 for u in rng.uniform(-jitter, jitter, _BLOCK).tolist()]
+        gaps = []
+        for offset in offsets:
+            gaps.append(period + offset - previous_offset)
+            previous_offset = offset
+        yield gaps
+
+
+def _onoff_gaps(rng: np.random.Generator, rate_hz: float, on_s: float, off_s: float) -> Iterator[float]:
+    """Poisson arrivals at ``rate_hz`` during exponentially long on periods
+    (mean ``on_s``), none during off periods (mean ``off_s``)."""
+    draws = itertools.chain.from_iterable(iter(lambda: rng.standard_exponential(_BLOCK).tolist(), None))
+    scale = 1.0 / rate_hz
+    pending = 0.0  # off time to add to the next gap
+    while True:
+        on_left = on_s * next(draws)
+        while True:
+            gap = scale * next(draws)
+            if gap > on_left:
+                pending += on_left + off_s * next(draws)
+                break
+            on_left -= gap
+            yield pending + gap
+            pending = 0.0
 
 
 def _trace_mean_rate(path: Path, column: str) -> float:

@@ -69,7 +69,7 @@ def test_depth_only_family_builds_a_catalog(cifar_batches_dir, tmp_path):
     from scheduler.select import Scheduler
 
     fit_scorers(model, data, catalog, train_subset=60, progress=False)
-    calibrate_ladder(catalog)
+    calibrate_ladder(catalog, calibration="point_estimate")  # a few val samples certify no exit
     results = calibrate_policies(catalog, catalog.specs()[-1])
     assert {r.policy for r in results} >= {"max_prob", "entropy", "gate", "support", "oracle"}
     catalog.save(tmp_path / "c")
@@ -291,6 +291,34 @@ def test_truncated_traces_with_matching_checksum(tiny_catalog, tmp_path):
     _edit(json_path, traces_sha256=hashlib.sha256(npz_path.read_bytes()).hexdigest())
     with pytest.raises(CatalogError, match="cannot read traces"):
         load_catalog(tmp_path / "cat")
+
+
+def test_traces_are_read_on_first_use_and_only_from_the_loaded_file(tiny_catalog, tmp_path):
+    """Selecting reads no per-sample arrays (a warm option table is keyed by
+    the archive's recorded checksum); reading them later checks that the file
+    is still the one loaded; what was read is read-only."""
+    from scheduler import Budget, select_subnet
+
+    _, catalog, _, _ = tiny_catalog
+    catalog.save(tmp_path / "cat")
+    first = load_catalog(tmp_path / "cat")
+    assert set(first.traces) == {"val", "test"} and "val" in first.traces
+    fingerprint = first.traces_fingerprint()
+    assert fingerprint == json.loads((tmp_path / "cat.json").read_text())["traces_sha256"]
+    first_choice = select_subnet(Budget(macs=float(catalog.costs["macs"].max())), first)  # fills the user cache
+    second = load_catalog(tmp_path / "cat")
+    again = select_subnet(Budget(macs=float(catalog.costs["macs"].max())), second)
+    assert second.traces_fingerprint() == fingerprint, "a warm select read the traces"
+    assert (again.option.spec, again.option.expected_accuracy) == (first_choice.option.spec,
+                                                                    first_choice.option.expected_accuracy)
+    labels = second.traces["test"].labels
+    assert second.traces_fingerprint() is None and not labels.flags.writeable
+    np.testing.assert_array_equal(labels, catalog.traces["test"].labels)
+
+    third = load_catalog(tmp_path / "cat")
+    (tmp_path / "cat.npz").write_bytes((tmp_path / "cat.npz").read_bytes()[:-10])
+    with pytest.raises(CatalogError, match="changed since its catalog was loaded"):
+        third.traces["test"]
 
 
 def _edit(path, **changes):

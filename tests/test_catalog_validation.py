@@ -99,9 +99,18 @@ def edit_npz(stem: Path, change) -> None:
     edit_json(stem, lambda meta: meta.update(traces_sha256=file_sha256(_npz(stem))))
 
 
+def loaded_and_read(stem: Path) -> Catalog:
+    """``load_catalog`` and a first read of its per-sample arrays, which are
+    read (and their values checked) on first use."""
+    catalog = load_catalog(stem)
+    for split in catalog.traces:
+        catalog.traces[split]
+    return catalog
+
+
 def refused(stem: Path, match: str) -> CatalogError:
     with pytest.raises(CatalogError, match=match) as info:
-        load_catalog(stem)
+        loaded_and_read(stem)
     message = str(info.value)
     assert str(_json(stem)) in message or str(_npz(stem)) in message, message  # names the file
     assert len(message) < 400 and "\n" not in message, message  # one short line, never a whole array
@@ -479,7 +488,7 @@ def test_any_mutation_loads_valid_or_raises_catalog_error(small, data):
             meta["traces_sha256"] = file_sha256(_npz(stem))  # reach the checks past the checksum
         _json(stem).write_text(json.dumps(meta))
         try:
-            catalog = load_catalog(stem)
+            catalog = loaded_and_read(stem)
         except CatalogError as error:
             assert "\n" not in str(error) and len(str(error)) < 600
             return

@@ -68,14 +68,17 @@ def exports(shipped, tmp_path_factory):
     catalog, model = shipped
     root = tmp_path_factory.mktemp("exports")
     found = {}
-    # sub-networks and policies whose calibrated thresholds let random images leave at several depths
-    for name, spec, policy, onnx in (("whole", "d5w3", None, ONNX), ("margin", "d3w2", "margin", ONNX),
-                                     ("entropy", "d4w2", "entropy", False)):
-        export_subnet(catalog, spec, root / name, policy, onnx=onnx, model=model)
+    # sub-networks, policies and accuracy drops whose calibrated thresholds (Learn then Test: at small drops
+    # most small sub-networks certify no exit) let random images leave at several depths
+    for name, spec, policy, drop, onnx in (("whole", "d5w3", None, None, ONNX),
+                                           ("margin", "d3w2", "margin", 0.04, ONNX),
+                                           ("entropy", "d3w3", "entropy", 0.08, False)):
+        export_subnet(catalog, spec, root / name, policy, accuracy_drop=drop, onnx=onnx, model=model)
         found[name] = (root / name, SubnetSpec.parse(spec), policy)
     # and one through the command line
-    assert main(["export", "d4w2", "--policy", "max_prob", "--out", str(root / "max_prob"), "--no-onnx"]) == 0
-    found["max_prob"] = (root / "max_prob", SubnetSpec(4, 2), "max_prob")
+    assert main(["export", "d3w2", "--policy", "max_prob", "--accuracy-drop", "0.08", "--out",
+                 str(root / "max_prob"), "--no-onnx"]) == 0
+    found["max_prob"] = (root / "max_prob", SubnetSpec(3, 2), "max_prob")
     return found
 
 
@@ -212,9 +215,10 @@ def test_manifest_carries_the_catalogs_setting(shipped, exports):
     catalog, _ = shipped
     folder, spec, policy = exports["entropy"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    setting = exit_setting(catalog, spec, policy)
-    drops = catalog.exit_settings.accuracy_drop[catalog.exit_settings.policy == policy]
-    assert setting.accuracy_drop == pytest.approx(drops.min())
+    setting = exit_setting(catalog, spec, policy, 0.08)  # the drop the fixture exported
+    assert setting.accuracy_drop == pytest.approx(0.08)
+    assert exit_setting(catalog, spec, policy).accuracy_drop == pytest.approx(  # without one: the smallest
+        catalog.exit_settings.accuracy_drop[catalog.exit_settings.policy == policy].min())
     exits = manifest["exits"]
     assert exits["thresholds"] == [None if np.isinf(t) else t for t in setting.thresholds]
     assert exits["signal"] == "entropy" and exits["score_sign"] == -1

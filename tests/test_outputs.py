@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anytime.cli import main
-from anytime.outputs import MANIFEST, ResultsFolder, is_results_folder, read_manifest, write_new_file
+from anytime.outputs import MANIFEST, GrowingFolder, ResultsFolder, is_results_folder, read_manifest, write_new_file
 from nets.errors import OutputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +75,19 @@ def test_own_results_are_replaced_but_not_with_foreign_files_inside(tmp_path):
         with ResultsFolder(out, kind="test"):
             pass
     assert (out / "my_notes.md").read_text() == "mine" and (out / "new.txt").exists()
+
+
+def test_results_of_another_command_are_never_replaced(tmp_path):
+    """A sweep's folder (hours of runs) is not the results of a simulate:
+    replacing one with the other would lose them."""
+    out = tmp_path / "out"
+    with GrowingFolder(out, kind="sweep") as folder:
+        folder.write("summary.json", "{}")
+    before = _snapshot(out)
+    with pytest.raises(OutputError, match="holds results of 'anytime sweep', not of 'anytime simulate'"):
+        with ResultsFolder(out, kind="simulate"):
+            pass
+    assert _snapshot(out) == before
 
 
 def test_a_failed_run_keeps_the_earlier_results(tmp_path):
@@ -238,3 +251,45 @@ def test_a_run_killed_before_naming_its_staging_folder_leaves_nothing_behind(tmp
         (staging / "a.txt").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.new-users123", "out"]
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_growing_folder_is_written_in_place_and_taken_up_again(tmp_path):
+    """GrowingFolder (anytime sweep): files listed before they exist, a
+    second writer refused, a torn write's leftover removed, nothing else."""
+    out = tmp_path / "out"
+    with GrowingFolder(out, kind="sweep") as folder:
+        with folder.open_append("runs.jsonl") as f:
+            f.write(b"one\n")
+        assert read_manifest(out)["files"] == ["runs.jsonl"] and read_manifest(out)["status"] == "growing"
+        with pytest.raises(OutputError, match="another anytime run"):
+            with GrowingFolder(out, kind="sweep"):
+                pass
+        for bad in ("../x", "/etc/x", MANIFEST):
+            with pytest.raises(OutputError):
+                folder.path(bad)
+        folder.write("figures/a.png", b"png")
+    assert read_manifest(out)["status"] == "complete"
+    assert read_manifest(out)["files"] == ["figures/a.png", "runs.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock file left beside it
+    (out / "figures" / ".a.png.tmp-999").write_bytes(b"half")  # a write killed before its rename
+    with GrowingFolder(out, kind="sweep") as folder:
+        with folder.open_append("runs.jsonl") as f:
+            f.write(b"two\n")
+    assert (out / "runs.jsonl").read_bytes() == b"one\ntwo\n"
+    assert not (out / "figures" / ".a.png.tmp-999").exists()
+    (out / ".notes.txt.tmp-1").write_text("not of a listed file: someone's")
+    with pytest.raises(OutputError, match="did not write"):
+        with GrowingFolder(out, kind="sweep"):
+            pass
+    assert (out / ".notes.txt.tmp-1").exists()
+    (out / ".notes.txt.tmp-1").unlink()
+    with pytest.raises(OutputError, match="'anytime sweep', not of 'anytime simulate'"):
+        with GrowingFolder(out, kind="simulate"):
+            pass
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not written by anytime"):
+        with GrowingFolder(foreign, kind="sweep"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign", "out"]

@@ -100,3 +100,35 @@ def test_empty_traces_and_bad_options():
         calibrate_with_guarantee(path, 0.01, fit_fraction=1.0)
     with pytest.raises(ConfigError, match="unknown p-value"):
         calibrate_with_guarantee(path, 0.01, pvalue="bonferroni")
+
+
+def test_ladder_by_either_calibration_records_its_method(trained):
+    """``calibrate_ladder`` chooses thresholds by the named calibration (the
+    point estimate stays available by name) and records it in provenance."""
+    import copy
+
+    from anytime.calibrate import calibrate_ladder
+    from anytime.exits import path_traces
+    from anytime.risk_control import thresholds_for_drop
+
+    _, _, catalog, _ = trained
+    catalog = copy.copy(catalog)
+    catalog.provenance = dict(catalog.provenance)
+    drops = (0.01, 0.05)
+    point = calibrate_ladder(catalog, policies=("max_prob",), drops=drops, calibration="point_estimate")
+    assert catalog.provenance["exit_calibration"]["method"] == "point_estimate"
+    guaranteed = calibrate_ladder(catalog, policies=("max_prob",), drops=drops, calibration="learn_then_test",
+                                  delta=0.2)
+    assert catalog.provenance["exit_calibration"] == {"method": "learn_then_test", "split": "val",
+                                                      "accuracy_drops": list(drops), "delta": 0.2}
+    assert np.array_equal(point.subnet, guaranteed.subnet) and np.array_equal(point.policy, guaranteed.policy)
+    specs = catalog.specs()
+    for row in range(len(guaranteed)):
+        spec = specs[guaranteed.subnet[row]]
+        path = path_traces(catalog, spec, "max_prob", "val")
+        expected = thresholds_for_drop(path, float(guaranteed.accuracy_drop[row]), "learn_then_test", 0.2)
+        np.testing.assert_array_equal(guaranteed.thresholds[row, : spec.depth], expected)
+        np.testing.assert_array_equal(point.thresholds[row, : spec.depth],
+                                      calibrate_for_accuracy(path, path.correct[:, -1].mean() - point.accuracy_drop[row]))
+    with pytest.raises(ConfigError, match="unknown calibration 'bayes'"):
+        calibrate_ladder(catalog, policies=("max_prob",), drops=drops, calibration="bayes")

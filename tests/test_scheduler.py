@@ -469,7 +469,7 @@ def test_option_table_is_the_same_from_the_user_cache_and_survives_a_bad_entry(c
 
     monkeypatch.setenv("ANYTIME_CACHE_DIR", str(tmp_path / "cache"))
     computed = OptionTable(catalog)
-    entries = list(cache_dir().glob("option-exits-*.npz"))
+    entries = list(cache_dir().glob("option-behaviour-*.npz"))
     assert len(entries) == 1
     cached = OptionTable(catalog)
     np.testing.assert_array_equal(cached.exit_histogram, computed.exit_histogram)
@@ -478,7 +478,8 @@ def test_option_table_is_the_same_from_the_user_cache_and_survives_a_bad_entry(c
     again = OptionTable(catalog)
     np.testing.assert_array_equal(again.accuracy, computed.accuracy)
     np.load(entries[0], allow_pickle=False).close()
-    np.savez(entries[0], exit_histogram=np.zeros((2, 2)), accuracy=np.zeros(2))  # wrong shapes: ignored
+    np.savez(entries[0], subnet_accuracy=np.zeros((2, 2)), exit_histogram=np.zeros((2, 2)),
+             exit_accuracy=np.zeros(2))  # wrong shapes: ignored
     np.testing.assert_array_equal(OptionTable(catalog).exit_histogram, computed.exit_histogram)
     a_file = tmp_path / "a-file"
     a_file.write_text("")

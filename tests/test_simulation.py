@@ -117,15 +117,36 @@ def test_unknown_profile_is_a_scenario_error(catalog):
 
 # ---- behaviour is the catalog's, per sample ---------------------------------
 
-def test_behaviour_reproduces_the_option_tables_accuracy(catalog):
+def _exits_on(catalog, table, row: int, split: str) -> tuple[np.ndarray, object]:
+    """Each sample's 0-based exit depth under option ``row`` on ``split``, from the traces alone."""
+    from anytime.exits import exit_depths, path_traces
+    from nets.spec import SubnetSpec
+
+    spec = SubnetSpec(int(table.depth[row]), int(table.width[row]))
+    policy = "max_prob" if table.policy[row] == "none" else str(table.policy[row])
+    path = path_traces(catalog, spec, policy, split)
+    return exit_depths(path.score, table.thresholds[row, : spec.depth]), path
+
+
+def test_behaviour_grades_on_test_what_the_option_table_expects_on_val(catalog):
+    """The table decides on the validation traces; the simulated requests
+    carry test samples: each agrees with its own split's traces."""
     table = option_table(catalog)
     cache = BehaviourCache(catalog, table)
     rng = np.random.default_rng(0)
     rows = list(rng.choice(np.flatnonzero(table.policy != "none"), 6, replace=False)) + [0, 127]
     for row in rows:
         behaviour = cache.get(int(row), "cpu-local")
-        assert np.mean(behaviour.correct) == pytest.approx(table.accuracy[row], abs=1e-9)
-        assert np.mean(behaviour.macs) == pytest.approx(table.macs[row], rel=1e-9)
+        for split in ("test", "val"):
+            exits, path = _exits_on(catalog, table, int(row), split)
+            accuracy = path.correct[np.arange(len(exits)), exits].mean()
+            if split == "test":
+                assert np.mean(behaviour.correct) == pytest.approx(accuracy, abs=1e-9)
+                np.testing.assert_array_equal(behaviour.exit_index, exits)
+            else:
+                assert table.accuracy[row] == pytest.approx(accuracy, abs=1e-9)
+                histogram = np.bincount(exits, minlength=catalog.depths) / len(exits)
+                np.testing.assert_allclose(table.exit_histogram[row], histogram, atol=1e-12)
         # interrupted with all the work done: the answer is the last exit's
         assert behaviour.passed_exit(behaviour.cum_s[-1]) == len(behaviour.cum_s) - 1
         assert behaviour.passed_exit(0.0) == (-1 if behaviour.cum_s[0] > 0 else 0)
@@ -198,7 +219,8 @@ def test_split_execution_uses_the_link_and_the_server(catalog):
 
 def test_split_costs_are_the_engines_expectations(catalog):
     """What the per-request rule prices for a split option equals the mean,
-    over test samples, of what the engine charges the edge and the server."""
+    over the validation samples it decides on, of what the engine would
+    charge the edge and the server for them."""
     from simulator.behaviour import split_costs
 
     table = option_table(catalog)
@@ -210,9 +232,9 @@ def test_split_costs_are_the_engines_expectations(catalog):
     cache = BehaviourCache(catalog, table)
     for i, row in enumerate(rows):
         edge, server = cache.get(int(row), "phone-npu"), cache.get(int(row), "datacenter-gpu")
-        exits = np.asarray(edge.exit_index)
+        exits, _ = _exits_on(catalog, table, int(row), "val")
         past = exits >= at_depth
-        edge_s = np.where(past, edge.cum_s[min(at_depth, len(edge.cum_s)) - 1], edge.work_s)
+        edge_s = np.where(past, edge.cum_s[min(at_depth, len(edge.cum_s)) - 1], np.asarray(edge.cum_s)[exits])
         server_s = np.where(past, server.cum_s[exits] - server.cum_s[min(at_depth, len(server.cum_s)) - 1], 0.0)
         assert costs.beyond[i] == pytest.approx(past.mean(), abs=1e-9)
         assert costs.edge_s[i] == pytest.approx(edge_s.mean(), rel=1e-6)

@@ -54,6 +54,8 @@ def test_select_allocate_simulate_report_without_torch(tmp_path):
         assert status == 0, status
         assert main(["report", "res"]) == 0
         assert main(["select", "--macs", "20e6", "--json"]) == 0
+        assert main(["sweep", "{REPO}/scenarios/phone.yaml", "--policies", "nested,superserve", "--seeds", "2",
+                     "--max-requests", "50", "--executor", "serial", "--out", "sweep", "--quiet"]) == 0
         import sys
         assert "torch" not in sys.modules
         print("SELECTED", choice.spec)
@@ -61,3 +63,4 @@ def test_select_allocate_simulate_report_without_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "SELECTED d" in result.stdout
     assert (tmp_path / "res" / "figures").is_dir()
+    assert (tmp_path / "sweep" / "runs.jsonl").read_text().count("\n") == 4  # 2 policies x 2 seeds

@@ -1,0 +1,161 @@
+"""Playing a scenario for real (``simulator.playback``): the player draws the
+simulator's own arrivals and samples, a short scenario plays end to end
+through the real runtime and load generator, its records fold into a
+``RunResult`` whose results folder the report code reads, what the runtime
+cannot play is refused with one typed error, and ``anytime serve`` fails in
+one line.  No data set is needed (random images carrying the catalog's test
+labels).  The load shares here stay at or below one half, which the load
+generator reaches without raising its priority, so nothing needs root.  No
+verdict reads a timing: deadlines are generous and counts are compared."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from anytime.catalog import shipped_catalog
+from anytime.cli import main
+from simulator.engine import Simulation
+from simulator.playback import PlaybackError, arrival_plan, check_playable, play
+from simulator.records import read_records, write_records
+from simulator.report import load_results, result_summary, write_results
+from simulator.scenario import AppSpec, DeviceSpec, Event, LinkSpec, Scenario, ScenarioError
+from simulator.workloads import Arrivals
+
+GENEROUS_MS = 60_000.0  # no request on any machine comes near
+
+
+def _scenario(duration_s: float = 3.0, events: tuple = ()) -> Scenario:
+    device = DeviceSpec("cpu", "cpu-local", "fcfs")
+    apps = (AppSpec("camera", "cpu", Arrivals("poisson", rate_hz=12.0), GENEROUS_MS, weight=2.0),
+            AppSpec("voice", "cpu", Arrivals("periodic", rate_hz=5.0, jitter=0.2), GENEROUS_MS))
+    return Scenario("playback-test", duration_s, (device,), apps, events=events, policies=("static_largest",),
+                    seed=3, rate_window_s=0.0)
+
+
+def _engine_arrivals(scenario: Scenario, catalog) -> dict[str, list[tuple[float, int]]]:
+    """Each app's (arrival time, sample it takes if admitted), read off the
+    engine itself: its arrival callback, wrapped."""
+    simulation = Simulation(scenario, scenario.policies[0], catalog)
+    seen: dict[str, list[tuple[float, int]]] = {a.name: [] for a in simulation.apps}
+    for app in simulation.apps:
+        original = app.arrive_callback
+
+        def arrive(event=None, app=app, original=original):
+            seen[app.name].append((simulation.env.now, app.samples[app.next_sample]))
+            return original(event)
+        app.arrive_callback = arrive
+    simulation.run()
+    return seen
+
+
+def test_the_plan_is_the_engines_arrivals_and_samples():
+    catalog = shipped_catalog()
+    events = (Event(4.0, "rate", "camera", 30.0), Event(7.0, "rate", "camera", 6.0), Event(5.0, "rate", "voice", 9.0))
+    scenario = _scenario(10.0, events)
+    plans = arrival_plan(scenario, len(catalog.traces["test"].labels))
+    engine = _engine_arrivals(scenario, catalog)
+    for plan in plans:
+        times = [t for t, _ in engine[plan.app]]
+        samples = [s for _, s in engine[plan.app]]
+        assert len(plan.arrivals_s) == len(times) > 20
+        np.testing.assert_allclose(plan.arrivals_s, times, rtol=0, atol=1e-9)
+        # nothing is dropped here (generous deadlines, few in flight): the k-th arrival takes the k-th sample
+        assert plan.samples[:len(samples)].tolist() == samples
+    camera = next(p for p in plans if p.app == "camera")
+    gaps = np.diff(camera.arrivals_s)
+    assert np.mean(gaps[camera.arrivals_s[1:] > 4.5][:20]) < np.mean(gaps[camera.arrivals_s[1:] < 4.0])  # 30 Hz
+
+
+def test_what_the_runtime_cannot_play_is_refused():
+    scenario = _scenario()
+    check_playable(scenario, "nested")
+    two = dataclasses.replace(scenario, devices=scenario.devices + (DeviceSpec("gpu", "cpu-local", "fcfs"),))
+    shared = dataclasses.replace(scenario, devices=(DeviceSpec("cpu", "cpu-local", "ps"),))
+    linked = dataclasses.replace(scenario, links=(LinkSpec("wifi", "cpu", "gpu", 10.0, 1.0),))
+    throttled = dataclasses.replace(scenario, events=(Event(1.0, "speed", "cpu", 0.5),))
+    for bad, policy, fragment in ((two, "nested", "2 devices"), (shared, "nested", "fcfs"),
+                                  (linked, "nested", "links"), (throttled, "nested", "speed"),
+                                  (scenario, "oracle", "label"), (scenario, "zoo", "separately trained")):
+        with pytest.raises(PlaybackError, match=fragment) as caught:
+            check_playable(bad, policy)
+        assert isinstance(caught.value, ScenarioError) and len(str(caught.value).splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def played():
+    catalog = shipped_catalog()
+    labels = np.asarray(catalog.traces["test"].labels)
+    images = np.random.default_rng(0).integers(0, 256, size=(len(labels), *catalog.input_shape), dtype=np.uint8)
+    scenario = _scenario(3.0, (Event(1.0, "background", "cpu", 0.3), Event(1.5, "rate", "voice", 8.0),
+                               Event(2.0, "background", "cpu", 0.0)))
+    result, records, stats = play(scenario, "static_largest", catalog=catalog, images=images, labels=labels,
+                                  mechanism="raise")
+    return scenario, catalog, labels, result, records, stats
+
+
+def test_a_scenario_plays_end_to_end(played):
+    scenario, catalog, labels, result, records, stats = played
+    plans = {p.app: p for p in arrival_plan(scenario, len(labels))}
+    assert result.conserved()
+    assert result.scenario == scenario.name and result.apps == ["camera", "voice"]
+    for name, plan in plans.items():
+        mine = sorted((r for r in records if r.app == name), key=lambda r: r.arrival_s)
+        assert len(mine) == len(plan.arrivals_s)  # every planned arrival was submitted, once
+        assert all(r.arrival_s >= t - 1e-9 for r, t in zip(mine, plan.arrivals_s))  # never before its time
+        assert [r.sample for r in mine] == plan.samples[:len(mine)].tolist()  # the engine's samples, in order
+        assert all((r.correct is not None) == r.answered for r in mine)  # every answer graded by its label
+    answered = [r for r in records if r.answered]
+    assert answered and all(r.option == "d16w8" for r in answered)  # static_largest: the full sub-network
+    assert len(stats.lag_s) == len(records)
+    assert [s.target_share for s in stats.segments] == [0.0, 0.3, 0.0]
+    assert result.background["cpu"][1][0] == pytest.approx(1.0, abs=0.1)  # played when the scenario says
+
+
+def test_the_records_fold_and_the_results_folder_loads(played, tmp_path):
+    scenario, catalog, labels, result, records, stats = played
+    write_results([result], scenario, tmp_path)
+    path = write_records(tmp_path / "records.jsonl", records)
+    assert list(read_records(path)) == records
+    summary, _ = load_results(tmp_path)
+    body = summary["policies"]["static_largest"]
+    assert body["overall"]["requests"] == len(records) == result_summary(result)["overall"]["requests"]
+    correct = sum(bool(r.correct) for r in records if r.answered and r.end_s <= scenario.duration_s)
+    assert sum(result.stats[a].correct for a in result.apps) == correct
+    json.dumps(stats.summary())  # the playback statistics are plain JSON
+
+
+def test_serve_bad_input_is_one_line(tmp_path, capsys):
+    edge_server = "edge_server"  # a shipped scenario with links: not playable
+    for argv, fragment in ((["serve", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")], "nope"),
+                           (["serve", edge_server, "--out", str(tmp_path / "o")], "cannot be played"),
+                           (["serve", "phone", "--policy", "oracle", "--out", str(tmp_path / "o")], "oracle"),
+                           (["serve", "phone", "--policy", "bogus", "--out", str(tmp_path / "o")], "bogus")):
+        status = main(argv)
+        err = capsys.readouterr().err
+        assert status == 2, (argv, err)  # the CLI's status for bad input (nets.errors.AnytimeError)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and fragment in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_told_capacity_follows_the_schedule_and_a_profile_scales():
+    from simulator.loadgen import LoadSchedule, LoadStep
+    from simulator.playback import ToldSlowdown, scaled_profile
+
+    now = [0.0]
+    told = ToldSlowdown(LoadSchedule((LoadStep(0.0, 0.0, 0.0), LoadStep(2.0, 0.5, 0.0), LoadStep(4.0, 0.25, 0.0))),
+                        lambda: now[0])
+    for t, slowdown in ((0.0, 1.0), (1.9, 1.0), (2.0, 2.0), (3.5, 2.0), (4.0, 4 / 3), (9.0, 4 / 3)):
+        now[0] = t
+        assert told.update(0.1, 0.01) == pytest.approx(slowdown)  # what it is told, whatever it observes
+    catalog = shipped_catalog()
+    scaled = scaled_profile(catalog, 1.5)
+    before, after = catalog.latency_table(catalog.measured_device), scaled.latency_table(catalog.measured_device)
+    np.testing.assert_allclose(after.exit_path_p50_ms(), 1.5 * before.exit_path_p50_ms())
+    np.testing.assert_allclose(after.p50_ms, 1.5 * before.p50_ms)
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(PlaybackError):
+            scaled_profile(catalog, bad)
