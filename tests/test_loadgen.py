@@ -9,6 +9,7 @@ a generous band around the MB asked."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -186,7 +187,8 @@ def test_yield_priority_to_load_lowers_every_thread(tmp_path):
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[19, 19]"
+    niceness = json.loads(result.stdout)  # the main thread, ours, and any a library started (OpenBLAS)
+    assert len(niceness) >= 2 and set(niceness) == {19}, niceness
     with pytest.raises(LoadError, match="niceness"):
         yield_priority_to_load(25)
 
