@@ -306,26 +306,27 @@ TRACE_RUNNABLE = ("max_prob", "entropy", "margin")  # the confidence policies th
 
 def time_exit_paths(model: DNNet, catalog: Catalog, config: ProfileConfig, scorers: Scorers | None = None,
                     progress: bool = True, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
-                    ) -> dict[str, np.ndarray]:
+                    policies: tuple[str, ...] = TRACE_RUNNABLE) -> dict[str, np.ndarray]:
     """Batch-1 ms of the anytime runner (``anytime.runner.AnytimeRunner``, as
     the runtime runs it) answering at each depth of each width, per exit
     policy: the full-depth path of width w with the exit forced at depth d
     (every earlier exit score computed and tested, none firing).  The
-    confidence policies always; a learned one when ``scorers`` hold it.  In
+    confidence ``policies`` (default: all); a learned one when ``scorers``
+    hold it.  In
     ``config.passes`` round-robin passes; each entry is the lowest per-pass
     median (as the segments are).  CPU only: the runner runs there."""
     if config.device != "cpu":
         raise CatalogError(f"the anytime runner runs on the CPU; cannot time its exits on {config.device!r}")
     depths, widths = model.depths, model.widths
     catalog = _with_codebooks(catalog)
-    policies: dict[str, dict] = {policy: {} for policy in TRACE_RUNNABLE}
+    timed: dict[str, dict] = {policy: {} for policy in policies}
     for policy in LEARNED_POLICIES:
         modules = scorers.of(policy) if scorers is not None and policy in catalog.exit_extra_macs else None
         if modules is not None:
-            policies[policy] = {"gates" if policy in ("gate", "gate_ce") else "support": modules}
+            timed[policy] = {"gates" if policy in ("gate", "gate_ce") else "support": modules}
     runners = {(policy, w): AnytimeRunner(model, SubnetSpec(depths, w), policy, np.full(depths, NEVER_FIRES),
                                           catalog, **kwargs)
-               for policy, kwargs in policies.items() for w in range(1, widths + 1)}
+               for policy, kwargs in timed.items() for w in range(1, widths + 1)}
     forced = []  # thresholds that make every sample answer at depth d (the last: none fires before it)
     for d in range(depths):
         thresholds = np.full(depths, NEVER_FIRES, dtype=np.float32)
@@ -333,10 +334,10 @@ def time_exit_paths(model: DNNet, catalog: Catalog, config: ProfileConfig, score
         forced.append(torch.as_tensor(thresholds))
     x = torch.rand((1, *input_shape))
     repeats = max(1, config.repeats_segment // config.passes)
-    best = {policy: np.full((depths, widths), np.inf) for policy in policies}
+    best = {policy: np.full((depths, widths), np.inf) for policy in timed}
     times = np.empty(repeats)
     for _ in tqdm(range(config.passes), desc="time exit paths (passes)", disable=None if progress else True):
-        for (w, d, policy) in itertools.product(range(1, widths + 1), range(depths), policies):
+        for (w, d, policy) in itertools.product(range(1, widths + 1), range(depths), timed):
             runner = runners[policy, w]  # the policies interleaved: a slow spell hits them alike
             runner.thresholds = forced[d]
             for _ in range(config.warmup):

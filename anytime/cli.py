@@ -500,23 +500,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     policies = parse_policies(args.policies.split(","), "--policies") if args.policies else None
     seeds = range(args.seeds) if args.seed_list is None else _seed_list(args.seed_list)
     plan = plan_sweep(args.scenarios, policies, seeds, args.grid, args.max_requests)  # refused before any run
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None and total and not args.quiet and _tty():
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="runs", unit="run", leave=False)
-        if bar is not None:
-            bar.update(done - bar.n)
-
-    try:
+    with _CountBar("runs", "run", args.quiet) as progress:
         results = run_sweep(plan, args.out, executor=args.executor, workers=args.workers, address=args.address,
                             progress=progress, report=not args.no_report)
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         print(json.dumps({"out": str(args.out), "ran": results.ran, "reused": results.reused,
                           "configs": results.statistics}))
@@ -541,25 +527,11 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     fleet = fleet.with_overrides(policies=policies, duration_s=args.duration_s)
     from anytime.outputs import ResultsFolder
 
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None and total and not args.quiet and _tty():
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="copies", unit="copy", leave=False)
-        if bar is not None:
-            bar.update(done - bar.n)
-
     # the destination is checked, locked and proven writable before the long work
     with ResultsFolder(args.out, kind="fleet", details={"fleet": fleet.name}) as staging:
-        try:
+        with _CountBar("copies", "copy", args.quiet) as progress:
             results = run_fleet(fleet, executor=args.executor, workers=args.workers, address=args.address,
                                 chunk_copies=args.chunk_copies, progress=progress)
-        finally:
-            if bar is not None:
-                bar.close()
         write_fleet(results, staging)
     if args.json:
         print(json.dumps({"out": str(args.out), **results.run_info(), "policies": results.summary["policies"]}))
@@ -578,6 +550,31 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     print(results.table())
     print(f"results in {args.out}/ (summary.json, results.csv, fleet.json)")
     return 0
+
+
+class _CountBar:
+    """A progress callback ``(done, total)`` over counted work (a sweep's
+    runs, a fleet's copies): a tqdm bar opened at the first count, only on a
+    terminal and without ``--quiet``, closed when the block ends."""
+
+    def __init__(self, desc: str, unit: str, quiet: bool):
+        self.desc, self.unit, self.quiet = desc, unit, quiet
+        self.bar = None
+
+    def __enter__(self) -> "_CountBar":
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None and total and not self.quiet and _tty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _seed_list(text: str) -> list[int]:

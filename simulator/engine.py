@@ -681,9 +681,7 @@ class Simulation:
             if load_s > 0:  # a zoo model loads while its requests wait
                 app.loading_until = now + load_s
         self.option_macs[app.name].append((round(now, 6), option.expected_macs))
-        self.selections.append({"t": round(now, 6), "app": app.name, "option": self.catalog.subnet_name(option.spec),
-                                "exits": option.policy, "expected_accuracy": round(option.expected_accuracy, 4),
-                                "expected_macs": round(option.expected_macs), "reason": reason})
+        self.selections.append(selection_entry(self.catalog, app.name, option, now, reason))
 
     def _check_residency(self, device: DeviceState, now: float) -> None:
         device.fit_residents()
@@ -695,6 +693,14 @@ class Simulation:
             row[a.index] = a.memory if a.resident else 0.0
         row[-1] = device.background_memory
         return row
+
+
+def selection_entry(catalog: Catalog, app: str, option: Option, now: float, reason: str) -> dict:
+    """One line of a run's selection timeline (``RunResult.selections``):
+    the simulator's and the runtime's, so the report draws both alike."""
+    return {"t": round(now, 6), "app": app, "option": catalog.subnet_name(option.spec), "exits": option.policy,
+            "expected_accuracy": round(option.expected_accuracy, 4), "expected_macs": round(option.expected_macs),
+            "reason": reason}
 
 
 def scenario_catalog(scenario: Scenario, net: str | None = None) -> Catalog:

@@ -474,30 +474,13 @@ def executed_profile(catalog: Catalog, profile: str | None = None, *, passes: in
     threads and CPU the runtime will have."""
     import torch
 
-    from anytime.runner import runner_for
+    from anytime.builder import ProfileConfig, time_exit_paths
 
     profile = profile or catalog.measured_device
     table = catalog.latency_table(profile)
-    depths, widths = catalog.depths, catalog.widths
-    net = catalog.load_net()
-    x = torch.rand((1, *catalog.input_shape))
-    executed = np.full((depths, widths), np.inf)
-    runners = {w: runner_for(catalog, SubnetSpec(depths, w + 1), "max_prob", np.full(depths, np.inf), model=net)
-               for w in range(widths)}
-    for _ in range(passes):
-        for w, runner in runners.items():
-            for d in range(depths):
-                thresholds = np.full(depths, np.inf, dtype=np.float32)
-                thresholds[d] = -np.inf  # every sample leaves at depth d + 1
-                runner.thresholds = torch.as_tensor(thresholds)
-                runner.run(x)
-                runner.run(x)
-                times = []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    runner.run(x)
-                    times.append(time.perf_counter() - started)
-                executed[d, w] = min(executed[d, w], float(np.median(times)) * 1e3)
+    config = ProfileConfig(warmup=2, repeats_segment=passes * repeats, passes=passes)
+    executed = time_exit_paths(catalog.load_net(), catalog, config, progress=False, input_shape=catalog.input_shape,
+                               policies=("max_prob",))["max_prob"]
     executed = np.maximum.accumulate(executed, axis=0)  # a deeper answer never costs less
     increments = np.diff(executed, axis=0, prepend=0.0)
     segment = np.maximum(increments - table.head_p50_ms, 1e-6)

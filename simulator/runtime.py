@@ -90,7 +90,7 @@ from scheduler.budget import Budget
 from scheduler.cache import LruCache
 from scheduler.options import NO_EXIT, Option, OptionTable, option_table
 from simulator.behaviour import cumulative_ms
-from simulator.engine import MIN_RATE_HZ, RATE_CHANGE, AppState, DeviceState, RunResult
+from simulator.engine import MIN_RATE_HZ, RATE_CHANGE, AppState, DeviceState, RunResult, selection_entry
 from simulator.policies import Policy, make_policy
 from simulator.records import RequestRecord, ServingError, run_result_from_records
 from simulator.scenario import MAX_IN_FLIGHT, MAX_WEIGHT, AppSpec, DeviceSpec, Scenario, split_label
@@ -870,9 +870,7 @@ class Runtime:
     def _switch(self, app: AppState, row: int, now: float, reason: str) -> None:
         option = self.table.option(row, self.profile)
         app.option, app.row, app.memory = option, row, option.memory_bytes
-        self.selections.append({"t": round(now, 6), "app": app.name, "option": self.catalog.subnet_name(option.spec),
-                                "exits": option.policy, "expected_accuracy": round(option.expected_accuracy, 4),
-                                "expected_macs": round(option.expected_macs), "reason": reason})
+        self.selections.append(selection_entry(self.catalog, app.name, option, now, reason))
         log.info("%s runs %s (%s)", app.name, _option_label(self.catalog, self.table, row), reason)
 
     def _check_residency(self, now: float) -> None:
