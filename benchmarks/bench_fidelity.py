@@ -16,6 +16,20 @@ item 3).
   is kept in the user cache (``<cache>/fidelity/<key>/``), keyed by the CPU's
   model, the torch version and the catalog it came from, and reused.
 
+Two simulated runs are compared with the real one:
+
+* **predicted**: priced by the table scaled by the machine's speed timed
+  just before playing (``profile_drift``), each decision charged what the
+  runtime's decisions cost here (``decision_cost_ms``: the policy's choice
+  and the building of the runners it switches to, timed just before).
+* **replayed**: the same, with the served CPU's speed through the played
+  run (``speed_trace``: its requests' priced over CPU time, per second)
+  replayed as ``drift`` events the policy is not told of.  A virtual
+  machine's speed moves with its neighbours by tens of percent within
+  seconds, which no table foresees; what is left of the error here is the
+  simulator's own model (queueing, decisions, deadlines, the share model's
+  timing), not the machine.
+
 The scenario is ``benchmarks/fidelity.yaml`` (``--quick``: its events
 scaled to ``QUICK_S`` seconds).  Prints JSON: per application and overall the
 p50/p95/p99 latency, deadline-miss rate, accuracy and throughput of both
@@ -62,6 +76,7 @@ CAPACITY_CHANGE = 0.3
 MEASUREMENT_CV = 0.3
 PERIOD_MS = 10.0  # the load generator's period (simulator.loadgen.DEFAULT_PERIOD_MS)
 RETIME = ["--threads", "1", "--passes", "3", "--repeats", "30"]
+REPLAY_WINDOW_S = 1.0  # the speed replayed per this many seconds of the played run
 
 
 def _scenario(quick: bool):
@@ -150,7 +165,7 @@ def _child(args: argparse.Namespace) -> None:
     from nets.data import load_cifar10
     import torch
 
-    from simulator.playback import play, profile_drift, scaled_profile
+    from simulator.playback import decision_cost_ms, play, profile_drift, scaled_profile
     from simulator.records import write_records
     from simulator.report import write_results
 
@@ -166,6 +181,8 @@ def _child(args: argparse.Namespace) -> None:
     drift_before = profile_drift(catalog) if args.drift else 1.0
     if args.drift:
         catalog = scaled_profile(catalog, drift_before)
+    # what a decision costs here, timed as the runtime will take it (this CPU, shielded): the simulator charges it
+    decision_ms, decisions = decision_cost_ms(scenario, args.policy, catalog)
     setup_s = time.perf_counter() - started
     from simulator.runtime import SlowdownFilter
 
@@ -181,6 +198,7 @@ def _child(args: argparse.Namespace) -> None:
     write_records(out / "records.jsonl", records)
     (out / "playback.json").write_text(json.dumps(dict(stats.summary(), setup_s=round(setup_s, 2),
                                                        drift_before=round(drift_before, 4),
+                                                       decision_ms=round(decision_ms, 3), decisions_timed=decisions,
                                                        drift_after=None if drift_after is None else
                                                        round(drift_after, 4),
                                                        wall_s=round(time.perf_counter() - started, 2))))
@@ -218,34 +236,29 @@ def _service_vs_profile(records_path: Path, catalog, segments: list[dict]) -> li
     """Per load segment, what the runtime's requests really cost against the
     profile it was priced with: their mean service time x (1 - the share the
     generator took), CPU-time equivalent under the fluid share model, over
-    their mean predicted time.  1.0: the profile held.  Per exit kind,
-    because a learned scorer (gate, support) is priced apart
-    (``anytime.exits.exit_path_ms``).  The machine's speed drifting during
-    the run shows here as a ratio that moves from segment to segment."""
+    their mean predicted time (``simulator.playback.priced_ms``).  1.0: the
+    profile held.  Per exit kind, because a learned scorer (gate, support) is
+    priced apart.  The machine's speed drifting during the run shows here as
+    a ratio that moves from segment to segment."""
     import numpy as np
 
-    from anytime.exits import exit_path_ms
     from nets.errors import SpecError
-    from nets.spec import SubnetSpec
+    from simulator.playback import priced_ms
     from simulator.records import read_records
 
-    table = catalog.latency_table("cpu-local")
     rows: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for r in read_records(records_path):
         if not r.answered or r.start_s is None:
             continue
-        name, _, rest = r.option.partition("/")
-        policy = rest.split("@")[0] or "none"
-        try:
-            spec = SubnetSpec.parse(name)
-        except SpecError:
-            continue
         index = max(i for i, seg in enumerate(segments) if seg["start_s"] <= max(r.start_s, segments[0]["start_s"]))
         share = segments[index]["target_share"]
-        predicted = table.p50_ms[0, spec.depth - 1, spec.width - 1] if policy == "none" else \
-            exit_path_ms(catalog, "cpu-local", policy)[r.exit_depth - 1, spec.width - 1]
+        try:
+            predicted = priced_ms(catalog, "cpu-local", r.option, r.exit_depth)
+        except SpecError:
+            continue
+        policy = r.option.partition("/")[2].split("@")[0]
         kind = "learned" if policy in catalog.exit_extra_macs else "confidence_or_plain"
-        rows.setdefault((index, kind), []).append((r.service_s * 1e3 * (1 - share), float(predicted)))
+        rows.setdefault((index, kind), []).append((r.service_s * 1e3 * (1 - share), predicted))
     out = []
     for (index, kind), values in sorted(rows.items()):
         v = np.asarray(values)
@@ -253,6 +266,28 @@ def _service_vs_profile(records_path: Path, catalog, segments: list[dict]) -> li
                     "cpu_equivalent_ms": round(float(v[:, 0].mean()), 3), "predicted_ms": round(float(v[:, 1].mean()), 3),
                     "ratio": round(float(v[:, 0].mean() / v[:, 1].mean()), 3)})
     return out
+
+
+def _replayed(scenario, policy: str, catalog, records_path: Path, segments: list[dict], device: str) -> tuple:
+    """The simulator again, with the served CPU's speed through the played run
+    (``simulator.playback.speed_trace``, per ``REPLAY_WINDOW_S``) replayed as
+    ``drift`` events the policy is not told of: what is left of the error is
+    the simulator's model, not the machine's speed moving."""
+    import numpy as np
+
+    from simulator.engine import simulate
+    from simulator.playback import speed_trace
+    from simulator.records import read_records
+    from simulator.scenario import Event
+
+    trace = speed_trace(read_records(records_path), catalog, "cpu-local",
+                        [(seg["start_s"], seg["target_share"]) for seg in segments], REPLAY_WINDOW_S)
+    drift = [Event(t, "drift", device, round(speed, 6)) for t, speed in trace if t < scenario.duration_s]
+    events = tuple(sorted((*scenario.events, *drift), key=lambda e: e.at_s))
+    speeds = np.array([speed for _, speed in trace])
+    summary = {"window_s": REPLAY_WINDOW_S, "windows": len(speeds),
+               "speed_p5_p50_p95": np.round(np.percentile(speeds, [5, 50, 95]), 3).tolist() if len(speeds) else []}
+    return simulate(scenario.with_overrides(events=events), policy, catalog), summary
 
 
 def _options(selections: list[dict]) -> list[str]:
@@ -311,6 +346,9 @@ def main() -> None:
 
         priced = scaled_profile(load_catalog(stem), playback["drift_before"])  # what the runtime priced with
         service = _service_vs_profile(Path(tmp) / "records.jsonl", priced, playback["load_segments"])
+        scenario = _scenario(args.quick).with_overrides(reallocation_ms=playback["decision_ms"])
+        replayed, replay = _replayed(scenario, args.policy, priced, Path(tmp) / "records.jsonl",
+                                     playback["load_segments"], scenario.devices[0].name)
         if args.keep:  # the played run's results folder, records included
             import shutil
 
@@ -320,21 +358,29 @@ def main() -> None:
     from simulator.engine import simulate
     from simulator.report import result_summary
 
-    scenario = _scenario(args.quick)
-    # the simulator prices the machine with the very table the runtime decided with (the profile scaled by
-    # the speed timed just before playing), so both worlds choose alike; the machine's speed drifting during
-    # the run is then what ``service_vs_profile`` and ``drift_after`` show
+    # predicted: a decision holds the device for what it took here, timed just before playing (the
+    # scenario's own reallocation_ms was measured on another machine), and the simulator prices the machine
+    # with the very table the runtime decided with (the profile scaled by the speed timed just before
+    # playing), so both worlds choose alike; the machine's speed drifting during the run is then what
+    # ``service_vs_profile`` and ``drift_after`` show, and what ``replayed`` takes out
     sim = simulate(scenario, args.policy, priced)
     sim_summary = result_summary(sim)
-    apps = {a.name: _compare(real_summary["apps"][a.name], sim_summary["apps"][a.name]) for a in scenario.apps}
-    overall = _compare(real_summary["overall"], sim_summary["overall"])
-    within = all(entry.get("within_target", True) for row in [overall, *apps.values()] for entry in row.values())
+
+    def compared(summary: dict) -> tuple[dict, dict, bool]:
+        apps = {a.name: _compare(real_summary["apps"][a.name], summary["apps"][a.name]) for a in scenario.apps}
+        overall = _compare(real_summary["overall"], summary["overall"])
+        within = all(entry.get("within_target", True) for row in [overall, *apps.values()] for entry in row.values())
+        return overall, apps, within
+
+    overall, apps, within = compared(sim_summary)
+    replayed_overall, replayed_apps, replayed_within = compared(result_summary(replayed))
     print(json.dumps({
         "scenario": scenario.name, "quick": args.quick, "duration_s": scenario.duration_s, "policy": args.policy,
         "capacity": args.capacity, "period_ms": args.period_ms,
         "machine": {"cpu": profile["machine"], "python": platform.python_version(), "served_cpu": args.cpu},
         "profile": profile, "targets": TARGETS, "within_targets": within,
         "overall": overall, "apps": apps,
+        "replayed": dict(replay, within_targets=replayed_within, overall=replayed_overall, apps=replayed_apps),
         "requests": {"real": real_summary["overall"]["requests"], "sim": sim_summary["overall"]["requests"]},
         "mean_macs": {"real": real_summary["overall"]["mean_macs"], "sim": sim_summary["overall"]["mean_macs"]},
         "interrupted": {"real": real_summary["overall"]["interrupted"], "sim": sim_summary["overall"]["interrupted"]},

@@ -97,6 +97,7 @@ class DeviceState:
         self.spec, self.sim_device, self.power_w = spec, sim_device, power_w
         self.background = 0.0
         self.speed = spec.speed
+        self.drift = 1.0  # the hardware's speed factor the scheduler is not told ("drift" events)
         self.background_memory = 0.0
         self.apps: list[AppState] = []
 
@@ -630,7 +631,9 @@ class Simulation:
     def _apply_events(self, events: list) -> None:
         for event in events:
             self._apply_event(event)
-        self._decide(self.env.now, "; ".join(f"{e.kind} {e.target} -> {e.value}" for e in events))
+        told = [e for e in events if EVENTS[e.kind].announced]
+        if told:
+            self._decide(self.env.now, "; ".join(f"{e.kind} {e.target} -> {e.value}" for e in told))
 
     def _apply_event(self, event) -> None:
         now = self.env.now
@@ -642,7 +645,9 @@ class Simulation:
             target.sim_device.set_background(value)
             self.background_steps[target.spec.name].append((now, value))
         elif event.kind == "speed":
-            target.sim_device.set_speed(value)
+            target.sim_device.set_speed(value * target.drift)
+        elif event.kind == "drift":
+            target.sim_device.set_speed(target.speed * value)
         elif event.kind == "rate":
             target.gap_scale = target.base_rate_hz / value
         elif event.kind == "bandwidth":

@@ -57,7 +57,8 @@ import numpy as np
 from anytime.catalog import Catalog
 from nets.spec import SubnetSpec
 from scheduler.budget import Budget
-from simulator.engine import RunResult, scenario_catalog
+from scheduler.options import NO_EXIT
+from simulator.engine import RunResult, Simulation, scenario_catalog
 from simulator.loadgen import (DEFAULT_PERIOD_MS, LoadError, LoadGenerator, LoadSchedule, SegmentLoad,
                                raise_session_priority, yield_priority_to_load)
 from simulator.records import RequestRecord, ServingError
@@ -141,7 +142,7 @@ def check_playable(scenario: Scenario, policy: str) -> None:
     split = [a.name for a in scenario.apps if a.split is not None]
     if split:
         problems.append(f"apps {', '.join(split)} split their work with a server")
-    speed = sorted({e.at_s for e in scenario.events if e.kind == "speed"})
+    speed = sorted({e.at_s for e in scenario.events if e.kind in ("speed", "drift")})
     if speed or any(d.speed != 1.0 for d in scenario.devices):
         problems.append("it changes the device's speed (a clock scale no other process can take)")
     base = policy.split("@")[0].split("+")[0]
@@ -524,6 +525,85 @@ def profile_drift(catalog: Catalog, profile: str | None = None, *, repeats: int 
             times.append(time.perf_counter() - started)
         ratios.append(float(np.median(times)) * 1e3 / float(path_ms[-1, width - 1]))
     return float(np.median(ratios))
+
+
+def decision_cost_ms(scenario: Scenario, policy: str, catalog: Catalog) -> tuple[float, int]:
+    """What one decision of the runtime costs on this machine now: the
+    mean CPU ms (``time.process_time``, every solver thread) of the
+    decisions the simulator's own policy object takes while simulating
+    ``scenario`` on ``catalog``, each with the runtime's building of the
+    runner of every option it switches to (``Runtime.prepare``: a switch
+    within the nested net slices it, which costs CPU, though it loads
+    nothing), those at time 0 left out (neither world charges them), and how
+    many were timed.  The simulator charges a decision
+    ``scenario.reallocation_ms`` of the device; the runtime spends this on
+    the CPU it serves from, so time it as that runs (same CPU, same threads)
+    and charge the simulator with it.  Costs seconds."""
+    simulation = Simulation(scenario, policy, catalog)
+    decide, spent_s = simulation.policy.decide, []
+    with Runtime(catalog, policy, profile=scenario.devices[0].profile) as runtime:
+        def timed(view, now, reason):
+            started = time.process_time()
+            changes = decide(view, now, reason)
+            for row, _ in changes.values():
+                runtime.prepare(row)
+            if now > 0:
+                spent_s.append(time.process_time() - started)
+            return changes
+
+        simulation.policy.decide = timed
+        simulation.run()
+    return (float(np.mean(spent_s)) * 1e3 if spent_s else 0.0), len(spent_s)
+
+
+def priced_ms(catalog: Catalog, profile: str, option: str, exit_depth: int) -> float:
+    """What ``catalog``'s latency table ``profile`` says a request of
+    ``option`` (a record's label, e.g. ``"d16w8/none"`` or
+    ``"d12w6/max_prob@0.5"``) answered at ``exit_depth`` costs, in ms: a
+    plain sub-network's ``p50_ms``, an exit option's path to that depth
+    (``anytime.exits.exit_path_ms``)."""
+    from anytime.exits import exit_path_ms
+
+    name, _, rest = option.partition("/")
+    policy = rest.split("@")[0] or NO_EXIT
+    spec = SubnetSpec.parse(name)
+    if policy == NO_EXIT:
+        return float(catalog.latency_table(profile).p50_ms[0, spec.depth - 1, spec.width - 1])
+    return float(exit_path_ms(catalog, profile, policy)[exit_depth - 1, spec.width - 1])
+
+
+def speed_trace(records: list[RequestRecord], catalog: Catalog, profile: str, shares: list[tuple[float, float]],
+                window_s: float = 1.0) -> list[tuple[float, float]]:
+    """The served CPU's speed through a played run, measured by its own
+    requests against the table they were priced with: per window of
+    ``window_s`` seconds, the ms the table prices the requests that started
+    in it (:func:`priced_ms`) over the CPU ms they took (service time x (1 -
+    the share the load generator was scheduled then: ``shares`` holds
+    ``(start_s, share)`` per load segment, in order), the fluid share
+    model), so 1 is the table's speed and 0.7 is 30% slower.  Interrupted and
+    unanswered requests are left out (their work was cut short); a window
+    without requests keeps the speed before it.  Returns ``(start_s, speed)``
+    per window, for ``drift`` events: a virtual machine's speed moves with
+    its neighbours, which no table foresees, and replaying it separates that
+    from the simulator's own model (``benchmarks/bench_fidelity.py``)."""
+    if not (isinstance(window_s, (int, float)) and window_s > 0):
+        raise PlaybackError(f"a speed window must be a positive number of seconds, got {window_s!r}")
+    priced: dict[int, float] = {}
+    taken: dict[int, float] = {}
+    for r in records:
+        if r.start_s is None or r.outcome not in ("answered_on_time", "answered_late") or not r.exit_depth:
+            continue
+        share = next((share for start_s, share in reversed(shares) if start_s <= r.start_s),
+                     shares[0][1] if shares else 0.0)
+        k = int(r.start_s // window_s)
+        priced[k] = priced.get(k, 0.0) + priced_ms(catalog, profile, r.option, r.exit_depth)
+        taken[k] = taken.get(k, 0.0) + r.service_s * 1e3 * (1.0 - share)
+    trace, speed = [], 1.0
+    for k in range(max(priced, default=-1) + 1):
+        if taken.get(k, 0.0) > 0:
+            speed = priced[k] / taken[k]
+        trace.append((round(k * window_s, 6), float(speed)))
+    return trace
 
 
 def scaled_profile(catalog: Catalog, factor: float, profile: str | None = None) -> Catalog:

@@ -137,7 +137,7 @@ def event_phrase(event: dict) -> str:
         return f"MAC cap {'off' if value is None else format(value / 1e6, '.3g') + 'M'}"
     if value is None:
         return str(kind)
-    formats = {"background": f"others use {value:.0%}", "speed": f"speed x{value:.3g}",
+    formats = {"background": f"others use {value:.0%}", "speed": f"speed x{value:.3g}", "drift": f"unannounced speed x{value:.3g}",
                "memory": f"others hold {value:.3g} MB", "bandwidth": f"{value:.3g} Mbit/s",
                "delay": f"delay {value:.3g} ms", "rate": f"{value:.3g} req/s"}
     return formats.get(kind, f"{kind} {value:.3g}")

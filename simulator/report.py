@@ -296,10 +296,10 @@ def _draw_budgets(ax, first: dict, colours: tuple, end: float) -> None:
         ax.step(bt, 1 - np.asarray(bv), where="post", color=colours[k % 10], label=f"{device}: share left")
     speed = {}
     for e in first["budget_events"]:
-        if e["kind"] in ("speed", "bandwidth", "memory"):
+        if e["kind"] in ("speed", "drift", "bandwidth", "memory"):
             speed.setdefault((e["kind"], e["target"]), []).append((e["t"], e["value"]))
     for k, ((kind, target), steps) in enumerate(sorted(speed.items())):
-        initial = {"speed": 1.0, "memory": 0.0}.get(kind, steps[0][1])
+        initial = {"speed": 1.0, "drift": 1.0, "memory": 0.0}.get(kind, steps[0][1])
         values = [initial] + [v for _, v in steps]
         scale = max(values) or 1.0
         st = [0.0] + [t for t, _ in steps] + [end]

@@ -368,6 +368,16 @@ class Runtime:
         log.info("runtime %s: %s on %s (%s), policy %s", device_name, catalog.net, self.profile,
                  "no memory limit" if memory_budget_mb is None else f"{memory_budget_mb:g} MB", self.policy.label)
 
+    def prepare(self, row: int) -> None:
+        """Build and keep the runner of option-table ``row``, as a decision
+        does for each option it switches to (slicing the one net, one warm
+        run): to warm an option up before it is chosen, or to time what a
+        switch costs (``simulator.playback.decision_cost_ms``)."""
+        self._check_open()
+        if not (isinstance(row, (int, np.integer)) and 0 <= row < len(self.table)):
+            raise ServingError(f"no option row {row!r} in the option table of {len(self.table)} rows")
+        self._served(int(row))
+
     # ---- what a caller sets ------------------------------------------------
     def register(self, app: str, budget: Budget, rate_hz: float, *, weight: float = 1.0,
                  max_in_flight: int = 64) -> None:

@@ -122,12 +122,17 @@ class EventKind:
     sets: str  # the attribute of the target's state the engine sets
     tighter: Callable[[float, float], float]  # of two values, the tighter state (max or min)
     scale: float = 1.0  # value x scale is that attribute's unit
+    announced: bool = True  # the scheduler is told (it decides again); False: only the hardware changes
 
 
 EVENTS: dict[str, EventKind] = {kind.name: kind for kind in (
     EventKind("background", "device", "share", dict(minimum=0, maximum=0.95), "background", max),
     EventKind("speed", "device", "scale", dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED), "speed",
               min),
+    # the hardware's speed moving while nobody is told (a virtual machine's neighbours): a measured run's
+    # speed replayed into the simulator (benchmarks/bench_fidelity.py); the policy keeps deciding on "speed"
+    EventKind("drift", "device", "scale", dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED), "drift",
+              min, announced=False),
     EventKind("memory", "device", "used_mb", dict(minimum=0, maximum=MAX_MEMORY_MB), "background_memory", max,
               1e6),  # MB -> bytes
     EventKind("macs_budget", "app", "macs", dict(optional=True, positive=True, maximum=MAX_MACS), "macs_budget",

@@ -159,3 +159,46 @@ def test_a_told_capacity_follows_the_schedule_and_a_profile_scales():
     for bad in (0, -1.0, float("nan"), "2"):
         with pytest.raises(PlaybackError):
             scaled_profile(catalog, bad)
+
+
+def test_the_speed_trace_is_priced_time_over_cpu_time():
+    from simulator.playback import priced_ms, speed_trace
+    from simulator.records import RequestRecord
+
+    catalog = shipped_catalog()
+    profile = catalog.measured_device
+    full = priced_ms(catalog, profile, "d16w8", 16)
+    assert full == pytest.approx(float(catalog.latency_table(profile).p50_ms[0, 15, 7]))
+    exits = priced_ms(catalog, profile, "d16w8/max_prob@0.01", 4)
+    assert 0 < exits < full  # an exit path answered at depth 4 is priced to depth 4
+
+    def record(start_s: float, service_ms: float, outcome: str = "answered_on_time") -> RequestRecord:
+        return RequestRecord("camera", 0, start_s, start_s, start_s + service_ms / 1e3, start_s + 1.0, outcome, 16,
+                             True, 1.0, "d16w8", "cpu")
+
+    records = [record(0.1, 2 * full), record(0.5, 2 * full),  # window 0, nothing else on the CPU: half speed
+               record(1.2, 2 * full), record(1.7, 99 * full, "interrupted"),  # window 1 at share 0.5: as priced
+               record(3.4, full)]  # window 2 empty (keeps window 1's speed), window 3 as priced
+    trace = speed_trace(records, catalog, profile, [(0.0, 0.0), (1.0, 0.5)])
+    assert [t for t, _ in trace] == [0.0, 1.0, 2.0, 3.0]
+    np.testing.assert_allclose([v for _, v in trace], [0.5, 1.0, 1.0, 2.0])  # window 3: share 0.5 still
+    assert speed_trace([], catalog, profile, [(0.0, 0.0)]) == []
+    for bad in (0, -1.0, "1"):
+        with pytest.raises(PlaybackError, match="window"):
+            speed_trace(records, catalog, profile, [(0.0, 0.0)], bad)
+
+
+def test_a_decision_is_timed_with_the_runners_it_builds():
+    from simulator.playback import decision_cost_ms
+    from simulator.runtime import Runtime, ServingError
+
+    catalog = shipped_catalog()
+    scenario = dataclasses.replace(_scenario(6.0, (Event(2.0, "background", "cpu", 0.5),
+                                                   Event(4.0, "background", "cpu", 0.0))), policies=("nested",))
+    cost_ms, timed = decision_cost_ms(scenario, "nested", catalog)
+    assert timed == 2 and cost_ms > 0  # the two events' decisions; the one at time 0 is left out
+    with Runtime(catalog, "nested") as runtime:
+        runtime.prepare(0)
+        for bad in (-1, len(runtime.table), 1.5, "0"):
+            with pytest.raises(ServingError, match="option row"):
+                runtime.prepare(bad)

@@ -18,7 +18,7 @@ from scheduler.options import option_table
 from simulator.behaviour import BehaviourCache
 from simulator.devices import Device, Job
 from simulator.engine import simulate
-from simulator.report import draw_report, load_results, write_results
+from simulator.report import draw_report, load_results, result_summary, write_results
 from simulator.scenario import POLICIES, ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +186,22 @@ def test_budget_change_changes_the_selection(catalog):
     assert all("background phone -> 0.85" in s["reason"] for s in after_game)
     assert any(at_start[s["app"]] != s["option"] for s in after_game)
     assert any(e["kind"] == "background" and e["t"] == 40.0 for e in result.budget_events)
+
+
+def test_a_drift_slows_the_hardware_and_the_policy_is_not_told(catalog):
+    from simulator.scenario import Event
+
+    base = _short("phone", 30.0)
+    device = base.devices[0].name
+    drift = base.with_overrides(events=tuple(sorted((*base.events, Event(10.0, "drift", device, 0.5)),
+                                                    key=lambda e: e.at_s)))
+    plain, slowed = (simulate(s, "nested", catalog) for s in (base, drift))
+    assert {e["kind"] for e in slowed.budget_events if e["t"] == 10.0} == {"drift"}
+    assert plain.selections == slowed.selections  # no decision at the drift, so the same choices throughout
+    assert not any(s["t"] == 10.0 for s in slowed.selections)
+    # the same work at half the speed from a third of the run on: every request that runs then takes longer
+    plain_ms, slowed_ms = (result_summary(run)["overall"]["latency_p50_ms"] for run in (plain, slowed))
+    assert slowed_ms > 1.2 * plain_ms
 
 
 def test_static_policies_never_switch(catalog):
