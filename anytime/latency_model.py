@@ -33,6 +33,7 @@ stores them (``roofline``), so that a user's spec-sheet device
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -347,9 +348,24 @@ def load_device_models(path: str | Path = DEVICES_FILE) -> dict[str, DeviceModel
 
 
 def load_active_power(path: str | Path = DEVICES_FILE) -> dict[str, float]:
-    """Assumed active power (W) per device key, for energy budgets."""
+    """Assumed active power (W) per device key, for energy budgets.  The file
+    is parsed once per (resolved path, modification time, size): every
+    Simulation and option table asks, and a sweep builds thousands."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read active power from {path}: {exc}") from None
+    return dict(_read_active_power(resolved, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_active_power(path: Path, _mtime_ns: int, _size: int) -> dict[str, float]:
+    """The file's ``active_power_w``; the modification time and size are
+    part of the key only, so that an edited file is read again.  Callers
+    copy the result: the cached dict is never handed out."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
         return {str(k): float(v) for k, v in data.get("active_power_w", {}).items()}
     except (OSError, yaml.YAMLError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot read active power from {path}: {exc}") from None

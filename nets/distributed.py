@@ -50,8 +50,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         channels = x.shape[1]
-        count = torch.tensor([x.numel() / channels], dtype=x.dtype)
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count]))
+        # statistics in float32 whatever the forward's precision (bfloat16
+        # autocast): they are sums over the global batch, and the running
+        # buffers they update are float32
+        x_float = x.float()
+        count = torch.tensor([x.numel() / channels], dtype=torch.float32)
+        sums = all_reduce(torch.cat([x_float.sum(dim=(0, 2, 3)), (x_float * x_float).sum(dim=(0, 2, 3)), count]))
         total = sums[-1]
         mean = sums[:channels] / total
         var = sums[channels:2 * channels] / total - mean * mean  # biased, as batch norm normalises
@@ -62,7 +66,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             self.running_var.lerp_(unbiased.detach(), self.momentum)
         shape = (1, channels, 1, 1)
         scale = torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape)
-        return (x - mean.view(shape)) * scale + self.bias.view(shape)
+        # in the input's dtype, as BatchNorm2d answers under autocast
+        return ((x_float - mean.view(shape)) * scale + self.bias.view(shape)).to(x.dtype)
 
 
 def use_global_batch_norm(model: nn.Module, enabled: bool = True) -> nn.Module:

@@ -45,7 +45,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False),
+                PointwiseConv2d(in_channels, out_channels, stride),
                 nn.BatchNorm2d(out_channels),
             )
 
@@ -53,6 +53,33 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
+
+
+def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """A bias-free 1x1 convolution of ``stride``; while its weight learns, run
+    as a stride-1 one on every ``stride``-th pixel (the same products).
+
+    Why: oneDNN's AVX2 kernel for the weight gradient of a *strided* 1x1
+    convolution crashes or hangs when it has fewer than 8 input channels
+    (torch 2.13, channels-last, AVX2-only CPUs or ``ONEDNN_MAX_CPU_ISA=AVX2``),
+    and dnnet_tiny's and a quarter-width ResNet-32's 4-channel projections
+    have them.  Inference keeps the plain strided call, so what is timed and
+    profiled is the convolution a deployed model runs.
+    """
+    if stride != (1, 1) and torch.is_grad_enabled() and weight.requires_grad:
+        return F.conv2d(x[:, :, :: stride[0], :: stride[1]], weight)
+    return F.conv2d(x, weight, None, stride)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A bias-free 1x1 convolution (a projection shortcut) run by
+    :func:`pointwise_conv2d`; its weights and ``stride`` are an ``nn.Conv2d``'s."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__(in_channels, out_channels, 1, stride, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise_conv2d(x, self.weight, self.stride)
 
 
 def causal_mask(out_channels: int, in_channels: int, groups: int) -> torch.Tensor:
@@ -93,6 +120,8 @@ class CausalConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, out_channels: int | None = None) -> torch.Tensor:
         weight = self.masked_weight(out_channels, x.shape[1])
+        if self.kernel_size == (1, 1):  # a projection (see pointwise_conv2d)
+            return pointwise_conv2d(x, weight, self.stride)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
 

@@ -587,6 +587,7 @@ class _TenantSums:
         self.per_tenant = n * len(levels) <= LEVEL_CELLS if per_tenant is None else per_tenant
         if self.per_tenant:
             self.upto = np.stack([np.searchsorted(d, levels, side="right") - 1 for d in layout.deadline_term])
+            self.tenant = np.arange(n)[:, None]  # with upto, a fancy index (take_along_axis rebuilds it per call)
         else:  # the changes: at every option but each tenant's first, in order of deadline term
             later = np.flatnonzero(layout.valid[:, 1:].ravel())
             terms = layout.deadline_term[:, 1:].ravel()[later]
@@ -597,7 +598,7 @@ class _TenantSums:
     def __call__(self, running: np.ndarray, start: np.ndarray, upper: bool = True) -> np.ndarray:
         """``start`` [c, levels] plus the sums of ``running`` [c, n, k]."""
         if self.per_tenant:
-            read = np.take_along_axis(running, self.upto[None], axis=2)
+            read = running[:, self.tenant, self.upto]
             for t in range(read.shape[1]):
                 start = start + read[:, t, :]
             return start
@@ -677,11 +678,19 @@ def _level_bounds(layout: _Layout, capacity: int | None, sums: _TenantSums, load
     best_load, best_memory = np.zeros(len(levels)), np.zeros(len(levels))
     room = SCALE - levels[None, :].astype(np.float64)
     chunk = max(1, _GRID_CELLS // (n * max(k, len(levels) if sums.per_tenant else 1)))
+    starts = range(0, len(load_grid), chunk)
+    memory = layout.memory[None].astype(np.float64)  # what `mu x memory` converts to on every pass
+    first = None  # value - lambda x load: the same for every mu when the grid is one chunk
     for mu in (memory_grid if capacity is not None else [0.0]):
-        for start in range(0, len(load_grid), chunk):
+        for start in starts:
             lam = load_grid[start: start + chunk, None]
-            score = layout.value[None] - lam[:, :, None] * layout.utilisation[None] - mu * layout.memory[None]
-            total = sums(np.maximum.accumulate(score, axis=2), lam * room + mu * (capacity or 0))
+            part = first
+            if part is None:
+                part = layout.value[None] - lam[:, :, None] * layout.utilisation[None]
+                if len(starts) == 1:
+                    first = part
+            score = part - mu * memory
+            total = sums(np.maximum.accumulate(score, axis=2, out=score), lam * room + mu * (capacity or 0))
             which = total.argmin(axis=0)
             candidate = total[which, np.arange(len(levels))]
             better = candidate < bound
@@ -1060,6 +1069,16 @@ def _level_fixing(layout: _Layout, levels: _Levels, i: int, tau: int, value: int
     return allowed & (levels.bound[i] + score - best[:, None] >= value + 1 - 1e-6)
 
 
+class _CpModel(cp_model.CpModel):
+    """CP-SAT's model without the deprecated camelCase aliases that
+    ``CpModel.__init__`` attaches to every instance (some 60 ``setattr``,
+    0.4 ms a model, more than solving the small level models takes); this
+    module calls the snake_case methods."""
+
+    def _add_pre_pep8_methods(self) -> None:
+        pass
+
+
 def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, workers: int,
            hint_rows: list[int | None] | None, load_limit: int | None = None,
            at_least: int | None = None) -> tuple[str, list[int] | None, float, float, float]:
@@ -1074,14 +1093,15 @@ def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, worke
     if options * BUILD_SECONDS_PER_OPTION >= clock.left():
         return "UNKNOWN", None, float("nan"), 0.0, math.inf
     clock.charge(options * BUILD_SECONDS_PER_OPTION)
-    model = cp_model.CpModel()
-    chosen = build_integer_model(rows, capacity, model.NewBoolVar, model.Add, model.AddExactlyOne, model.Maximize,
-                          cp_model.LinearExpr.WeightedSum, model.NewIntVar, load_limit, at_least)
+    model = _CpModel()
+    chosen = build_integer_model(rows, capacity, model.new_bool_var, model.add, model.add_exactly_one,
+                                 model.maximize, cp_model.LinearExpr.WeightedSum, model.new_int_var, load_limit,
+                                 at_least)
     if hint_rows is not None:
         for r, xs, wanted in zip(rows, chosen, hint_rows):
             if wanted is not None:
                 for row, x in zip(r.index, xs):
-                    model.AddHint(x, int(row == wanted))
+                    model.add_hint(x, int(row == wanted))
     left = clock.left()  # building took some of it
     if left <= 0:
         return "UNKNOWN", None, float("nan"), 0.0, math.inf
@@ -1100,13 +1120,13 @@ def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, worke
     else:
         solver.parameters.max_time_in_seconds = left
         solver.parameters.num_workers = workers
-    status = solver.Solve(model)
+    status = solver.solve(model)
     clock.charge(solver.deterministic_time)
     bound = solver.best_objective_bound if status != cp_model.INFEASIBLE else -math.inf
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return solver.StatusName(status), None, float("nan"), solver.WallTime(), bound
-    picks = [int(np.argmax([solver.Value(x) for x in xs])) for xs in chosen]
-    return solver.StatusName(status), picks, solver.ObjectiveValue(), solver.WallTime(), bound
+        return solver.status_name(status), None, float("nan"), solver.wall_time, bound
+    picks = [int(np.argmax([solver.value(x) for x in xs])) for xs in chosen]
+    return solver.status_name(status), picks, solver.objective_value, solver.wall_time, bound
 
 
 def _improve_by_swaps(rows: list[TenantOptions], picks: list[int], capacity: int | None,
@@ -1131,6 +1151,8 @@ def _improve_by_swaps(rows: list[TenantOptions], picks: list[int], capacity: int
     memory_cap = np.inf if capacity is None else capacity
     picks = np.array(picks, dtype=np.int64)
     n = len(rows)
+    # each tenant's most valuable candidate: a pair's gain is at most the two tenants' gains to theirs
+    top = np.array([int(r.value[o].max()) if len(o) else -1 for r, o in zip(rows, options)], dtype=np.int64)
     for _ in range(SWAP_ROUNDS):
         if clock is not None:
             if clock.left() <= 0:
@@ -1149,7 +1171,10 @@ def _improve_by_swaps(rows: list[TenantOptions], picks: list[int], capacity: int
             j = int(np.argmax(gain))
             if gain[j] > best_gain:
                 best_gain, best_move = int(gain[j]), [(int(owner[j]), int(position[j]))]
+        headroom = (top - v).tolist()
         for group in (itertools.combinations(range(n), 2) if use_pairs else ()):
+            if headroom[group[0]] + headroom[group[1]] <= best_gain:
+                continue  # no pair move of these two can gain more than the best move so far
             gain = _pair_gains(rows, options, group, u, d, m, v, memory_cap)
             if gain.size and gain.max() > best_gain:
                 where = np.unravel_index(int(np.argmax(gain)), gain.shape)
@@ -1249,23 +1274,26 @@ def _solve_dual_lp(owner: np.ndarray, u: np.ndarray, d: np.ndarray, m: np.ndarra
     finds no optimum."""
     from ortools.linear_solver.python import model_builder_helper as mbh
 
-    rows = [f"r{j}" for j in range(len(v))]
-    text = ["NAME dual", "ROWS", " N obj", " E link"] + [" G " + r for r in rows] + ["COLUMNS"]
-    text += [f" Y obj {SCALE}", " Y link 1"] + [f" Y {r} {c}" for r, c in zip(rows, u.tolist())]
+    rows = np.arange(len(v))
     members = [np.flatnonzero(owner == t) for t in range(tenants)]
+    text = ["NAME dual\nROWS\n N obj\n E link", _mps_lines("\n G r%d", rows), "\nCOLUMNS",
+            f"\n Y obj {SCALE}\n Y link 1", _mps_lines("\n Y r%d %d", rows, u)]
     for t, js in enumerate(members):
-        text.append(f" y{t} link -1")
-        text += [f" y{t} r{j} {c}" for j, c in zip(js.tolist(), d[js].tolist()) if c]
+        text.append(f"\n y{t} link -1")
+        js = js[d[js] != 0]
+        text.append(_mps_lines(f"\n y{t} r%d %d", js, d[js]))
     if capacity is not None:
-        text.append(f" mu obj {capacity}")
-        text += [f" mu {r} {c}" for r, c in zip(rows, m.tolist()) if c]
+        text.append(f"\n mu obj {capacity}")
+        js = np.flatnonzero(m)
+        text.append(_mps_lines("\n mu r%d %d", js, m[js]))
     for t, js in enumerate(members):
-        text.append(f" pi{t} obj 1")
-        text += [f" pi{t} r{j} 1" for j in js.tolist()]
-    text += ["RHS"] + [f" rhs {r} {c}" for r, c in zip(rows, v.tolist()) if c]
-    text += ["BOUNDS"] + [f" FR bnd pi{t}" for t in range(tenants)] + ["ENDATA"]
+        text.append(f"\n pi{t} obj 1")
+        text.append(_mps_lines(f"\n pi{t} r%d 1", js))
+    js = np.flatnonzero(v)
+    text += ["\nRHS", _mps_lines("\n rhs r%d %d", js, v[js]), "\nBOUNDS"]
+    text += [f"\n FR bnd pi{t}" for t in range(tenants)] + ["\nENDATA"]
     model = mbh.ModelBuilderHelper()
-    model.import_from_mps_string("\n".join(text))
+    model.import_from_mps_string("".join(text))
     solver = mbh.ModelSolverHelper("glop")
     if math.isfinite(time_limit_s):
         solver.set_time_limit_in_seconds(time_limit_s)
@@ -1277,6 +1305,15 @@ def _solve_dual_lp(owner: np.ndarray, u: np.ndarray, d: np.ndarray, m: np.ndarra
     y_values = np.maximum(np.array([values[column[f"y{t}"]] for t in range(tenants)]), 0.0)
     mu_value = max(float(values[column["mu"]]), 0.0) if capacity is not None else 0.0
     return y_values, mu_value
+
+
+def _mps_lines(line: str, *columns: np.ndarray) -> str:
+    """``line`` (``%d`` fields, one per column) once per entry of the integer
+    ``columns``, in one formatting call: one f-string per line took half of
+    the LP's time."""
+    if not len(columns[0]):
+        return ""
+    return (line * len(columns[0])) % tuple(np.stack(columns, axis=1).ravel().tolist())
 
 
 def _allocation(tenants, device, rows, picks, optimal, seconds, solver_seconds, after_pruning,

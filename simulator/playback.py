@@ -37,8 +37,10 @@ It returns the simulator's ``RunResult`` (``background`` holds the share
 the generator really took per segment, the runtime's estimates are its
 ``capacity_estimate`` budget events) and every request's record; ``play``
 also measures how late the driver submitted each request
-(:class:`PlayStats`), a cost the records cannot see (a request's arrival is
-when ``Runtime.submit`` took it).
+(:class:`PlayStats`).  A request is stamped with its planned arrival
+(``Runtime.submit(arrival_s=...)``), so a late submission (the driver held
+up by a decision holding the runtime) counts in its latency, as it would
+for a client.
 """
 
 from __future__ import annotations
@@ -438,7 +440,8 @@ def _drive(runtime: Runtime, scenario: Scenario, plans: list[ArrivalPlan], image
         sample = int(plan.samples[position])
         image = _image(images, sample, float_images)
         lags.append(clock() - t)
-        future = runtime.submit(image, plan.app, sample=sample, label=int(labels[sample]))
+        # stamped with its planned time: a late submission (the driver held up by a decision) is the request's
+        future = runtime.submit(image, plan.app, sample=sample, label=int(labels[sample]), arrival_s=t)
         admitted = not (future.done() and future.exception() is None
                         and future.result().outcome.startswith("dropped:"))
         if admitted:  # the engine gives a sample to admitted requests only

@@ -454,15 +454,23 @@ class Runtime:
 
     # ---- serving -----------------------------------------------------------
     def submit(self, image: object, app: str, deadline_s: float | None = None, *, sample: int | None = None,
-               label: int | None = None) -> concurrent.futures.Future:
+               label: int | None = None, arrival_s: float | None = None) -> concurrent.futures.Future:
         """Queue one request (thread-safe): ``image`` a float tensor or array
         of the catalog's input shape (``[3, H, W]``) in [0, 1]; ``deadline_s``
-        the seconds it may take from now (default: the application's);
+        the seconds it may take from its arrival (default: the application's);
         ``sample`` the test-sample id it carries and ``label`` its true class,
-        both optional and recorded.  The future gives an :class:`Answer`
+        both optional and recorded; ``arrival_s`` when it arrived, on this
+        runtime's clock (:meth:`now`; default: now): a client that stamps its
+        requests passes the stamp, so the time before the runtime took it (a
+        caller held up, a decision holding the runtime) counts in its latency
+        and against its deadline.  The future gives an :class:`Answer`
         (dropped requests too, with their reason); bad arguments raise
         :class:`ServingError` here."""
         tensor = self._image(image)
+        if arrival_s is not None and not (isinstance(arrival_s, (int, float)) and not isinstance(arrival_s, bool)
+                                          and math.isfinite(arrival_s) and 0 <= arrival_s <= self._now()):
+            raise ServingError(f"arrival_s must be a time on the runtime's clock, from 0 to now ({self._now():.6g} "
+                               f"s), got {arrival_s!r}")
         if deadline_s is not None and not (isinstance(deadline_s, (int, float)) and not isinstance(deadline_s, bool)
                                            and math.isfinite(deadline_s) and deadline_s >= 0):
             raise ServingError(f"deadline_s must be a number >= 0, got {deadline_s!r}")
@@ -473,7 +481,8 @@ class Runtime:
             raise ServingError(f"label must be a class index in 0..{classes - 1}, got {label!r}")
         future: concurrent.futures.Future = concurrent.futures.Future()
         ended: list[tuple[_Request, Answer]] = []
-        arrival = self._now()  # before the lock: a decision holding it delays the request, and that counts
+        # before the lock: a decision holding it delays the request, and that counts
+        arrival = self._now() if arrival_s is None else float(arrival_s)
         with self._lock:
             self._check_open()
             state = self._app(app)
@@ -497,9 +506,9 @@ class Runtime:
         return future
 
     def infer(self, image: object, app: str, deadline_s: float | None = None, *, sample: int | None = None,
-              label: int | None = None, timeout_s: float | None = None) -> Answer:
+              label: int | None = None, arrival_s: float | None = None, timeout_s: float | None = None) -> Answer:
         """:meth:`submit` and wait for the answer."""
-        return self.submit(image, app, deadline_s, sample=sample, label=label).result(timeout_s)
+        return self.submit(image, app, deadline_s, sample=sample, label=label, arrival_s=arrival_s).result(timeout_s)
 
     def close(self) -> None:
         """Stop taking requests, serve those queued, and stop the executor."""

@@ -215,6 +215,43 @@ def test_extract_exports(tiny):
     torch.testing.assert_close(program.module()(x), model(x))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_pointwise_projection_is_a_strided_1x1_convolution(stride):
+    from nets.layers import CausalConv2d, PointwiseConv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    for conv in (PointwiseConv2d(4, 8, stride), CausalConv2d(4, 8, 1, stride, 2)):
+        weight = conv.masked_weight() if isinstance(conv, CausalConv2d) else conv.weight
+        torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, weight, None, stride), rtol=0, atol=1e-6)
+
+
+def test_a_narrow_strided_projection_trains_on_onednn_avx2_kernels():
+    """oneDNN's AVX2 weight-gradient kernel of a strided 1x1 convolution with
+    4 input channels crashed or hung in torch 2.13 (nets.layers.pointwise_conv2d):
+    train dnnet_tiny's and a quarter-width ResNet-32's first projections on
+    those kernels in a fresh process (the ISA cap must precede oneDNN's start)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from nets import create_net
+torch.manual_seed(0)
+for model in (create_net("dnnet_tiny"), create_net("resnet32_cifar10", width_multiplier=0.25)):
+    model.to(memory_format=torch.channels_last).train()
+    for batch in (2, 4, 20, 40):
+        x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        out = model.forward_all(x) if hasattr(model, "forward_all") else model(x)
+        out.float().sum().backward()
+print("trained")
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+
+
 def test_forward_rejects_spec_outside_net(tiny):
     with pytest.raises(SpecError):
         tiny(torch.rand(1, 3, 32, 32), SubnetSpec(99, 1))

@@ -373,3 +373,20 @@ def test_records_and_fold_need_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_stamped_arrival_counts_the_time_before_submit():
+    from simulator.runtime import Runtime, ServingError
+
+    now = [0.0]
+    catalog = shipped_catalog()
+    with Runtime(catalog, "static_largest", clock=lambda: now[0]) as runtime:
+        runtime.register("camera", Budget(latency_ms=60_000.0), 10.0)
+        image = np.zeros(catalog.input_shape, dtype=np.float32)
+        now[0] = 5.0
+        answer = runtime.infer(image, "camera", arrival_s=2.0, timeout_s=60)
+        assert answer.record.arrival_s == 2.0 and answer.record.deadline_s == pytest.approx(62.0)
+        assert answer.latency_s >= 3.0  # submitted 3 s after it arrived
+        for bad in (-1.0, 5.5, float("nan"), "2", True):
+            with pytest.raises(ServingError, match="arrival_s"):
+                runtime.submit(image, "camera", arrival_s=bad)
