@@ -22,13 +22,17 @@ Two simulated runs are compared with the real one:
   just before playing (``profile_drift``), each decision charged what the
   runtime's decisions cost here (``decision_cost_ms``: the policy's choice
   and the building of the runners it switches to, timed just before).
-* **replayed**: the same, with the served CPU's speed through the played
-  run (``speed_trace``: its requests' priced over CPU time, per second)
-  replayed as ``drift`` events the policy is not told of.  A virtual
+* **replayed**: the same, with what the played run measured of the machine
+  replayed, the policy told none of it: the served CPU's speed
+  (``speed_trace``: its requests' priced over CPU time, per second) as
+  ``drift`` events, the spread of service times at one speed
+  (``service_spread``) as the device's ``service_cv``, and the load
+  generator's way of taking its share (a burst at the start of each
+  period, preempting the served process, not a steady fraction) as its
+  ``background_period_ms``.  A virtual
   machine's speed moves with its neighbours by tens of percent within
   seconds, which no table foresees; what is left of the error here is the
-  simulator's own model (queueing, decisions, deadlines, the share model's
-  timing), not the machine.
+  simulator's own model (queueing, decisions, deadlines), not the machine.
 
 The scenario is ``benchmarks/fidelity.yaml`` (``--quick``: its events
 scaled to ``QUICK_S`` seconds).  Prints JSON: per application and overall the
@@ -268,26 +272,36 @@ def _service_vs_profile(records_path: Path, catalog, segments: list[dict]) -> li
     return out
 
 
-def _replayed(scenario, policy: str, catalog, records_path: Path, segments: list[dict], device: str) -> tuple:
-    """The simulator again, with the served CPU's speed through the played run
-    (``simulator.playback.speed_trace``, per ``REPLAY_WINDOW_S``) replayed as
-    ``drift`` events the policy is not told of: what is left of the error is
-    the simulator's model, not the machine's speed moving."""
+def _replayed(scenario, policy: str, catalog, records_path: Path, segments: list[dict], device: str,
+              period_ms: float) -> tuple:
+    """The simulator again, with what the played run measured of the machine
+    replayed, none of it told to the policy: the served CPU's speed
+    (``simulator.playback.speed_trace``, per ``REPLAY_WINDOW_S``) as
+    ``drift`` events, the spread of service times at one speed
+    (``service_spread``) as the device's ``service_cv``, and the load
+    generator's bursts (its share taken at the start of each ``period_ms``
+    period, not as a steady fraction) as its ``background_period_ms``.  What
+    is left of the error is the simulator's model, not the machine."""
     import numpy as np
 
     from simulator.engine import simulate
-    from simulator.playback import speed_trace
+    from simulator.playback import service_spread, speed_trace
     from simulator.records import read_records
     from simulator.scenario import Event
 
-    trace = speed_trace(read_records(records_path), catalog, "cpu-local",
-                        [(seg["start_s"], seg["target_share"]) for seg in segments], REPLAY_WINDOW_S)
+    records = list(read_records(records_path))  # read once, used twice
+    shares = [(seg["start_s"], seg["target_share"]) for seg in segments]
+    trace = speed_trace(records, catalog, "cpu-local", shares, REPLAY_WINDOW_S)
     drift = [Event(t, "drift", device, round(speed, 6)) for t, speed in trace if t < scenario.duration_s]
     events = tuple(sorted((*scenario.events, *drift), key=lambda e: e.at_s))
+    spread = service_spread(records, shares, REPLAY_WINDOW_S) or 0.0
+    devices = tuple(dataclasses.replace(d, service_cv=round(spread, 4), background_period_ms=period_ms)
+                    if d.name == device else d for d in scenario.devices)
     speeds = np.array([speed for _, speed in trace])
     summary = {"window_s": REPLAY_WINDOW_S, "windows": len(speeds),
-               "speed_p5_p50_p95": np.round(np.percentile(speeds, [5, 50, 95]), 3).tolist() if len(speeds) else []}
-    return simulate(scenario.with_overrides(events=events), policy, catalog), summary
+               "speed_p5_p50_p95": np.round(np.percentile(speeds, [5, 50, 95]), 3).tolist() if len(speeds) else [],
+               "background_period_ms": period_ms, "service_cv": round(spread, 4)}
+    return simulate(scenario.with_overrides(events=events, devices=devices), policy, catalog), summary
 
 
 def _options(selections: list[dict]) -> list[str]:
@@ -348,7 +362,7 @@ def main() -> None:
         service = _service_vs_profile(Path(tmp) / "records.jsonl", priced, playback["load_segments"])
         scenario = _scenario(args.quick).with_overrides(reallocation_ms=playback["decision_ms"])
         replayed, replay = _replayed(scenario, args.policy, priced, Path(tmp) / "records.jsonl",
-                                     playback["load_segments"], scenario.devices[0].name)
+                                     playback["load_segments"], scenario.devices[0].name, args.period_ms)
         if args.keep:  # the played run's results folder, records included
             import shutil
 

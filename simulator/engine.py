@@ -32,10 +32,12 @@ shipped scenario under every policy).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +68,9 @@ _LAST_BIN = len(LATENCY_BINS)
 # where the Simulation keeps the states an event's target names (scenario.EVENTS says which attribute)
 _TARGETS = {"device": "devices", "app": "app_by_name", "link": "links"}
 RATE_CHANGE = 0.25  # relative change of an app's observed rate that makes the scheduler decide again
+# what a bursting co-runner takes in its burst (DeviceSpec.background_period_ms):
+# all but 0.1%, as the load generator preempting the served process does (a Device needs < 1)
+BURST_SHARE = 0.999
 MIN_RATE_HZ = 0.1  # the scheduler's rate for an app that went quiet
 _log10 = math.log10
 DROP_REASONS = ("queue_full", "memory", "no_option")
@@ -100,6 +105,7 @@ class DeviceState:
         self.drift = 1.0  # the hardware's speed factor the scheduler is not told ("drift" events)
         self.background_memory = 0.0
         self.apps: list[AppState] = []
+        self.burst_cycle = 0  # the background's burst cycle now running (a new share starts a new one)
 
     def share(self) -> float:
         return float(min(1.0, max(1e-3, self.speed * (1.0 - self.background))))
@@ -258,6 +264,7 @@ class Simulation:
         self.table: OptionTable = option_table(self.catalog)
         self.behaviours: BehaviourCache = catalog.derive("simulated_behaviour",
                                                          lambda c: BehaviourCache(c, option_table(c)))
+        self._spread_behaviours: dict[tuple[int, str], Behaviour] = {}  # this run's, per (row, device)
         self.max_requests = max_requests
         for d in scenario.devices:
             if d.profile not in self.table.devices:
@@ -412,7 +419,7 @@ class Simulation:
         per_request = policy.per_request
         if per_request:
             row = policy.request_row(app.view, self.view, now)
-            behaviour = self.behaviours.get(row, app.device.spec.profile, policy.oracle)
+            behaviour = self._behaviour(row, app.device.spec)
             extra_work = self.scenario.decision_us * 1e-6
             if app.device.spec.memory_mb is not None and \
                     self.table.memory[row] > app.device.free_memory_for_apps() - app.device.memory_of_others(app):
@@ -438,7 +445,7 @@ class Simulation:
         if split is not None and behaviour.exit_index[sample] >= split.at_depth:
             work = behaviour.cum_s[split.at_depth - 1]
             request.server_behaviour = app.server_behaviour if not per_request else \
-                self.behaviours.get(row, self.devices[split.server].spec.profile, policy.oracle)
+                self._behaviour(row, self.devices[split.server].spec)
         else:
             work = behaviour.work_s[sample]
         if policy.interrupt:
@@ -642,7 +649,10 @@ class Simulation:
         setattr(target, attribute, None if value is None else value * EVENTS[event.kind].scale)
         # what the simulated hardware does about it
         if event.kind == "background":
-            target.sim_device.set_background(value)
+            if target.spec.background_period_ms:
+                self._start_bursts(target)
+            else:
+                target.sim_device.set_background(value)
             self.background_steps[target.spec.name].append((now, value))
         elif event.kind == "speed":
             target.sim_device.set_speed(value * target.drift)
@@ -653,6 +663,33 @@ class Simulation:
         elif event.kind == "bandwidth":
             target.sim_device.set_speed(value / target.spec.bandwidth_mbps)
         self.budget_events.append({"t": round(now, 6), "kind": event.kind, "target": event.target, "value": value})
+
+    def _start_bursts(self, device: DeviceState) -> None:
+        """The device's background share as a time-sliced co-runner takes it
+        (``DeviceSpec.background_period_ms``): from now, every period begins
+        with a burst of ``share x period`` in which the apps get
+        ``1 - BURST_SHARE`` of the device, then the rest of the period whole.
+        The mean capacity is the steady fraction's; the policy sees the share
+        either way.  A new share starts a new cycle."""
+        device.burst_cycle += 1
+        cycle, period_s = device.burst_cycle, device.spec.background_period_ms / 1e3
+
+        def burst(_event=None) -> None:
+            if device.burst_cycle != cycle:
+                return  # a later share took over
+            share = device.background
+            if share <= 0:
+                device.sim_device.set_background(0.0)
+                return
+            device.sim_device.set_background(BURST_SHARE)
+            Wake(self.env, share * period_s, rest)
+            Wake(self.env, period_s, burst)
+
+        def rest(_event) -> None:
+            if device.burst_cycle == cycle:
+                device.sim_device.set_background(0.0)
+
+        burst()
 
     def _decide(self, now: float, reason: str) -> None:
         changes = self.policy.decide(self.view, now, reason)
@@ -669,16 +706,33 @@ class Simulation:
                     self.utilisation[device.spec.name][len(self.apps)], j.arrival, self.env.now, j.work)
                 device.sim_device.submit(job)
 
+    def _behaviour(self, row: int, device: DeviceSpec) -> Behaviour:
+        """Option ``row`` on ``device``: the catalog's shared behaviour, its
+        samples' times spread by the device's ``service_cv`` (a mean-1
+        lognormal factor per sample, seeded by the scenario's seed, the
+        device and the row, so a run is the same every time)."""
+        behaviour = self.behaviours.get(row, device.profile, self.policy.oracle)
+        if not device.service_cv:
+            return behaviour
+        key = (row, device.name)
+        spread = self._spread_behaviours.get(key)
+        if spread is None:
+            sigma = math.sqrt(math.log1p(device.service_cv ** 2))
+            rng = np.random.default_rng([self.scenario.seed, zlib.crc32(device.name.encode()), row,
+                                         int(self.policy.oracle)])
+            factors = rng.lognormal(-sigma * sigma / 2, sigma, len(behaviour.work_s))
+            spread = self._spread_behaviours[key] = dataclasses.replace(
+                behaviour, work_s=(np.asarray(behaviour.work_s) * factors).tolist())
+        return spread
+
     def _switch(self, app: AppState, row: int, now: float, reason: str) -> None:
         """Run option ``row`` for ``app`` from now on, paying the policy's
         switch cost (nothing within a nested net, loading a zoo model)."""
-        profile = app.device.spec.profile
-        previous, option = app.option, self.table.option(row, profile)
+        previous, option = app.option, self.table.option(row, app.device.spec.profile)
         app.option, app.row = option, row
-        app.behaviour = self.behaviours.get(row, profile, self.policy.oracle)
+        app.behaviour = self._behaviour(row, app.device.spec)
         if app.spec.split is not None:
-            app.server_behaviour = self.behaviours.get(row, self.devices[app.spec.split.server].spec.profile,
-                                                       self.policy.oracle)
+            app.server_behaviour = self._behaviour(row, self.devices[app.spec.split.server].spec)
         app.memory = option.memory_bytes
         if previous is not None:
             app.stats.switches += 1

@@ -67,8 +67,9 @@ from simulator.records import RequestRecord, ServingError
 from simulator.scenario import Scenario, ScenarioError
 from simulator.runtime import UNSERVABLE, Runtime
 
-__all__ = ["CAPACITIES", "MECHANISMS", "ArrivalPlan", "ToldSlowdown", "PlayStats", "PlaybackError", "arrival_plan", "check_playable",
-           "executed_profile", "play", "profile_drift", "scaled_profile"]
+__all__ = ["CAPACITIES", "MECHANISMS", "ArrivalPlan", "ToldSlowdown", "PlayStats", "PlaybackError",
+           "arrival_plan", "check_playable", "decision_cost_ms", "executed_profile", "play",
+           "priced_ms", "profile_drift", "scaled_profile", "service_spread", "speed_trace"]
 
 log = logging.getLogger(__name__)
 
@@ -607,6 +608,32 @@ def speed_trace(records: list[RequestRecord], catalog: Catalog, profile: str, sh
             speed = priced[k] / taken[k]
         trace.append((round(k * window_s, 6), float(speed)))
     return trace
+
+
+def service_spread(records: list[RequestRecord], shares: list[tuple[float, float]], window_s: float = 1.0,
+                   min_requests: int = 5) -> float | None:
+    """How much a played run's service times spread at one speed: the
+    coefficient of variation of each answered request's service time over the
+    median of its option's requests in the same window of ``window_s``
+    seconds (windows with ``min_requests`` or more of them), so the speed's
+    drift between windows is left out.  Only windows where the load generator
+    was scheduled no share (``shares`` as for :func:`speed_trace`) count: its
+    bursts spread a loaded request's time in a way the engine models apart
+    (``DeviceSpec.background_period_ms``).  None when no such window has
+    enough requests.  For a device's ``service_cv``."""
+    groups: dict[tuple[int, str], list[float]] = {}
+    for r in records:
+        if r.start_s is None or r.outcome not in ("answered_on_time", "answered_late") or not r.exit_depth:
+            continue
+        share = next((share for start_s, share in reversed(shares) if start_s <= r.start_s),
+                     shares[0][1] if shares else 0.0)
+        if share == 0:
+            groups.setdefault((int(r.start_s // window_s), r.option), []).append(r.service_s)
+    relative = [np.asarray(v) / np.median(v) for v in groups.values() if len(v) >= min_requests]
+    if not relative:
+        return None
+    values = np.concatenate(relative)
+    return float(values.std() / values.mean())
 
 
 def scaled_profile(catalog: Catalog, factor: float, profile: str | None = None) -> Catalog:

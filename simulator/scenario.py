@@ -82,6 +82,9 @@ MAX_DEADLINE_MS = 3_600_000.0  # an hour
 MAX_MEMORY_MB = 1e7  # 10 TB
 MAX_MACS = 1e15
 MAX_SPEED = 1e3  # clock scale; its inverse is the smallest
+MAX_BACKGROUND_PERIOD_MS = 60_000.0  # a minute
+MAX_BURSTS = 1_000_000  # periods of a bursting background in a run (two engine events each: seconds in all)
+MAX_SERVICE_CV = 3.0  # a mean-1 lognormal of cv 3 already puts 1% of samples above 10x the mean
 MAX_BANDWIDTH_MBPS = 1e6  # 1 Tbit/s; a thousandth of a Mbit/s is the smallest
 MAX_WEIGHT = 1e3
 MAX_IN_FLIGHT = 100_000
@@ -177,6 +180,17 @@ class DeviceSpec:
     memory_mb: float | None = None  # capacity for models and activations; None = unbounded
     speed: float = 1.0  # initial clock scale (throttling lowers it)
     storage_mb_per_s: float = 200.0  # how fast a zoo model loads from storage on a switch
+    # spread of one inference's time around the table's (coefficient of
+    # variation of a mean-1 lognormal factor per test sample, seeded): a
+    # shared machine's service times vary even at one speed, and a queue near
+    # saturation waits on that spread; 0 prices every sample at the table's time
+    service_cv: float = 0.0
+    # how other work takes its ``background`` share: 0 as a steady fraction
+    # of the device; > 0 in a burst of share x period at the start of every
+    # period of this many ms, the apps preempted meanwhile (a time-sliced
+    # co-runner, e.g. simulator.loadgen's generator), so that a request
+    # arriving in a burst waits for its end
+    background_period_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -341,10 +355,17 @@ SECTIONS: dict[str, Section] = {
         "memory_mb": "memory for models and activations; absent: unbounded",
         "speed": "initial clock scale (speed events change it: throttling)",
         "storage_mb_per_s": "how fast a zoo model loads from storage on a switch",
+        "service_cv": "spread of one inference's time around the table's: the coefficient of variation of a "
+                      "mean-1 lognormal factor drawn per test sample (seeded); 0: the table's time exactly",
+        "background_period_ms": "how other work takes its background share: 0 as a steady fraction; > 0 in a "
+                                "burst of share x period at the start of every period of this many ms, the apps "
+                                "preempted meanwhile",
     }, {"name": Text(name=True), "profile": Text(), "discipline": Text(choices=DISCIPLINES)}, {
         "memory_mb": dict(optional=True, positive=True, maximum=MAX_MEMORY_MB),
         "speed": dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
         "storage_mb_per_s": dict(positive=True, minimum=1e-3, maximum=1e6),
+        "service_cv": dict(minimum=0, maximum=MAX_SERVICE_CV),
+        "background_period_ms": dict(minimum=0, maximum=MAX_BACKGROUND_PERIOD_MS),
     }),
     "link": Section(LinkSpec, {
         "name": "the link's name",
@@ -653,6 +674,12 @@ def _check_cost(scenario: Scenario, source: str) -> None:
             f"{source}: rate_window_s: {scenario.rate_window_s:g} s over {scenario.duration_s:g} s is "
             f"{scenario.duration_s / scenario.rate_window_s:,.0f} rate estimates, at most {MAX_RATE_ESTIMATES:,} "
             f"(each may re-run the allocator); use a longer window or 0 for none")
+    for device in scenario.devices:
+        if device.background_period_ms and scenario.duration_s / (device.background_period_ms / 1e3) > MAX_BURSTS:
+            raise ScenarioError(
+                f"{source}: device {device.name!r}: background_period_ms: {device.background_period_ms:g} ms over "
+                f"{scenario.duration_s:g} s is {scenario.duration_s / (device.background_period_ms / 1e3):,.0f} "
+                f"bursts, at most {MAX_BURSTS:,}; use a longer period or 0 for a steady share")
     try:
         expected = scenario.expected_requests()
     except AnytimeError as exc:  # a trace that changed since it was read
@@ -714,7 +741,8 @@ def _device(data: object, where: str, source: str) -> DeviceSpec:
     if discipline not in DISCIPLINES:
         r.fail(f"must be 'ps' or 'fcfs', got {shown(discipline)}", "discipline")
     return DeviceSpec(r.read(section, "name"), r.read(section, "profile"), discipline,
-                      *(r.read(section, key) for key in ("memory_mb", "speed", "storage_mb_per_s")))
+                      *(r.read(section, key) for key in ("memory_mb", "speed", "storage_mb_per_s", "service_cv",
+                                                          "background_period_ms")))
 
 
 def _link(data: object, where: str, source: str, devices: set) -> LinkSpec:

@@ -188,6 +188,26 @@ def test_the_speed_trace_is_priced_time_over_cpu_time():
             speed_trace(records, catalog, profile, [(0.0, 0.0)], bad)
 
 
+def test_the_service_spread_is_measured_at_one_speed_without_load():
+    from simulator.playback import service_spread
+    from simulator.records import RequestRecord
+
+    def record(start_s: float, service_ms: float, option: str = "d16w8", outcome: str = "answered_on_time"):
+        return RequestRecord("camera", 0, start_s, start_s, start_s + service_ms / 1e3, start_s + 1.0, outcome, 16,
+                             True, 1.0, option, "cpu")
+
+    services = [8.0, 9.0, 10.0, 11.0, 12.0]
+    records = [record(0.1 * i, ms) for i, ms in enumerate(services)]  # window 0: spread around 10 ms
+    records += [record(1.0 + 0.1 * i, 2 * ms) for i, ms in enumerate(services)]  # twice as slow: the same spread
+    records += [record(2.0 + 0.1 * i, ms) for i, ms in enumerate([1.0, 50.0, 3.0, 90.0, 5.0])]  # under load
+    records += [record(0.05, 400.0, outcome="interrupted"), record(0.06, 1.0, option="d4w2")]  # left out
+    relative = np.array(services) / 10.0
+    expected = relative.std() / relative.mean()
+    assert service_spread(records, [(0.0, 0.0), (2.0, 0.5)]) == pytest.approx(expected)
+    assert service_spread(records[:4], [(0.0, 0.0)]) is None  # too few in any window
+    assert service_spread(records, [(0.0, 0.5)]) is None  # never without load
+
+
 def test_a_decision_is_timed_with_the_runners_it_builds():
     from simulator.playback import decision_cost_ms
     from simulator.runtime import Runtime, ServingError

@@ -174,6 +174,15 @@ def test_rate_window_and_onoff_generator_are_bounded(tmp_path):
     _refused(_write(tmp_path, onoff), "rate_hz x on_s")
 
 
+def test_a_bursting_background_is_bounded(tmp_path):
+    fine = _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    background_period_ms: 10\n    service_cv: 0.3"})
+    device = load_scenario(_write(tmp_path, fine, "fine.yaml")).devices[0]
+    assert (device.background_period_ms, device.service_cv) == (10.0, 0.3)
+    _refused(_write(tmp_path, _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    background_period_ms: 0.0001"})),
+             "background_period_ms", "bursts, at most")
+    _refused(_write(tmp_path, _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    service_cv: -1"})), "service_cv")
+
+
 def test_counts_of_apps_links_and_events_are_bounded(tmp_path):
     apps = "".join(f"  - {{name: a{i}, device: phone, arrivals: {{kind: poisson, rate_hz: 1}}, deadline_ms: 9}}\n"
                    for i in range(MAX_APPS - 1))

@@ -204,6 +204,38 @@ def test_a_drift_slows_the_hardware_and_the_policy_is_not_told(catalog):
     assert slowed_ms > 1.2 * plain_ms
 
 
+def test_a_service_spread_keeps_the_mean_work_and_widens_the_latencies(catalog):
+    base = _short("phone", 30.0)
+    spread = base.with_overrides(devices=tuple(replace(d, service_cv=1.0) for d in base.devices))
+    plain, varied, again = (simulate(s, "static_largest", catalog) for s in (base, spread, spread))
+    assert result_summary(varied) == result_summary(again)  # seeded
+    assert plain.selections == varied.selections
+    # a mean-1 factor per sample: the same work in all, within sampling noise
+    work = [sum(row.sum() for row in run.utilisation.values()) for run in (plain, varied)]
+    assert work[1] == pytest.approx(work[0], rel=0.05)
+    plain_summary, varied_summary = result_summary(plain)["overall"], result_summary(varied)["overall"]
+    assert varied_summary["latency_p99_ms"] > 1.5 * plain_summary["latency_p99_ms"]  # measured: 2.0x
+
+
+def test_a_bursting_background_takes_the_same_share_in_time_slices(catalog):
+    from simulator.scenario import Event
+
+    base = _short("phone", 30.0)
+    device = base.devices[0].name
+    loaded = base.with_overrides(events=tuple(sorted((*base.events, Event(5.0, "background", device, 0.5)),
+                                                     key=lambda e: e.at_s)))
+    sliced = loaded.with_overrides(devices=tuple(replace(d, background_period_ms=40.0) for d in loaded.devices))
+    steady, bursts = (simulate(s, "static_largest", catalog) for s in (loaded, sliced))
+    assert steady.selections == bursts.selections and bursts.conserved()
+    assert bursts.background == steady.background  # the policy and the timeline see the same share
+    # the same work (the apps' utilisation) done in the free slices: a request
+    # that arrives in a burst waits for its end, so the tail grows
+    work = [sum(row.sum() for row in run.utilisation.values()) for run in (steady, bursts)]
+    assert work[1] == pytest.approx(work[0], rel=1e-6)
+    p99 = [result_summary(run)["overall"]["latency_p99_ms"] for run in (steady, bursts)]
+    assert p99[1] > 1.2 * p99[0]
+
+
 def test_static_policies_never_switch(catalog):
     for policy in ("static_largest", "static_smallest"):
         result = simulate(_short("phone", 50.0), policy, catalog)
