@@ -271,10 +271,10 @@ class StaticLargestPolicy(Policy):
     on_model_set = True
 
     def decide(self, view, now, reason):
-        if now > 0:
-            return {}
+        # every app the first time it is seen (all at time zero in a
+        # simulation; a runtime's apps register at any time), never again
         row = view.full_row()
-        return {a.name: (row, "static") for a in view.apps}
+        return {a.name: (row, "static") for a in view.apps if a.row is None}
 
 
 class StaticSmallestPolicy(AllocatingPolicy):

@@ -390,3 +390,16 @@ def test_a_stamped_arrival_counts_the_time_before_submit():
         for bad in (-1.0, 5.5, float("nan"), "2", True):
             with pytest.raises(ServingError, match="arrival_s"):
                 runtime.submit(image, "camera", arrival_s=bad)
+
+
+def test_a_static_policy_serves_an_app_registered_after_time_zero():
+    now = [0.0]
+    catalog = shipped_catalog()
+    with Runtime(catalog, "static_largest", clock=lambda: now[0]) as runtime:
+        now[0] = 3.0  # a runtime's apps come when they come
+        runtime.register("camera", Budget(latency_ms=60_000.0), 10.0)
+        answer = runtime.infer(np.zeros(catalog.input_shape, dtype=np.float32), "camera", timeout_s=60)
+        assert answer.outcome == "answered_on_time" and answer.option == "d16w8"
+        now[0] = 4.0
+        runtime.register("voice", Budget(latency_ms=60_000.0), 10.0)
+        assert runtime.infer(np.zeros(catalog.input_shape, dtype=np.float32), "voice", timeout_s=60).option == "d16w8"
