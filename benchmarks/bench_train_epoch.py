@@ -7,7 +7,11 @@ augmented CIFAR-10-shaped batches, alternating step blocks so machine load
 drifts hit both alike; an epoch is 351 such steps, so the ratio of step times
 is the ratio of epoch times.
 
-    python benchmarks/bench_train_epoch.py [--steps 20] [--rounds 5] [--threads 2]
+Where the CPU computes bfloat16 natively (AMX or AVX-512 BF16), both run
+in float32 and under bfloat16 autocast too, all four alternating, and the
+report adds bfloat16's speed-up per network (issue 13's item 1).
+
+    python benchmarks/bench_train_epoch.py [--steps 20] [--rounds 5] [--threads 2] [--precisions auto]
 """
 
 from __future__ import annotations
@@ -17,14 +21,13 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, side_by_side  # noqa: E402
 
 from nets import create_net  # noqa: E402
 from nets.data import augment, to_float  # noqa: E402
-from nets.train import TrainConfig, joint_loss, loss_weights  # noqa: E402
+from nets.train import TrainConfig, TrainingObjective, native_bfloat16  # noqa: E402
 
 
 def main() -> None:
@@ -32,45 +35,55 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per round and contender")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--head-pool", type=int, default=4,
+                        help="the nested net's exit heads pool to this grid (the long runs' recipe: 4)")
+    parser.add_argument("--precisions", default="auto",
+                        help="comma-separated: float32, bfloat16, or auto (float32, plus bfloat16 where native)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = TrainConfig()
+    precisions = ["float32", "bfloat16"] if native_bfloat16() else ["float32"]
+    if args.precisions != "auto":
+        precisions = args.precisions.split(",")
     fmt = torch.channels_last
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (128,))
 
-    nested = create_net("dnnet_resnet32_cifar10").train().to(memory_format=fmt)
-    plain = create_net("resnet32_cifar10").train().to(memory_format=fmt)
-    weights = loss_weights(nested.depths, nested.widths, config.lambda_scheme)
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
-                  for name, m in (("nested", nested), ("plain", plain))}
+    def contender(net: str, precision: str):
+        """``args.steps`` optimizer steps through the training objective the
+        trainer uses (the model's own loss, autocast as configured)."""
+        nested = net.startswith("dnnet")
+        model = create_net(net, **({"head_pool": args.head_pool} if nested else {})).train().to(memory_format=fmt)
+        # the long runs' recipe (scripts/long_run.sh): deeper outputs weigh more
+        objective = TrainingObjective(model, TrainConfig(precision=precision, lambda_scheme="depth"))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
-    def nested_steps() -> None:
-        for _ in range(args.steps):
-            x = to_float(augment(images, generator)).contiguous(memory_format=fmt)
-            loss, _ = joint_loss(nested.forward_all(x), labels, weights, config.full_output_weight,
-                                 config.distill_weight)
-            optimizers["nested"].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers["nested"].step()
+        def steps() -> None:
+            for _ in range(args.steps):
+                x = to_float(augment(images, generator)).contiguous(memory_format=fmt)
+                loss = objective(x, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return steps
 
-    def plain_steps() -> None:
-        for _ in range(args.steps):
-            x = to_float(augment(images, generator)).contiguous(memory_format=fmt)
-            loss = F.cross_entropy(plain(x), labels)
-            optimizers["plain"].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers["plain"].step()
-
-    side_by_side({"nested": nested_steps, "plain": plain_steps}, 1)  # warm-up
-    times = side_by_side({"nested_joint_all_outputs": nested_steps, "plain_resnet32": plain_steps}, args.rounds)
+    contenders = {}
+    for precision in precisions:
+        contenders[f"nested_joint_all_outputs_{precision}"] = contender("dnnet_resnet32_cifar10", precision)
+        contenders[f"plain_resnet32_{precision}"] = contender("resnet32_cifar10", precision)
+    side_by_side(contenders, 1)  # warm-up
+    times = side_by_side(contenders, args.rounds)
     steps_per_epoch = 45000 // 128
-    report("one training epoch: nested joint loss vs plain ResNet-32", times, "plain_resnet32",
-           {"steps_per_round": args.steps,
-            "epoch_seconds_estimate": {n: sorted(v)[len(v) // 2] / args.steps * steps_per_epoch
-                                       for n, v in times.items()}})
+    median = {n: sorted(v)[len(v) // 2] for n, v in times.items()}
+    extra = {"steps_per_round": args.steps, "cpu_flags_bfloat16": native_bfloat16(), "head_pool": args.head_pool,
+             "epoch_seconds_estimate": {n: m / args.steps * steps_per_epoch for n, m in median.items()},
+             "nested_over_plain": {p: median[f"nested_joint_all_outputs_{p}"] / median[f"plain_resnet32_{p}"]
+                                   for p in precisions}}
+    if "float32" in precisions and "bfloat16" in precisions:
+        extra["bfloat16_speedup"] = {net: median[f"{net}_float32"] / median[f"{net}_bfloat16"]
+                                     for net in ("nested_joint_all_outputs", "plain_resnet32")}
+    report("one training epoch: nested joint loss vs plain ResNet-32", times, f"plain_resnet32_{precisions[0]}", extra)
 
 
 if __name__ == "__main__":
