@@ -16,6 +16,7 @@ differentiable all-reduces, on any backend.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,22 @@ def init_from_environment() -> bool:
         return False
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
+
+
+GLOO_SETTLE_S = 0.2  # how long close_group lets go of the interpreter before destroying the group
+
+
+def close_group() -> None:
+    """Destroy the process group this process started (``init_from_environment``).
+
+    It first sleeps ``GLOO_SETTLE_S``, which releases the GIL: a gloo worker
+    thread still tidying up after the last collective may need the GIL to
+    drop a Python object, while destroying the group joins that thread with
+    the GIL held.  Without the pause a CI run deadlocked there once (torch
+    2.13, gloo, a rank's main thread in ``~ProcessGroupGloo`` joining
+    ``pt_gloo_runloop``, which waited for the GIL)."""
+    time.sleep(GLOO_SETTLE_S)
+    dist.destroy_process_group()
 
 
 def rank_and_size() -> tuple[int, int]:

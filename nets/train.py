@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from nets.data import ImageDataset, augment, batches, crop_padding, to_float
 from nets.dnnet import DNNet
-from nets.distributed import init_from_environment, rank_and_size, use_global_batch_norm
+from nets.distributed import close_group, init_from_environment, rank_and_size, use_global_batch_norm
 from nets.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
 from nets.train_config import TrainConfig
@@ -283,7 +283,7 @@ def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, 
     finally:
         use_global_batch_norm(model, enabled=False)
         if owns_group:
-            dist.destroy_process_group()
+            close_group()
 
 
 def _train_epoch(objective: nn.Module, run: _Run, data: ImageDataset, config: TrainConfig, steps: int, name: str,
