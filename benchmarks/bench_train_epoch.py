@@ -45,6 +45,9 @@ def main() -> None:
     precisions = ["float32", "bfloat16"] if native_bfloat16() else ["float32"]
     if args.precisions != "auto":
         precisions = args.precisions.split(",")
+        unknown = sorted(set(precisions) - {"float32", "bfloat16"})
+        if unknown:
+            parser.error(f"--precisions: unknown {', '.join(unknown)} (float32, bfloat16 or auto)")
     fmt = torch.channels_last
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
