@@ -51,7 +51,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -576,6 +576,22 @@ def priced_ms(catalog: Catalog, profile: str, option: str, exit_depth: int) -> f
     return float(exit_path_ms(catalog, profile, policy)[exit_depth - 1, spec.width - 1])
 
 
+def _served_windows(records: list[RequestRecord], shares: list[tuple[float, float]],
+                    window_s: float) -> Iterator[tuple[RequestRecord, int, float]]:
+    """Each answered request whose work ran whole (interrupted and unanswered
+    ones were cut short) with its window index (``start_s // window_s``) and
+    the load generator's scheduled share when it started (``shares`` holds
+    ``(start_s, share)`` per load segment, in order)."""
+    if not (isinstance(window_s, (int, float)) and window_s > 0):
+        raise PlaybackError(f"a speed window must be a positive number of seconds, got {window_s!r}")
+    for r in records:
+        if r.start_s is None or r.outcome not in ("answered_on_time", "answered_late") or not r.exit_depth:
+            continue
+        share = next((share for start_s, share in reversed(shares) if start_s <= r.start_s),
+                     shares[0][1] if shares else 0.0)
+        yield r, int(r.start_s // window_s), share
+
+
 def speed_trace(records: list[RequestRecord], catalog: Catalog, profile: str, shares: list[tuple[float, float]],
                 window_s: float = 1.0) -> list[tuple[float, float]]:
     """The served CPU's speed through a played run, measured by its own
@@ -590,16 +606,9 @@ def speed_trace(records: list[RequestRecord], catalog: Catalog, profile: str, sh
     per window, for ``drift`` events: a virtual machine's speed moves with
     its neighbours, which no table foresees, and replaying it separates that
     from the simulator's own model (``benchmarks/bench_fidelity.py``)."""
-    if not (isinstance(window_s, (int, float)) and window_s > 0):
-        raise PlaybackError(f"a speed window must be a positive number of seconds, got {window_s!r}")
     priced: dict[int, float] = {}
     taken: dict[int, float] = {}
-    for r in records:
-        if r.start_s is None or r.outcome not in ("answered_on_time", "answered_late") or not r.exit_depth:
-            continue
-        share = next((share for start_s, share in reversed(shares) if start_s <= r.start_s),
-                     shares[0][1] if shares else 0.0)
-        k = int(r.start_s // window_s)
+    for r, k, share in _served_windows(records, shares, window_s):
         priced[k] = priced.get(k, 0.0) + priced_ms(catalog, profile, r.option, r.exit_depth)
         taken[k] = taken.get(k, 0.0) + r.service_s * 1e3 * (1.0 - share)
     trace, speed = [], 1.0
@@ -622,13 +631,9 @@ def service_spread(records: list[RequestRecord], shares: list[tuple[float, float
     (``DeviceSpec.background_period_ms``).  None when no such window has
     enough requests.  For a device's ``service_cv``."""
     groups: dict[tuple[int, str], list[float]] = {}
-    for r in records:
-        if r.start_s is None or r.outcome not in ("answered_on_time", "answered_late") or not r.exit_depth:
-            continue
-        share = next((share for start_s, share in reversed(shares) if start_s <= r.start_s),
-                     shares[0][1] if shares else 0.0)
+    for r, k, share in _served_windows(records, shares, window_s):
         if share == 0:
-            groups.setdefault((int(r.start_s // window_s), r.option), []).append(r.service_s)
+            groups.setdefault((k, r.option), []).append(r.service_s)
     relative = [np.asarray(v) / np.median(v) for v in groups.values() if len(v) >= min_requests]
     if not relative:
         return None
