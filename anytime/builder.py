@@ -373,9 +373,10 @@ def exit_overheads(executed_ms: dict[str, np.ndarray], table: LatencyTable) -> t
             a, b = np.linalg.lstsq(design, excess.ravel(), rcond=None)[0]
         else:  # one depth: the call's work alone
             a, b = float(np.median(excess)), 0.0
-        b = max(float(b), 0.0)
+        # to the nanosecond: a fit of zero comes out as +-1e-17 from rounding
+        a, b = round(float(a), 6), max(round(float(b), 6), 0.0)
         table_ms = np.full((depths, widths), b)
-        table_ms[0] = max(float(a) + b, 0.0)
+        table_ms[0] = max(a + b, 0.0)
         residual = excess - np.cumsum(table_ms, axis=0)
         overheads[policy] = table_ms
         summary[policy] = {"per_call_ms": round(float(table_ms[0, 0]) - b, 4), "per_depth_ms": round(b, 4),
