@@ -26,10 +26,12 @@ Two simulated runs are compared with the real one:
   replayed, the policy told none of it: the served CPU's speed
   (``speed_trace``: its requests' priced over CPU time, per second) as
   ``drift`` events, the spread of service times at one speed
-  (``service_spread``) as the device's ``service_cv``, and the load
+  (``service_spread``) as the device's ``service_cv``, the load
   generator's way of taking its share (a burst at the start of each
   period, preempting the served process, not a steady fraction) as its
-  ``background_period_ms``.  A virtual
+  ``background_period_ms``, and the serving stack's own time per request
+  (``request_overhead``: submission, wake-up, bookkeeping) as its
+  ``request_overhead_ms``.  A virtual
   machine's speed moves with its neighbours by tens of percent within
   seconds, which no table foresees; what is left of the error here is the
   simulator's own model (queueing, decisions, deadlines), not the machine.
@@ -278,14 +280,17 @@ def _replayed(scenario, policy: str, catalog, records_path: Path, segments: list
     replayed, none of it told to the policy: the served CPU's speed
     (``simulator.playback.speed_trace``, per ``REPLAY_WINDOW_S``) as
     ``drift`` events, the spread of service times at one speed
-    (``service_spread``) as the device's ``service_cv``, and the load
+    (``service_spread``) as the device's ``service_cv``, the load
     generator's bursts (its share taken at the start of each ``period_ms``
-    period, not as a steady fraction) as its ``background_period_ms``.  What
-    is left of the error is the simulator's model, not the machine."""
+    period, not as a steady fraction) as its ``background_period_ms``, and
+    the serving stack's own time per request (``request_overhead``: the
+    client's submission, the executor's wake-up, the bookkeeping) as its
+    ``request_overhead_ms``.  What is left of the error is the simulator's
+    model, not the machine."""
     import numpy as np
 
     from simulator.engine import simulate
-    from simulator.playback import service_spread, speed_trace
+    from simulator.playback import request_overhead, service_spread, speed_trace
     from simulator.records import read_records
     from simulator.scenario import Event
 
@@ -295,12 +300,15 @@ def _replayed(scenario, policy: str, catalog, records_path: Path, segments: list
     drift = [Event(t, "drift", device, round(speed, 6)) for t, speed in trace if t < scenario.duration_s]
     events = tuple(sorted((*scenario.events, *drift), key=lambda e: e.at_s))
     spread = service_spread(records, shares, REPLAY_WINDOW_S) or 0.0
-    devices = tuple(dataclasses.replace(d, service_cv=round(spread, 4), background_period_ms=period_ms)
+    overhead_ms = request_overhead(records, shares) or 0.0
+    devices = tuple(dataclasses.replace(d, service_cv=round(spread, 4), background_period_ms=period_ms,
+                                        request_overhead_ms=round(overhead_ms, 4))
                     if d.name == device else d for d in scenario.devices)
     speeds = np.array([speed for _, speed in trace])
     summary = {"window_s": REPLAY_WINDOW_S, "windows": len(speeds),
                "speed_p5_p50_p95": np.round(np.percentile(speeds, [5, 50, 95]), 3).tolist() if len(speeds) else [],
-               "background_period_ms": period_ms, "service_cv": round(spread, 4)}
+               "background_period_ms": period_ms, "service_cv": round(spread, 4),
+               "request_overhead_ms": round(overhead_ms, 4)}
     return simulate(scenario.with_overrides(events=events, devices=devices), policy, catalog), summary
 
 

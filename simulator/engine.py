@@ -106,6 +106,7 @@ class DeviceState:
         self.background_memory = 0.0
         self.apps: list[AppState] = []
         self.burst_cycle = 0  # the background's burst cycle now running (a new share starts a new one)
+        self.request_overhead_s = spec.request_overhead_ms / 1e3  # charged before each request's network
 
     def share(self) -> float:
         return float(min(1.0, max(1e-3, self.speed * (1.0 - self.background))))
@@ -420,13 +421,13 @@ class Simulation:
         if per_request:
             row = policy.request_row(app.view, self.view, now)
             behaviour = self._behaviour(row, app.device.spec)
-            extra_work = self.scenario.decision_us * 1e-6
+            extra_work = self.scenario.decision_us * 1e-6 + app.device.request_overhead_s
             if app.device.spec.memory_mb is not None and \
                     self.table.memory[row] > app.device.free_memory_for_apps() - app.device.memory_of_others(app):
                 stats.dropped["memory"] += 1
                 return
         else:
-            row, behaviour, extra_work = app.row, app.behaviour, 0.0
+            row, behaviour, extra_work = app.row, app.behaviour, app.device.request_overhead_s
             if row is None:
                 stats.dropped["no_option"] += 1
                 return
@@ -524,7 +525,8 @@ class Simulation:
         server = self.devices[split.server]
         cum = request.server_behaviour.cum_s
         exit_index = request.behaviour.exit_index[request.sample]
-        job = Job(max(0.0, cum[exit_index] - cum[split.at_depth - 1]), on_done=self._stage_done, payload=request)
+        job = Job(max(0.0, cum[exit_index] - cum[split.at_depth - 1]) + server.request_overhead_s,
+                  on_done=self._stage_done, payload=request)
         if self.policy.interrupt:
             job.deadline, job.on_deadline = request.deadline, self._interrupted
         server.sim_device.submit(job)
@@ -536,7 +538,8 @@ class Simulation:
         split = app.spec.split
         if request.stage is Stage.EDGE:
             self._account(app.device, app.index, job.arrival, now, attained, app.device.power_w)
-            passed = request.behaviour.passed_exit(attained)
+            # the serving stack's overhead runs before the network
+            passed = request.behaviour.passed_exit(attained - app.device.request_overhead_s)
         elif request.stage is Stage.LINK:
             self._account_link(self.links[split.link], app.index, job.arrival, now, attained)
             passed = split.at_depth - 1 if request.behaviour.has_heads else -1
@@ -544,7 +547,7 @@ class Simulation:
             server = self.devices[split.server]
             self._account(server, app.index, job.arrival, now, attained, server.power_w)
             base = request.server_behaviour.cum_s[split.at_depth - 1]
-            passed = request.server_behaviour.passed_exit(base + attained)
+            passed = request.server_behaviour.passed_exit(base + attained - server.request_overhead_s)
             if passed < split.at_depth - 1 and request.behaviour.has_heads:
                 passed = split.at_depth - 1
         self._answer_interrupted(request, passed)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 import threading
@@ -69,7 +70,7 @@ from simulator.runtime import UNSERVABLE, Runtime
 
 __all__ = ["CAPACITIES", "MECHANISMS", "ArrivalPlan", "ToldSlowdown", "PlayStats", "PlaybackError",
            "arrival_plan", "check_playable", "decision_cost_ms", "executed_profile", "play",
-           "priced_ms", "profile_drift", "scaled_profile", "service_spread", "speed_trace"]
+           "priced_ms", "profile_drift", "request_overhead", "scaled_profile", "service_spread", "speed_trace"]
 
 log = logging.getLogger(__name__)
 
@@ -587,9 +588,13 @@ def _served_windows(records: list[RequestRecord], shares: list[tuple[float, floa
     for r in records:
         if r.start_s is None or r.outcome not in ("answered_on_time", "answered_late") or not r.exit_depth:
             continue
-        share = next((share for start_s, share in reversed(shares) if start_s <= r.start_s),
-                     shares[0][1] if shares else 0.0)
-        yield r, int(r.start_s // window_s), share
+        yield r, int(r.start_s // window_s), _share_at(shares, r.start_s)
+
+
+def _share_at(shares: list[tuple[float, float]], t: float) -> float:
+    """The load generator's scheduled share at time ``t`` (``shares``: its
+    segments' ``(start_s, share)``, in order; the first one's before it)."""
+    return next((share for start_s, share in reversed(shares) if start_s <= t), shares[0][1] if shares else 0.0)
 
 
 def speed_trace(records: list[RequestRecord], catalog: Catalog, profile: str, shares: list[tuple[float, float]],
@@ -639,6 +644,27 @@ def service_spread(records: list[RequestRecord], shares: list[tuple[float, float
         return None
     values = np.concatenate(relative)
     return float(values.std() / values.mean())
+
+
+def request_overhead(records: list[RequestRecord], shares: list[tuple[float, float]]) -> float | None:
+    """The serving stack's own time per request in a played run, in ms: the
+    median of how long each request waited to start once it could, that is
+    from ``max(its arrival, the previous request's end)`` to its start (the
+    runtime serves one request at a time), over the requests that started
+    while the load generator was scheduled no share (``shares`` as for
+    :func:`speed_trace`; its bursts delay starts in a way the engine models
+    apart).  That wait is the client's submission, the executor's wake-up
+    and the bookkeeping around each call: CPU work the network's time leaves
+    out.  The median, not the mean: the rare long waits are decisions, which
+    the engine charges apart (``reallocation_ms``).  None when no request
+    started without load.  For a device's ``request_overhead_ms``."""
+    started = sorted((r for r in records if r.start_s is not None), key=lambda r: r.start_s)
+    waits, free_at = [], -math.inf
+    for r in started:
+        if _share_at(shares, r.start_s) == 0:
+            waits.append(r.start_s - max(r.arrival_s, free_at))
+        free_at = max(free_at, r.end_s)
+    return float(np.median(waits)) * 1e3 if waits else None
 
 
 def scaled_profile(catalog: Catalog, factor: float, profile: str | None = None) -> Catalog:

@@ -84,6 +84,7 @@ MAX_MACS = 1e15
 MAX_SPEED = 1e3  # clock scale; its inverse is the smallest
 MAX_BACKGROUND_PERIOD_MS = 60_000.0  # a minute
 MAX_BURSTS = 1_000_000  # periods of a bursting background in a run (two engine events each: seconds in all)
+MAX_REQUEST_OVERHEAD_MS = 60_000.0  # a minute per request: beyond it, a typo
 MAX_SERVICE_CV = 3.0  # a mean-1 lognormal of cv 3 already puts 1% of samples above 10x the mean
 MAX_BANDWIDTH_MBPS = 1e6  # 1 Tbit/s; a thousandth of a Mbit/s is the smallest
 MAX_WEIGHT = 1e3
@@ -191,6 +192,12 @@ class DeviceSpec:
     # co-runner, e.g. simulator.loadgen's generator), so that a request
     # arriving in a burst waits for its end
     background_period_ms: float = 0.0
+    # the serving stack's own time per request beyond the network's (the
+    # client's submission, the executor's wake-up, the bookkeeping around
+    # the call), charged as work on the device with the request's, so it
+    # slows the device as the network does; a played run measures it
+    # (simulator.playback.request_overhead), 0 leaves it out
+    request_overhead_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -360,12 +367,15 @@ SECTIONS: dict[str, Section] = {
         "background_period_ms": "how other work takes its background share: 0 as a steady fraction; > 0 in a "
                                 "burst of share x period at the start of every period of this many ms, the apps "
                                 "preempted meanwhile",
+        "request_overhead_ms": "the serving stack's own time per request beyond the network's (submission, "
+                               "wake-up, bookkeeping), charged as work on the device with each request's",
     }, {"name": Text(name=True), "profile": Text(), "discipline": Text(choices=DISCIPLINES)}, {
         "memory_mb": dict(optional=True, positive=True, maximum=MAX_MEMORY_MB),
         "speed": dict(positive=True, minimum=1 / MAX_SPEED, maximum=MAX_SPEED),
         "storage_mb_per_s": dict(positive=True, minimum=1e-3, maximum=1e6),
         "service_cv": dict(minimum=0, maximum=MAX_SERVICE_CV),
         "background_period_ms": dict(minimum=0, maximum=MAX_BACKGROUND_PERIOD_MS),
+        "request_overhead_ms": dict(minimum=0, maximum=MAX_REQUEST_OVERHEAD_MS),
     }),
     "link": Section(LinkSpec, {
         "name": "the link's name",
@@ -742,7 +752,7 @@ def _device(data: object, where: str, source: str) -> DeviceSpec:
         r.fail(f"must be 'ps' or 'fcfs', got {shown(discipline)}", "discipline")
     return DeviceSpec(r.read(section, "name"), r.read(section, "profile"), discipline,
                       *(r.read(section, key) for key in ("memory_mb", "speed", "storage_mb_per_s", "service_cv",
-                                                          "background_period_ms")))
+                                                          "background_period_ms", "request_overhead_ms")))
 
 
 def _link(data: object, where: str, source: str, devices: set) -> LinkSpec:

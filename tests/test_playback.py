@@ -208,6 +208,25 @@ def test_the_service_spread_is_measured_at_one_speed_without_load():
     assert service_spread(records, [(0.0, 0.5)]) is None  # never without load
 
 
+def test_the_request_overhead_is_the_wait_to_start_once_the_server_is_free():
+    from simulator.playback import request_overhead
+    from simulator.records import RequestRecord
+
+    def record(arrival_s: float, start_s: float | None, end_s: float, outcome: str = "answered_on_time"):
+        depth = 16 if outcome.startswith("answered") else 0
+        return RequestRecord("camera", 0 if depth else None, arrival_s, start_s, end_s, arrival_s + 1.0, outcome,
+                             depth, True if depth else None, 1.0, "d16w8", "cpu")
+
+    records = [record(0.000, 0.001, 0.010),  # idle server: waited 1 ms after its arrival
+               record(0.005, 0.012, 0.020),  # queued behind the first: 2 ms after it ended
+               record(0.030, 0.033, 0.040),  # idle again: 3 ms
+               record(0.031, None, 0.031, "dropped:queue_full"),  # never started: left out
+               record(2.000, 2.050, 2.060)]  # under load: 50 ms, left out
+    assert request_overhead(records, [(0.0, 0.0), (1.0, 0.5)]) == pytest.approx(2.0)
+    assert request_overhead(records[::-1], [(0.0, 0.0), (1.0, 0.5)]) == pytest.approx(2.0)  # any order
+    assert request_overhead(records, [(0.0, 0.5)]) is None  # never without load
+
+
 def test_a_decision_is_timed_with_the_runners_it_builds():
     from simulator.playback import decision_cost_ms
     from simulator.runtime import Runtime, ServingError

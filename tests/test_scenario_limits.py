@@ -174,13 +174,16 @@ def test_rate_window_and_onoff_generator_are_bounded(tmp_path):
     _refused(_write(tmp_path, onoff), "rate_hz x on_s")
 
 
-def test_a_bursting_background_is_bounded(tmp_path):
-    fine = _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    background_period_ms: 10\n    service_cv: 0.3"})
+def test_a_devices_measured_fields_are_bounded(tmp_path):
+    fine = _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    background_period_ms: 10\n    service_cv: 0.3\n"
+                                            "    request_overhead_ms: 0.5"})
     device = load_scenario(_write(tmp_path, fine, "fine.yaml")).devices[0]
-    assert (device.background_period_ms, device.service_cv) == (10.0, 0.3)
+    assert (device.background_period_ms, device.service_cv, device.request_overhead_ms) == (10.0, 0.3, 0.5)
     _refused(_write(tmp_path, _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    background_period_ms: 0.0001"})),
              "background_period_ms", "bursts, at most")
     _refused(_write(tmp_path, _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    service_cv: -1"})), "service_cv")
+    _refused(_write(tmp_path, _phone(**{"    memory_mb: 6": "    memory_mb: 6\n    request_overhead_ms: -0.5"})),
+             "request_overhead_ms")
 
 
 def test_counts_of_apps_links_and_events_are_bounded(tmp_path):

@@ -236,6 +236,29 @@ def test_a_bursting_background_takes_the_same_share_in_time_slices(catalog):
     assert p99[1] > 1.2 * p99[0]
 
 
+def test_a_request_overhead_is_charged_as_work_before_the_network(catalog):
+    base = _short("phone", 30.0)
+    overhead_ms = 0.5
+    charged = base.with_overrides(devices=tuple(replace(d, request_overhead_ms=overhead_ms) for d in base.devices))
+    plain, slower = (simulate(s, "static_largest", catalog) for s in (base, charged))
+    assert plain.selections == slower.selections and slower.conserved()
+    # every answered request's work grew by the overhead, and nothing else did
+    from simulator.engine import TIME_BINS
+
+    work = [sum(row.sum() for row in run.utilisation.values()) * base.duration_s / TIME_BINS  # seconds
+            for run in (plain, slower)]
+    answered = sum(s.answered for s in slower.stats.values())
+    assert work[1] - work[0] == pytest.approx(answered * overhead_ms / 1e3, rel=1e-6)
+    p50 = [result_summary(run)["overall"]["latency_p50_ms"] for run in (plain, slower)]
+    assert p50[1] > p50[0] + 0.5 * overhead_ms  # about the overhead, to the latency histogram's bins
+    # interrupted at its deadline while the overhead still runs, a request has passed no exit
+    deadline_ms = max(a.deadline_ms for a in base.apps)
+    blocked = base.with_overrides(devices=tuple(replace(d, request_overhead_ms=deadline_ms) for d in base.devices))
+    cut = simulate(blocked, "static_largest+interrupt", catalog)
+    assert sum(s.answered for s in cut.stats.values()) == 0
+    assert sum(s.unanswered for s in cut.stats.values()) > 0
+
+
 def test_static_policies_never_switch(catalog):
     for policy in ("static_largest", "static_smallest"):
         result = simulate(_short("phone", 50.0), policy, catalog)
