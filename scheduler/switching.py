@@ -78,10 +78,17 @@ class Hysteresis:
     def keeps(self, still_fits: bool, gain: float, applications: Iterable[str], now: float) -> bool:
         """Whether to keep what ``applications`` run, when a new choice would
         gain ``gain`` (weighted) accuracy."""
-        if not still_fits:
-            return False
-        held_s = min(now - self.since.get(name, -math.inf) for name in applications)
-        return gain <= self.hysteresis or held_s < self.min_dwell_s
+        return still_fits and (gain <= self.hysteresis or self._dwelling(applications, now))
+
+    def holds(self, still_fits: bool, applications: Iterable[str], now: float) -> bool:
+        """Whether the rule keeps what ``applications`` run whatever a new
+        choice would gain (it still fits and has not run ``min_dwell_s``):
+        then the new choice need not be computed at all."""
+        return still_fits and self._dwelling(applications, now)
+
+    def _dwelling(self, applications: Iterable[str], now: float) -> bool:
+        """Whether the group's most recent switch is under ``min_dwell_s`` ago."""
+        return min(now - self.since.get(name, -math.inf) for name in applications) < self.min_dwell_s
 
     def switched(self, applications: Iterable[str], now: float) -> None:
         for name in applications:
@@ -102,6 +109,8 @@ class SwitchingPolicy:
     def update(self, budget: Budget, now: float) -> tuple[Selection, float]:
         """The selection to run under ``budget`` at time ``now`` and the
         switch cost in seconds (0 when it keeps the current one)."""
+        if self.current is not None and self.rule.holds(self.current.option.fits(budget), ["app"], now):
+            return self.current, 0.0  # kept whatever the best is: not selected
         try:
             best = self.scheduler.select(budget)
         except InfeasibleBudget:

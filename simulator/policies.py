@@ -129,6 +129,8 @@ class AllocatingPolicy(Policy):
         shared = SharedDevice(device.profile, share=device.share(), memory_bytes=device.free_memory_bytes())
         current = {a.name: a.row for a in apps if a.row is not None}
         keep = len(current) == len(apps) and allocation_fits(current, tenants, shared)
+        if self.rule.holds(keep, [a.name for a in apps], now):
+            return {}  # whatever the allocation, the rule keeps what runs: not solved (a sixth of the edge box's)
         allocation = self._solve(view, tenants, shared)
         if allocation is None:
             if keep:

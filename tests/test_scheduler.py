@@ -407,6 +407,13 @@ def test_hysteresis_rule_keeps_until_gain_and_dwell_or_misfit():
     assert not rule.keeps(False, 0.0, ["a"], now=10.5)  # no longer fits: switch at once
     rule.switched(["b"], now=14.0)
     assert rule.keeps(True, 0.5, ["a", "b"], now=16.0)  # the most recent switch of the group counts
+    # holds: kept whatever the gain, so the new choice need not be computed
+    assert rule.holds(True, ["a", "b"], now=16.0) and not rule.holds(True, ["a"], now=16.0)
+    assert not rule.holds(False, ["b"], now=14.5) and not rule.holds(True, ["never"], now=0.0)
+    for now in (10.0, 14.5, 16.0, 19.0, 30.0):
+        for group in (["a"], ["b"], ["a", "b"]):
+            if rule.holds(True, group, now):
+                assert all(rule.keeps(True, gain, group, now) for gain in (0.0, 0.5, 1e9))
     with pytest.raises(BudgetError):
         Hysteresis(hysteresis=-1.0)
 

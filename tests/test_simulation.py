@@ -259,6 +259,24 @@ def test_a_request_overhead_is_charged_as_work_before_the_network(catalog):
     assert sum(s.unanswered for s in cut.stats.values()) > 0
 
 
+def test_a_decision_the_switching_rule_would_discard_is_not_solved(catalog, monkeypatch):
+    from scheduler.switching import Hysteresis
+    from simulator.policies import AllocatingPolicy
+
+    scenario = load_scenario(ROOT / "scenarios" / "edge_box.yaml")
+    asked = []
+    solve = AllocatingPolicy._solve
+    monkeypatch.setattr(AllocatingPolicy, "_solve", lambda self, *args: asked.append(args) or solve(self, *args))
+    skipping = simulate(scenario, "nested", catalog)
+    skipped = len(asked)
+    asked.clear()
+    monkeypatch.setattr(Hysteresis, "holds", lambda *_: False)  # every decision solved
+    solving = simulate(scenario, "nested", catalog)
+    assert skipped < len(asked)
+    assert skipping.selections == solving.selections
+    assert result_summary(skipping) == result_summary(solving)
+
+
 def test_static_policies_never_switch(catalog):
     for policy in ("static_largest", "static_smallest"):
         result = simulate(_short("phone", 50.0), policy, catalog)
