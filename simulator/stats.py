@@ -22,6 +22,7 @@ matplotlib when it draws.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -90,6 +91,7 @@ def _t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)  # a sweep asks the same few (p, df) thousands of times; each is a bisection
 def t_quantile(p: float, df: float) -> float:
     """The ``p`` quantile of Student's t distribution with ``df`` degrees of
     freedom (e.g. ``t_quantile(0.975, 9)`` = 2.2622)."""

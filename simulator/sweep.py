@@ -470,7 +470,6 @@ def _execute_ray(worker_type: type, init_args: tuple, tasks: list, workers: int 
                  address: str | None) -> Iterator:
     try:
         import ray
-        from ray.util import ActorPool
     except ImportError:
         raise SweepError(NO_RAY) from None
     started = not ray.is_initialized()
@@ -489,11 +488,35 @@ def _execute_ray(worker_type: type, init_args: tuple, tasks: list, workers: int 
         if workers and workers > cpus:
             log.warning("Ray has %d CPUs; running %d workers, not %d", cpus, count, workers)
         actor = ray.remote(num_cpus=1)(worker_type)
-        pool = ActorPool([actor.remote(*init_args) for _ in range(count)])
-        yield from pool.map_unordered(lambda a, task: a.run.remote(task), tasks)
+        yield from _dispatch(ray, [actor.remote(*init_args) for _ in range(count)], tasks)
     finally:
         if started:
             ray.shutdown()
+
+
+RAY_QUEUED_PER_ACTOR = 2  # the next task waits at the actor, not a round trip to the driver away
+
+
+def _dispatch(ray, actors: list, tasks: list) -> Iterator:
+    """``actor.run(task)`` for every task, in the tasks' order as actors free
+    up, each result as soon as it ends.  Every actor holds up to
+    ``RAY_QUEUED_PER_ACTOR`` tasks, so it starts the next one the moment it
+    ends one: handing tasks out one at a time (``ray.util.ActorPool``) left
+    each actor idle for a round trip to the driver between two runs, which
+    counts when runs are short.  The first round gives every actor one task
+    before any gets a second, so the longest runs (first in a sweep's order)
+    spread out."""
+    queue = iter(tasks)
+    owner: dict = {}  # a pending result -> the actor running it
+    for _ in range(RAY_QUEUED_PER_ACTOR):
+        for actor, task in zip(actors, queue):
+            owner[actor.run.remote(task)] = actor
+    while owner:
+        [ready], _ = ray.wait(list(owner), num_returns=1)
+        actor = owner.pop(ready)
+        for task in itertools.islice(queue, 1):
+            owner[actor.run.remote(task)] = actor
+        yield ray.get(ready)
 
 
 # ---- the runs file ----------------------------------------------------------------

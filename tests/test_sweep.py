@@ -318,6 +318,10 @@ def test_ray_gives_the_serial_results(serial, tmp_path, no_ray_token):
     assert not ray.is_initialized()  # the sweep stopped the instance it started
     assert _summaries(on_ray.records) == _summaries(serial.records)
     assert {r["node"] for r in on_ray.records} != {None}
+    # every run once, and the first round of tasks reached both actors
+    assert sorted(json.dumps(r["key"], sort_keys=True) for r in on_ray.records) == \
+        sorted(json.dumps(r["key"], sort_keys=True) for r in serial.records)
+    assert len({r["worker"] for r in on_ray.records}) == 2
 
 
 def _free_port() -> int:
