@@ -9,9 +9,13 @@ is the ratio of epoch times.
 
 Where the CPU computes bfloat16 natively (AMX or AVX-512 BF16), both run
 in float32 and under bfloat16 autocast too, all four alternating, and the
-report adds bfloat16's speed-up per network (issue 13's item 1).
+report adds bfloat16's speed-up per network (issue 13's item 1).  With
+``--compile`` every contender also runs compiled (``torch.compile`` of the
+training objective, as ``anytime train --compile`` does; compiled in the
+warm-up round, whose time is reported apart), and the report adds
+compiling's speed-up per network and precision.
 
-    python benchmarks/bench_train_epoch.py [--steps 20] [--rounds 5] [--threads 2] [--precisions auto]
+    python benchmarks/bench_train_epoch.py [--steps 20] [--rounds 5] [--threads 2] [--precisions auto] [--compile]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def main() -> None:
                         help="the nested net's exit heads pool to this grid (the long runs' recipe: 4)")
     parser.add_argument("--precisions", default="auto",
                         help="comma-separated: float32, bfloat16, or auto (float32, plus bfloat16 where native)")
+    parser.add_argument("--compile", action="store_true", help="also every contender compiled (torch.compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -53,13 +58,15 @@ def main() -> None:
     images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (128,))
 
-    def contender(net: str, precision: str):
+    def contender(net: str, precision: str, compiled: bool = False):
         """``args.steps`` optimizer steps through the training objective the
         trainer uses (the model's own loss, autocast as configured)."""
         nested = net.startswith("dnnet")
         model = create_net(net, **({"head_pool": args.head_pool} if nested else {})).train().to(memory_format=fmt)
         # the long runs' recipe (scripts/long_run.sh): deeper outputs weigh more
         objective = TrainingObjective(model, TrainConfig(precision=precision, lambda_scheme="depth"))
+        if compiled:
+            objective = torch.compile(objective)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
         def steps() -> None:
@@ -75,7 +82,11 @@ def main() -> None:
     for precision in precisions:
         contenders[f"nested_joint_all_outputs_{precision}"] = contender("dnnet_resnet32_cifar10", precision)
         contenders[f"plain_resnet32_{precision}"] = contender("resnet32_cifar10", precision)
-    side_by_side(contenders, 1)  # warm-up
+        if args.compile:
+            contenders[f"nested_joint_all_outputs_{precision}_compiled"] = contender("dnnet_resnet32_cifar10",
+                                                                                     precision, True)
+            contenders[f"plain_resnet32_{precision}_compiled"] = contender("resnet32_cifar10", precision, True)
+    warm_up = side_by_side(contenders, 1)  # compiles the compiled ones
     times = side_by_side(contenders, args.rounds)
     steps_per_epoch = 45000 // 128
     median = {n: sorted(v)[len(v) // 2] for n, v in times.items()}
@@ -83,6 +94,10 @@ def main() -> None:
              "epoch_seconds_estimate": {n: m / args.steps * steps_per_epoch for n, m in median.items()},
              "nested_over_plain": {p: median[f"nested_joint_all_outputs_{p}"] / median[f"plain_resnet32_{p}"]
                                    for p in precisions}}
+    if args.compile:
+        extra["warm_up_round_seconds"] = {n: v[0] for n, v in warm_up.items()}  # compiling included
+        extra["compile_speedup"] = {f"{net}_{p}": median[f"{net}_{p}"] / median[f"{net}_{p}_compiled"]
+                                    for p in precisions for net in ("nested_joint_all_outputs", "plain_resnet32")}
     if "float32" in precisions and "bfloat16" in precisions:
         extra["bfloat16_speedup"] = {net: median[f"{net}_float32"] / median[f"{net}_bfloat16"]
                                      for net in ("nested_joint_all_outputs", "plain_resnet32")}

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ from nets.dnnet import DNNet
 from nets.distributed import close_group, init_from_environment, rank_and_size, use_global_batch_norm
 from nets.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
-from nets.train_config import TrainConfig
+from nets.train_config import EXECUTION_FIELDS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class _Run:
             raise CheckpointError(f"{path} holds NaN or infinite values in {len(bad)} tensors "
                                   f"({', '.join(bad[:3])}): corrupt or diverged, resume from an earlier run")
         try:
-            if json.loads(state["train_config"]) != asdict(config):
+            if _what_is_trained(json.loads(state["train_config"])) != _what_is_trained(asdict(config)):
                 raise CheckpointError(f"{path} was written with another training configuration")
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -222,6 +223,22 @@ class _Run:
         tmp = path.with_suffix(".tmp")
         torch.save(self.state(config), tmp)
         tmp.replace(path)  # atomic: a kill mid-save keeps the previous epoch
+
+
+def _what_is_trained(config: dict) -> dict:
+    """A recorded configuration less how its steps ran (``EXECUTION_FIELDS``),
+    which a resumed run may change."""
+    return {key: value for key, value in config.items() if key not in EXECUTION_FIELDS}
+
+
+def _compiled(objective: nn.Module) -> nn.Module:
+    """``objective`` under ``torch.compile``; refused at once, with what is
+    missing, where Inductor cannot build its C++ kernels."""
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise ConfigError(f"compile needs a C++ compiler ({compiler!r} is not on PATH; set CXX to another); "
+                          "train without it")
+    return torch.compile(objective)
 
 
 def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, out_dir: str | Path,
@@ -265,6 +282,9 @@ def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, 
         # into its flat buckets; it warns about the copy, which is all it costs
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         objective = DistributedDataParallel(objective)
+    if config.compile:
+        objective = _compiled(objective)
+        log.info("the training step is compiled (torch.compile); the first step compiles it")
     try:
         while run.epoch < config.epochs:
             loss, seconds = _train_epoch(objective, run, data, config, steps_per_epoch, name,

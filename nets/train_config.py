@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from nets.errors import ConfigError
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+# how the steps run, not what is trained: a run may resume with other values
+EXECUTION_FIELDS = frozenset({"threads", "compile"})
 LAMBDA_SCHEMES = ("uniform", "depth")  # lambda(depth, width) of the joint loss: equal, or growing with depth
 
 
@@ -35,6 +37,11 @@ class TrainConfig:
     # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AMX or
     # AVX-512 BF16), float32 elsewhere, where emulated bfloat16 is slower
     precision: str = "auto"
+    # torch.compile the training step's forward and loss: 1.08x per step for the
+    # nested net in bfloat16 on one AVX-512-BF16 core, nothing for the plain
+    # ResNet-32; compiling takes 85 s the first time, about 10 s from Inductor's
+    # cache after (docs/BENCHMARKS.md); needs a C++ compiler
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_batches < 0 or self.threads < 0:

@@ -25,6 +25,10 @@ wanted=("$@")
 # weighted more (lambda grows with depth) and heads on a 4x4 pooled grid
 recipe=(--epochs "$epochs" --threads "$threads" --lr 0.1 --batch-size 128)
 nested=(--lambda-scheme depth --net-config '{"head_pool": 4}')
+# how the steps run, not the recipe (a resumed run may change it): compiled where it was measured to
+# pay, the doubly nested net (1.1x per step in bfloat16; the plain ResNet-32 gains nothing:
+# docs/BENCHMARKS.md), when a C++ compiler is there
+compiled=(); command -v "${CXX:-g++}" >/dev/null && compiled=(--compile)
 
 run() {  # run NAME NET [extra args...]
   local name=$1 net=$2; shift 2
@@ -41,7 +45,7 @@ run() {  # run NAME NET [extra args...]
   echo "done: $name (weights in $done; commit the removal of $out)"
 }
 
-run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 "${nested[@]}"
+run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 "${nested[@]}" "${compiled[@]}"
 run anytime_resnet32_cifar10 anytime_resnet32_cifar10 "${nested[@]}"
 run resnet32_cifar10 resnet32_cifar10
 for w in 0.25 0.5 0.75; do

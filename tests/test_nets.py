@@ -521,6 +521,44 @@ def test_resume_refuses_other_config(cifar_batches_dir, tmp_path):
               resume=True, progress=False)
 
 
+def test_resume_may_change_how_the_steps_run(cifar_batches_dir, tmp_path, monkeypatch):
+    """Threads and compiling are how the steps run, not what is trained: a
+    resumed run may change them (a long run moves between machines)."""
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    train(create_net("dnnet_tiny"), "tiny", data, TrainConfig(epochs=1, batch_size=50), tmp_path, progress=False)
+    monkeypatch.setenv("CXX", "sh")  # any program: nothing is compiled, every epoch is done
+    card = train(create_net("dnnet_tiny"), "tiny", data, TrainConfig(epochs=1, batch_size=50, threads=1, compile=True),
+                 tmp_path, resume=True, progress=False)
+    assert card["train_config"]["compile"] is True
+
+
+def test_compiling_without_a_compiler_is_refused_before_training(cifar_batches_dir, tmp_path, monkeypatch):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        train(create_net("dnnet_tiny"), "tiny", data, TrainConfig(epochs=1, batch_size=50, compile=True), tmp_path,
+              progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile needs a C++ compiler")
+def test_a_compiled_training_step_computes_the_eager_one():
+    from nets.train import TrainingObjective
+
+    torch.manual_seed(0)
+    model = create_net("dnnet_tiny").train()
+    objective = TrainingObjective(model, TrainConfig(precision="float32", lambda_scheme="depth"))
+    inputs, labels = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    eager = objective(inputs, labels)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    compiled = torch.compile(objective)(inputs, labels)
+    compiled_grads = torch.autograd.grad(compiled, list(model.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    torch._dynamo.reset()
+
+
 def test_train_config_validation():
     with pytest.raises(ConfigError):
         TrainConfig(full_output_weight=1.5)
