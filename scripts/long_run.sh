@@ -29,6 +29,7 @@ nested=(--lambda-scheme depth --net-config '{"head_pool": 4}')
 # pay, the doubly nested net (1.1x per step in bfloat16; the plain ResNet-32 gains nothing:
 # docs/BENCHMARKS.md), when a C++ compiler is there
 compiled=(); command -v "${CXX:-g++}" >/dev/null && compiled=(--compile)
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$threads}  # compiling keeps to the run's threads
 
 run() {  # run NAME NET [extra args...]
   local name=$1 net=$2; shift 2
