@@ -109,7 +109,8 @@ class SwitchingPolicy:
     def update(self, budget: Budget, now: float) -> tuple[Selection, float]:
         """The selection to run under ``budget`` at time ``now`` and the
         switch cost in seconds (0 when it keeps the current one)."""
-        if self.current is not None and self.rule.holds(self.current.option.fits(budget), ["app"], now):
+        still_fits = self.current is not None and self.current.option.fits(budget)
+        if self.rule.holds(still_fits, ["app"], now):
             return self.current, 0.0  # kept whatever the best is: not selected
         try:
             best = self.scheduler.select(budget)
@@ -118,8 +119,7 @@ class SwitchingPolicy:
                 raise
             return self.current, 0.0  # nothing fits: keep running what we have, the caller sees the miss
         if self.current is not None and self.rule.keeps(
-                self.current.option.fits(budget), best.expected_accuracy - self.current.expected_accuracy,
-                ["app"], now):
+                still_fits, best.expected_accuracy - self.current.expected_accuracy, ["app"], now):
             return self.current, 0.0
         cost = 0.0
         if self.current is not None:

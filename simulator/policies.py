@@ -129,7 +129,8 @@ class AllocatingPolicy(Policy):
         shared = SharedDevice(device.profile, share=device.share(), memory_bytes=device.free_memory_bytes())
         current = {a.name: a.row for a in apps if a.row is not None}
         keep = len(current) == len(apps) and allocation_fits(current, tenants, shared)
-        if self.rule.holds(keep, [a.name for a in apps], now):
+        names = [a.name for a in apps]
+        if self.rule.holds(keep, names, now):
             return {}  # whatever the allocation, the rule keeps what runs: not solved (a sixth of the edge box's)
         allocation = self._solve(view, tenants, shared)
         if allocation is None:
@@ -142,7 +143,7 @@ class AllocatingPolicy(Policy):
         if len(current) == len(apps):
             table = view.table
             gain = sum(a.weight * (table.accuracy[rows[a.name]] - table.accuracy[current[a.name]]) for a in apps)
-            if self.rule.keeps(keep, gain, [a.name for a in apps], now):
+            if self.rule.keeps(keep, gain, names, now):
                 return {}
         self.rule.switched([a.name for a in apps if rows[a.name] != current.get(a.name)], now)
         return {name: (row, reason) for name, row in rows.items() if row != current.get(name)}
