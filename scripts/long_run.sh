@@ -5,13 +5,13 @@
 # An unfinished run lives in checkpoints/<name>/ (checkpoint.pt, train_log.jsonl,
 # stdout.log), which is COMMITTED: a fresh clone on a new machine continues it
 # by running this script again.  The checkpoint is replaced every epoch, never
-# accumulated.  A finished run's weights and model card move to
-# runs/long/<name>/ (for scripts/ship_model.sh) and its checkpoint folder is
-# removed (commit that removal too).
+# accumulated.  A finished run's weights, model card and log move to
+# runs/long/<name>/ (for scripts/ship_model.sh; also committed, .gitignore lets
+# runs/long/ through) and its checkpoint folder is removed (commit both).
 #
 #   nohup scripts/long_run.sh > runs/long_run.log 2>&1 &      # every run in order
 #   scripts/long_run.sh dnnet_resnet32_cifar10                # only the runs named
-#   git add -A checkpoints && git commit -m "long run: checkpoint"   # before a session ends
+#   git add -A checkpoints runs/long && git commit -m "long run: checkpoint"   # before a session ends
 #
 # EPOCHS and THREADS override the defaults below; the recipe lives here and in
 # nothing else, so every run is trained the same way.
@@ -46,12 +46,16 @@ run() {  # run NAME NET [extra args...]
   echo "done: $name (weights in $done; commit the removal of $out)"
 }
 
+# the order: the first nested run, then the plain nets, whose recipe does not
+# depend on the nested ablations (the full-width ResNet-32 first: it is the
+# reference every target is measured against), the nested ones last, once the
+# ablations that run beside them have settled the joint loss (docs/RESULTS.md)
 run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 "${nested[@]}" "${compiled[@]}"
-run anytime_resnet32_cifar10 anytime_resnet32_cifar10 "${nested[@]}"
 run resnet32_cifar10 resnet32_cifar10
-for w in 0.25 0.5 0.75; do
+for w in 0.75 0.5 0.25; do
   run "resnet32_w${w}" resnet32_cifar10 --net-config "{\"width_multiplier\": $w}"
 done
 for seed in 1 2 3; do
   run "resnet14_w0.5_seed${seed}" resnet32_cifar10 --seed "$seed" --net-config '{"blocks_per_stage": 2, "width_multiplier": 0.5}'
 done
+run anytime_resnet32_cifar10 anytime_resnet32_cifar10 "${nested[@]}"
