@@ -134,6 +134,18 @@ class _CausalBlock(nn.Module):
         return block
 
 
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged going forward; its gradient multiplied by ``scale`` going
+    back (0 detaches).  Shallow-Deep Networks train their internal
+    classifiers either jointly with the trunk (1) or on a frozen one (0);
+    between the two, the early heads still shape the features they read
+    without pulling the trunk away from the last depth's task."""
+    if scale == 1.0:
+        return x
+    detached = x.detach()
+    return detached + scale * (x - detached)  # x - detached is exactly 0: the values are x's
+
+
 def _bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """Batch norm over the first ``x.shape[1]`` channels of a shared layer."""
     c = x.shape[1]
@@ -208,18 +220,23 @@ class DNNet(nn.Module):
         """Channels of the width-``width`` prefix at 0-based output depth ``depth_index``."""
         return self.depth_channels[depth_index] // self.config.width_groups * width
 
-    def forward_all(self, x: torch.Tensor, return_features: bool = False):
+    def forward_all(self, x: torch.Tensor, return_features: bool = False, exit_gradient_scale: float = 1.0):
         """Logits of every sub-network from one pass: ``[batch, depths, widths, classes]``.
 
         With ``return_features`` also returns the globally pooled features of
         every depth (a list of ``[batch, channels]``), which exit gates read.
+        ``exit_gradient_scale`` changes training only (the values are the
+        same): the share of the gradient of the heads before the last depth
+        that flows back into the shared trunk (``scale_gradient``).
         """
         h = F.relu(self.stem_bn(self.stem(self.normalize(x))))
         maps = [h]
         for block in self.blocks:
             h = block(h)
             maps.append(h)
-        logits = torch.stack([head.forward_all(m) for head, m in zip(self.heads, maps)], dim=1)
+        last = len(maps) - 1
+        logits = torch.stack([head.forward_all(m if d == last else scale_gradient(m, exit_gradient_scale))
+                              for d, (head, m) in enumerate(zip(self.heads, maps))], dim=1)
         if not return_features:
             return logits
         return logits, [m.mean(dim=(2, 3)) for m in maps]

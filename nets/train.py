@@ -160,7 +160,8 @@ class TrainingObjective(nn.Module):
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bfloat16):
-            logits = self.model.forward_all(inputs) if self.nested else self.model(inputs)
+            logits = (self.model.forward_all(inputs, exit_gradient_scale=self.config.exit_gradient_scale)
+                      if self.nested else self.model(inputs))
         logits = logits.float()  # the loss in float32 whatever the forward's precision
         if not self.nested:
             return F.cross_entropy(logits, labels)
@@ -206,7 +207,9 @@ class _Run:
             raise CheckpointError(f"{path} holds NaN or infinite values in {len(bad)} tensors "
                                   f"({', '.join(bad[:3])}): corrupt or diverged, resume from an earlier run")
         try:
-            if _what_is_trained(json.loads(state["train_config"])) != _what_is_trained(asdict(config)):
+            # a field the checkpoint does not record was added later; its default is what ran then
+            recorded = {**asdict(TrainConfig()), **json.loads(state["train_config"])}
+            if _what_is_trained(recorded) != _what_is_trained(asdict(config)):
                 raise CheckpointError(f"{path} was written with another training configuration")
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -32,6 +32,11 @@ class TrainConfig:
     lambda_scheme: str = "uniform"  # lambda(depth, width): "uniform" or "depth" (grows linearly with depth)
     full_output_weight: float = 0.5  # share of the loss on the full output alone; 0 = the paper's loss
     distill_weight: float = 0.5  # per output, share of distillation from the full output vs labels
+    # share of the gradient of the heads before the last depth that reaches the
+    # shared trunk: 1 trains them jointly (the paper); lower keeps them from
+    # pulling the trunk's features away from the last depth's (Shallow-Deep
+    # Networks' IC-only training is 0)
+    exit_gradient_scale: float = 1.0
     max_batches: int = 0  # stop each epoch after this many batches (smoke tests); 0 = all
     channels_last: bool = True  # NHWC is ~15% faster for these convolutions on this CPU (measured)
     # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AMX or
@@ -46,7 +51,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_batches < 0 or self.threads < 0:
             raise ConfigError("epochs and batch_size must be positive, max_batches and threads non-negative")
-        for name in ("lr", "momentum", "weight_decay", "full_output_weight", "distill_weight"):
+        for name in ("lr", "momentum", "weight_decay", "full_output_weight", "distill_weight", "exit_gradient_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
@@ -58,6 +63,6 @@ class TrainConfig:
         if self.lambda_scheme not in LAMBDA_SCHEMES:
             raise ConfigError(f"lambda_scheme must be {' or '.join(map(repr, LAMBDA_SCHEMES))}, "
                               f"got {self.lambda_scheme!r}")
-        for name in ("full_output_weight", "distill_weight"):
+        for name in ("full_output_weight", "distill_weight", "exit_gradient_scale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -559,13 +559,74 @@ def test_a_compiled_training_step_computes_the_eager_one():
     torch._dynamo.reset()
 
 
+def test_exit_gradient_scale_changes_the_trunk_gradient_not_the_values(tiny):
+    """The heads before the last depth reach the trunk with a share of their
+    gradient: 0 detaches them (the trunk learns for the last depth alone, the
+    heads still learn), 1 is joint training; the logits are the same bits."""
+    from nets.dnnet import scale_gradient
+
+    x = torch.rand(4, 3, 32, 32)
+    joint = tiny.forward_all(x)
+    assert torch.equal(tiny.forward_all(x, exit_gradient_scale=0.0), joint)
+    stem = tiny.stem.weight
+    early_head = tiny.heads[0].weight
+
+    def grads(scale: float, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = tiny.forward_all(x, exit_gradient_scale=scale)[:, depth].square().sum()
+        return torch.autograd.grad(out, [stem, early_head], allow_unused=True)
+
+    detached_stem, detached_head = grads(0.0, 0)
+    assert detached_stem is None or torch.count_nonzero(detached_stem) == 0  # the trunk gets nothing
+    assert torch.count_nonzero(detached_head) > 0  # the head still learns
+    joint_stem, joint_head = grads(1.0, 0)
+    quarter_stem, quarter_head = grads(0.25, 0)
+    torch.testing.assert_close(quarter_stem, 0.25 * joint_stem)
+    torch.testing.assert_close(quarter_head, joint_head)
+    last = tiny.depths - 1  # the last depth's heads always train the trunk fully
+    torch.testing.assert_close(grads(0.0, last)[0], grads(1.0, last)[0])
+    y = torch.rand(3, requires_grad=True)
+    (scale_gradient(y, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch.testing.assert_close(y.grad, torch.tensor([0.5, 1.0, 1.5]))
+
+
+def test_a_checkpoint_from_before_a_training_field_existed_resumes(cifar_batches_dir, tmp_path):
+    """A field added to TrainConfig later defaults to what ran before, so a
+    long run's committed checkpoint still resumes after the code moved on."""
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    config = TrainConfig(epochs=2, batch_size=50, max_batches=1)
+    import nets.train as train_module
+
+    real_save = torch.save
+
+    def save_as_older_code_then_stop(obj, path, *args, **kwargs):
+        recorded = json.loads(obj["train_config"])
+        del recorded["exit_gradient_scale"]
+        real_save({**obj, "train_config": json.dumps(recorded)}, path, *args, **kwargs)
+        raise KeyboardInterrupt  # the session ended after the first epoch
+
+    train_module.torch.save = save_as_older_code_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path, progress=False)
+    finally:
+        train_module.torch.save = real_save
+    (tmp_path / "checkpoint.tmp").replace(tmp_path / "checkpoint.pt")
+    card = train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path, resume=True, progress=False)
+    assert card["train_config"]["exit_gradient_scale"] == 1.0
+    with pytest.raises(CheckpointError, match="another training configuration"):
+        train(create_net("dnnet_tiny"), "tiny", data, TrainConfig(epochs=2, batch_size=50, max_batches=1,
+                                                                   exit_gradient_scale=0.5),
+              tmp_path, resume=True, progress=False)
+
+
 def test_train_config_validation():
     with pytest.raises(ConfigError):
         TrainConfig(full_output_weight=1.5)
     with pytest.raises(ConfigError):
         TrainConfig(lambda_scheme="cubic")
     for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"lr": -0.1}, {"weight_decay": float("nan")},
-                {"momentum": -1}, {"epochs": 0}, {"max_batches": -1}, {"precision": "float8"}):
+                {"momentum": -1}, {"epochs": 0}, {"max_batches": -1}, {"precision": "float8"},
+                {"exit_gradient_scale": 1.5}, {"exit_gradient_scale": float("nan")}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
 

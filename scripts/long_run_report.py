@@ -1,0 +1,89 @@
+"""What a finished long run of a nested net reaches, against issue 13's targets,
+before it is shipped (no catalog, no timing: the test grid of its model card,
+and depth exits calibrated on val and graded on test from one ``forward_all``
+pass over each split).
+
+    python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10
+
+Prints a Markdown table: the full output and depth 8 against their targets,
+the full-depth accuracy of every width, and for each confidence policy the
+test accuracy and MACs of the full-width anytime path (depth exits only, no
+width ladder) calibrated on val for at most a 0.5-point drop (decision gates'
+sequential point estimate, as ``anytime exits --calibration point_estimate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anytime.builder import count_costs
+from anytime.evaluate import collect_traces
+from anytime.exits import PathTraces, calibrate_for_accuracy, outcome
+from nets.data import load_cifar10
+from nets.registry import create_trained_net
+from nets.spec import SubnetSpec
+
+TARGETS = {"d16w8": 0.91, "d8w8": 0.75}  # issue 13's must-show accuracies
+EXIT_DROP = 0.005  # the issue's tolerance for depth exits
+POLICIES = {"max_prob": lambda t, d, w: t.top1_prob[:, :d, w], "entropy": lambda t, d, w: -t.entropy[:, :d, w],
+            "margin": lambda t, d, w: t.margin[:, :d, w]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished run folder (NAME.pt and NAME.json)")
+    parser.add_argument("--net", default="dnnet_resnet32_cifar10", help="registered net (default: %(default)s)")
+    parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip", help="CIFAR-10 (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    weights = next(args.run.glob("*.pt"), None)
+    if weights is None or not weights.with_suffix(".json").exists():
+        print(f"error: {args.run} holds no finished run (NAME.pt beside NAME.json)", file=sys.stderr)
+        return 2
+    card = json.loads(weights.with_suffix(".json").read_text())
+    model = create_trained_net(args.net, weights)
+    grid = np.asarray(card["test_accuracy_grid"])
+    depths, widths = grid.shape
+    print(f"| {weights.stem} ({card['epochs']} epochs) | test | target |\n| --- | ---: | ---: |")
+    print(f"| d{depths}w{widths} (full) | {grid[-1, -1]:.2%} | {TARGETS['d16w8']:.1%} |")
+    if depths >= 8:
+        print(f"| d8w{widths} | {grid[7, -1]:.2%} | {TARGETS['d8w8']:.0%} |")
+    print(f"| d{depths} at widths 1..{widths} | {' / '.join(f'{a:.1%}' for a in grid[-1])} | |")
+    print(f"| mean of the {grid.size} outputs | {grid.mean():.2%} | |")
+
+    data = load_cifar10(args.data, val_size=card["data"]["val"], seed=card["train_config"]["seed"])
+    costs, _, _ = count_costs(model, tuple(data.test_images.shape[1:]), progress=False)
+    path_macs = costs["exit_path_macs"][:, widths - 1].astype(np.float64)
+    traces = {split: collect_traces(model, images, labels)
+              for split, (images, labels) in {"val": (data.val_images, data.val_labels),
+                                               "test": (data.test_images, data.test_labels)}.items()}
+    spec = SubnetSpec(depths, widths)
+    print(f"\nDepth exits alone on d{depths}w{widths}, calibrated on val for at most a {EXIT_DROP:.1%} drop:\n")
+    print("| policy | val accuracy | test accuracy | test drop | test MACs of full | saved |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    # savings are against the full sub-network without exits (its last head only);
+    # a sample that runs to the end with exits also pays every head on the way
+    no_exit_macs = costs["macs"][-1, widths - 1]
+    for policy, score in POLICIES.items():
+        paths = {split: PathTraces(score(t, depths, widths - 1).astype(np.float32), t.correct_at(depths, widths - 1),
+                                   path_macs, policy, spec) for split, t in traces.items()}
+        full_val = paths["val"].correct[:, -1].mean()
+        thresholds = calibrate_for_accuracy(paths["val"], full_val - EXIT_DROP)
+        val, test = outcome(paths["val"], thresholds), outcome(paths["test"], thresholds)
+        full_test = paths["test"].correct[:, -1].mean()
+        print(f"| {policy} | {val.accuracy:.2%} | {test.accuracy:.2%} | {100 * (full_test - test.accuracy):.2f} pt | "
+              f"{test.expected_cost / no_exit_macs:.1%} | {1 - test.expected_cost / no_exit_macs:.1%} |")
+    print(f"\n(full sub-network without exits: {no_exit_macs / 1e6:.2f} M MACs; a sample running every head to "
+          f"the end: {path_macs[-1] / 1e6:.2f} M)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
