@@ -12,6 +12,7 @@
 #   nohup scripts/long_run.sh > runs/long_run.log 2>&1 &      # every run in order
 #   scripts/long_run.sh dnnet_resnet32_cifar10                # only the runs named
 #   git add -A checkpoints runs/long && git commit -m "long run: checkpoint"   # before a session ends
+#   python scripts/long_run_report.py runs/long/<name>        # a finished nested run against issue 13's targets
 #
 # EPOCHS and THREADS override the defaults below; the recipe lives here and in
 # nothing else, so every run is trained the same way.

@@ -5,11 +5,13 @@ pass over each split).
 
     python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10
 
-Prints a Markdown table: the full output and depth 8 against their targets,
-the full-depth accuracy of every width, and for each confidence policy the
-test accuracy and MACs of the full-width anytime path (depth exits only, no
-width ladder) calibrated on val for at most a 0.5-point drop (decision gates'
-sequential point estimate, as ``anytime exits --calibration point_estimate``).
+Prints Markdown tables: the full output and depth 8 against their targets,
+the full-depth accuracy of every width and its gap to the plain ResNet-32
+trained alone at that width (the finished runs beside this one), and for each
+confidence policy the test accuracy and MACs of the full-width anytime path
+(depth exits only, no width ladder) calibrated on val for at most a 0.5-point
+drop (decision gates' sequential point estimate, as ``anytime exits
+--calibration point_estimate``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,30 @@ POLICIES = {"max_prob": lambda t, d, w: t.top1_prob[:, :d, w], "entropy": lambda
             "margin": lambda t, d, w: t.margin[:, :d, w]}
 
 
+def plain_run(width_fraction: float, runs: Path) -> Path:
+    """The card of the plain ResNet-32 trained alone at ``width_fraction``
+    (``scripts/long_run.sh``'s names)."""
+    name = "resnet32_cifar10" if width_fraction == 1 else f"resnet32_w{width_fraction:g}"
+    return runs / name / f"{name}.json"
+
+
+def width_gaps(last_depth: np.ndarray, runs: Path) -> str:
+    """The full-depth output of each width c against the plain net at width
+    c/G trained alone under the same recipe (issue 13: within 1.5 points),
+    for the plain runs finished so far."""
+    widths = len(last_depth)
+    lines = ["\n| width | nested (test) | plain alone (test) | gap |", "| --- | ---: | ---: | ---: |"]
+    for c in range(2, widths + 1, 2):
+        card = plain_run(c / widths, runs)
+        if card.exists():
+            plain = json.loads(card.read_text())["test_accuracy_full"]
+            lines.append(f"| {c}/{widths} | {last_depth[c - 1]:.2%} | {plain:.2%} | "
+                         f"{100 * (last_depth[c - 1] - plain):+.2f} pt |")
+        else:
+            lines.append(f"| {c}/{widths} | {last_depth[c - 1]:.2%} | not trained yet ({card.parent}) | |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder (NAME.pt and NAME.json)")
@@ -57,6 +83,7 @@ def main() -> int:
         print(f"| d8w{widths} | {grid[7, -1]:.2%} | {TARGETS['d8w8']:.0%} |")
     print(f"| d{depths} at widths 1..{widths} | {' / '.join(f'{a:.1%}' for a in grid[-1])} | |")
     print(f"| mean of the {grid.size} outputs | {grid.mean():.2%} | |")
+    print(width_gaps(grid[-1], args.run.parent))
 
     data = load_cifar10(args.data, val_size=card["data"]["val"], seed=card["train_config"]["seed"])
     costs, _, _ = count_costs(model, tuple(data.test_images.shape[1:]), progress=False)
