@@ -3,7 +3,7 @@ before it is shipped (no catalog, no timing: the test grid of its model card,
 and depth exits calibrated on val and graded on test from one ``forward_all``
 pass over each split).
 
-    python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10
+    python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10 --plot docs/figures/long_run
 
 Prints Markdown tables: the full output and depth 8 against their targets,
 the full-depth accuracy of every width and its gap to the plain ResNet-32
@@ -11,7 +11,9 @@ trained alone at that width (the finished runs beside this one), and for each
 confidence policy the test accuracy and MACs of the full-width anytime path
 (depth exits only, no width ladder) calibrated on val for at most a 0.5-point
 drop (decision gates' sequential point estimate, as ``anytime exits
---calibration point_estimate``).
+--calibration point_estimate``).  ``--plot DIR`` also draws the run's
+validation curves (``training_curves.png``) beside the plain ResNet-32's,
+finished or still running.
 """
 
 from __future__ import annotations
@@ -61,12 +63,55 @@ def width_gaps(last_depth: np.ndarray, runs: Path) -> str:
     return "\n".join(lines)
 
 
+CURVES = {"d16w8 (full)": (-1, -1), "d12w8": (11, -1), "d8w8": (7, -1), "d4w8": (3, -1), "d16w2": (-1, 1)}
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(log: list[dict], name: str, plain_log: list[dict] | None, out_dir: Path) -> Path:
+    """Validation accuracy of a few outputs over the epochs, the plain
+    ResNet-32's (where there is one) dashed, the learning rate behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in log]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, (d, w) in CURVES.items():
+        ax.plot(epochs, [r["val_accuracy_grid"][d][w] for r in log], label=label, lw=1.4)
+    if plain_log:
+        ax.plot([r["epoch"] for r in plain_log], [r["val_accuracy_full"] for r in plain_log], "k--", lw=1.2,
+                label="plain ResNet-32 (same recipe)")
+    changes = [r["epoch"] for a, r in zip(log, log[1:]) if a.get("precision") != r.get("precision")]
+    for epoch in changes:
+        ax.axvline(epoch, color="grey", lw=0.8, ls=":")
+        ax.text(epoch, 0.02, f" {log[epoch - 1].get('precision')} from here", fontsize=8, color="grey")
+    lr = ax.twinx()
+    lr.plot(epochs, [r["lr"] for r in log], color="lightgrey", lw=1, zorder=0)
+    lr.set_ylabel("learning rate", color="grey")
+    ax.set_zorder(lr.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.set(xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1), title=f"{name}: validation accuracy by output")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "training_curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder (NAME.pt and NAME.json)")
     parser.add_argument("--net", default="dnnet_resnet32_cifar10", help="registered net (default: %(default)s)")
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip", help="CIFAR-10 (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--plot", type=Path, help="also draw the validation curves into this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = next(args.run.glob("*.pt"), None)
@@ -84,6 +129,12 @@ def main() -> int:
     print(f"| d{depths} at widths 1..{widths} | {' / '.join(f'{a:.1%}' for a in grid[-1])} | |")
     print(f"| mean of the {grid.size} outputs | {grid.mean():.2%} | |")
     print(width_gaps(grid[-1], args.run.parent))
+    if args.plot:
+        # the plain reference: finished beside this run, or still training (scripts/long_run.sh)
+        plain = next((p for p in (plain_run(1, args.run.parent).with_name("train_log.jsonl"),
+                                  Path("checkpoints/resnet32_cifar10/train_log.jsonl")) if p.exists()), None)
+        path = plot_curves(read_log(args.run / "train_log.jsonl"), weights.stem, plain and read_log(plain), args.plot)
+        print(f"\n![validation curves]({path})")
 
     data = load_cifar10(args.data, val_size=card["data"]["val"], seed=card["train_config"]["seed"])
     costs, _, _ = count_costs(model, tuple(data.test_images.shape[1:]), progress=False)
