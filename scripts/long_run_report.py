@@ -7,7 +7,8 @@ pass over each split).
 
 Prints Markdown tables: the full output and depth 8 against their targets,
 the full-depth accuracy of every width and its gap to the plain ResNet-32
-trained alone at that width (the finished runs beside this one), and for each
+trained alone at that width (the finished runs beside this one), the batch
+norm scale of each width group (dead groups show), and for each
 confidence policy the test accuracy and MACs of the full-width anytime path
 (depth exits only, no width ladder) calibrated on val for at most a 0.5-point
 drop (decision gates' sequential point estimate, as ``anytime exits
@@ -105,6 +106,24 @@ def plot_curves(log: list[dict], name: str, plain_log: list[dict] | None, out_di
     return path
 
 
+def group_scales(model) -> str:
+    """Mean |gamma| of each width group's channels in the last batch norm of
+    every stage's first and last block: a group whose scale has decayed to
+    about 0 is a dead set of channels (weight decay wins where a group's
+    features are read by few outputs)."""
+    groups = model.config.width_groups
+    per_stage = model.config.blocks_per_stage
+    rows = [("stem", model.stem_bn)]
+    for stage in range(len(model.config.stage_widths)):
+        for index in (stage * per_stage, (stage + 1) * per_stage - 1):
+            rows.append((f"block {index + 1} (stage {stage + 1})", model.blocks[index].bn2))
+    lines = [f"\n| layer | mean abs(gamma) of width groups 1..{groups} |", "| --- | --- |"]
+    for name, bn in rows:
+        scales = bn.weight.detach().abs().view(groups, -1).mean(dim=1)
+        lines.append(f"| {name} | {' / '.join(f'{v:.2f}' for v in scales.tolist())} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder (NAME.pt and NAME.json)")
@@ -129,6 +148,7 @@ def main() -> int:
     print(f"| d{depths} at widths 1..{widths} | {' / '.join(f'{a:.1%}' for a in grid[-1])} | |")
     print(f"| mean of the {grid.size} outputs | {grid.mean():.2%} | |")
     print(width_gaps(grid[-1], args.run.parent))
+    print(group_scales(model))
     if args.plot:
         # the plain reference: finished beside this run, or still training (scripts/long_run.sh)
         plain = next((p for p in (plain_run(1, args.run.parent).with_name("train_log.jsonl"),
