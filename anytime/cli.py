@@ -43,7 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          threads=args.threads, lambda_scheme=args.lambda_scheme,
                          full_output_weight=args.full_output_weight, distill_weight=args.distill_weight,
-                         exit_gradient_scale=args.exit_gradient_scale, max_batches=args.max_batches, precision=args.precision, compile=args.compile)
+                         exit_gradient_scale=args.exit_gradient_scale,
+                         norm_weight_decay=not args.no_norm_weight_decay, max_batches=args.max_batches, precision=args.precision, compile=args.compile)
     net_config = json.loads(args.net_config) if args.net_config else {}
     if not isinstance(net_config, dict):
         raise ConfigError(f"--net-config must be a JSON object, got {args.net_config!r:.60}")
@@ -753,6 +754,9 @@ def _add_models_commands(sub) -> None:
                    help="share of the loss on the full output alone (0: the paper's loss)")
     p.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
                    help="per output, share of distillation from the full output (vs labels)")
+    p.add_argument("--no-norm-weight-decay", action="store_true",
+                   help="no weight decay on batch-norm scales and shifts and on biases (conv and linear "
+                        "weights are still decayed)")
     p.add_argument("--exit-gradient-scale", type=float, default=TrainConfig.exit_gradient_scale,
                    help="share of the gradient of the heads before the last depth that reaches the trunk "
                         "(1: joint training; 0: the heads learn on features trained for the last depth)")

@@ -169,6 +169,20 @@ class TrainingObjective(nn.Module):
                           self.config.distill_weight)[0]
 
 
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups: one, decayed alike, or with
+    ``norm_weight_decay`` off, the batch-norm scales and shifts and every bias
+    in a second group without weight decay."""
+    if config.norm_weight_decay:
+        return [{"params": list(model.parameters())}]
+    undecayed = {id(p) for module in model.modules() if isinstance(module, nn.BatchNorm2d)
+                 for p in module.parameters(recurse=False)}
+    undecayed |= {id(p) for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    parameters = list(model.parameters())
+    return [{"params": [p for p in parameters if id(p) not in undecayed]},
+            {"params": [p for p in parameters if id(p) in undecayed], "weight_decay": 0.0}]
+
+
 @dataclass
 class _Run:
     """The state of one training run that a checkpoint holds."""
@@ -184,7 +198,7 @@ class _Run:
     @classmethod
     def start(cls, model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> "_Run":
         """A fresh run: SGD with one-cycle learning rates, the data order seeded."""
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        optimizer = torch.optim.SGD(parameter_groups(model, config), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay, nesterov=config.nesterov)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
                                                        steps_per_epoch=steps_per_epoch, pct_start=0.15)

@@ -25,6 +25,11 @@ class TrainConfig:
     lr: float = 0.1  # peak learning rate of the one-cycle schedule (SGD, batch 128)
     momentum: float = 0.9
     weight_decay: float = 5e-4  # strong decay suits short schedules on CIFAR
+    # whether batch-norm scales and shifts and biases are decayed too.  In the
+    # nested net, decay took the widest group of stage 1 to zero (little
+    # gradient reaches channels only the widest outputs read: docs/RESULTS.md);
+    # without it a channel fades only if its own gradient says so
+    norm_weight_decay: bool = True
     nesterov: bool = True
     seed: int = 0  # seeds init, shuffling and augmentation
     threads: int = 0  # torch threads; 0 keeps torch's default

@@ -66,12 +66,14 @@ def test_wrong_checkpoint_is_one_line(capsys, tmp_path, cifar_batches_dir):
     assert code == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
 
 
-def test_train_records_the_exit_gradient_scale_and_refuses_a_bad_one(capsys, tmp_path, cifar_batches_dir):
+def test_train_records_its_loss_options_and_refuses_a_bad_one(capsys, tmp_path, cifar_batches_dir):
     common = ("train", "dnnet_tiny", "--data", str(cifar_batches_dir), "--epochs", "1", "--batch-size", "40",
               "--val-size", "20", "--max-batches", "1", "--quiet", "--cache-dir", str(tmp_path / "cache"))
-    code, _, _ = run(capsys, *common, "--out", str(tmp_path / "run"), "--exit-gradient-scale", "0.25")
+    code, _, _ = run(capsys, *common, "--out", str(tmp_path / "run"), "--exit-gradient-scale", "0.25",
+                     "--no-norm-weight-decay")
     card = json.loads((tmp_path / "run" / "dnnet_tiny.json").read_text())
     assert code == 0 and card["train_config"]["exit_gradient_scale"] == 0.25
+    assert card["train_config"]["norm_weight_decay"] is False
     code, _, err = run(capsys, *common, "--out", str(tmp_path / "bad"), "--exit-gradient-scale", "1.5")
     assert code == 2 and "exit_gradient_scale" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()

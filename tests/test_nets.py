@@ -619,6 +619,34 @@ def test_a_checkpoint_from_before_a_training_field_existed_resumes(cifar_batches
               tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("net", ["dnnet_tiny", "resnet32_cifar10"])
+def test_without_norm_weight_decay_only_conv_and_linear_weights_decay(net):
+    from nets.train import parameter_groups
+
+    model = create_net(net)
+    decayed, undecayed = parameter_groups(model, TrainConfig(norm_weight_decay=False))
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert undecayed["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    assert {names[id(p)] for p in undecayed["params"]} == {
+        name for name, p in model.named_parameters() if p.dim() == 1 or name.endswith("bias")}
+    assert all(p.dim() > 1 and not names[id(p)].endswith("bias") for p in decayed["params"])
+    assert len(decayed["params"]) + len(undecayed["params"]) == len(list(model.parameters()))
+    # a step without gradient: decay shrinks the weights, leaves the norms and biases alone
+    optimizer = torch.optim.SGD(parameter_groups(model, TrainConfig(norm_weight_decay=False)), lr=0.1,
+                                weight_decay=0.5)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if p.dim() == 1 or name.endswith("bias"):
+            assert torch.equal(p, before[name]), name
+        else:
+            torch.testing.assert_close(p.detach(), before[name] * 0.95)
+    (single,) = parameter_groups(model, TrainConfig())  # the default decays everything alike
+    assert len(single["params"]) == len(list(model.parameters()))
+
+
 def test_train_config_validation():
     with pytest.raises(ConfigError):
         TrainConfig(full_output_weight=1.5)
