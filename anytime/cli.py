@@ -44,7 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          threads=args.threads, lambda_scheme=args.lambda_scheme,
                          full_output_weight=args.full_output_weight, distill_weight=args.distill_weight,
                          exit_gradient_scale=args.exit_gradient_scale,
-                         norm_weight_decay=not args.no_norm_weight_decay, max_batches=args.max_batches, precision=args.precision, compile=args.compile)
+                         norm_weight_decay=not args.no_norm_weight_decay, max_batches=args.max_batches,
+                         precision=args.precision, compile=args.compile)
     net_config = json.loads(args.net_config) if args.net_config else {}
     if not isinstance(net_config, dict):
         raise ConfigError(f"--net-config must be a JSON object, got {args.net_config!r:.60}")

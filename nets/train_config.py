@@ -56,7 +56,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_batches < 0 or self.threads < 0:
             raise ConfigError("epochs and batch_size must be positive, max_batches and threads non-negative")
-        for name in ("lr", "momentum", "weight_decay", "full_output_weight", "distill_weight", "exit_gradient_scale"):
+        for name in ("lr", "momentum", "weight_decay", "full_output_weight", "distill_weight",
+                     "exit_gradient_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")

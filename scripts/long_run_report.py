@@ -20,6 +20,7 @@ finished or still running.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -64,7 +65,17 @@ def width_gaps(last_depth: np.ndarray, runs: Path) -> str:
     return "\n".join(lines)
 
 
-CURVES = {"d16w8 (full)": (-1, -1), "d12w8": (11, -1), "d8w8": (7, -1), "d4w8": (3, -1), "d16w2": (-1, 1)}
+def curves(depths: int, widths: int) -> dict[str, tuple[int, int]]:
+    """The outputs drawn: the full one, full width at 3/4, 1/2 and 1/4 of the
+    depths, and the last depth at a quarter of the width (d12w8, d8w8,
+    d4w8, d16w2 for the doubly nested ResNet-32)."""
+    picked = {f"d{depths}w{widths} (full)": (depths - 1, widths - 1)}
+    for fraction in (0.75, 0.5, 0.25):
+        depth = max(1, round(depths * fraction))
+        picked.setdefault(f"d{depth}w{widths}", (depth - 1, widths - 1))
+    width = max(1, widths // 4)
+    picked.setdefault(f"d{depths}w{width}", (depths - 1, width - 1))
+    return picked
 
 
 def read_log(path: Path) -> list[dict]:
@@ -81,12 +92,13 @@ def plot_curves(log: list[dict], name: str, plain_log: list[dict] | None, out_di
 
     epochs = [r["epoch"] for r in log]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, (d, w) in CURVES.items():
+    grid = log[0]["val_accuracy_grid"]
+    for label, (d, w) in curves(len(grid), len(grid[0])).items():
         ax.plot(epochs, [r["val_accuracy_grid"][d][w] for r in log], label=label, lw=1.4)
     if plain_log:
         ax.plot([r["epoch"] for r in plain_log], [r["val_accuracy_full"] for r in plain_log], "k--", lw=1.2,
                 label="plain ResNet-32 (same recipe)")
-    changes = [r["epoch"] for a, r in zip(log, log[1:]) if a.get("precision") != r.get("precision")]
+    changes = [r["epoch"] for a, r in itertools.pairwise(log) if a.get("precision") != r.get("precision")]
     for epoch in changes:
         ax.axvline(epoch, color="grey", lw=0.8, ls=":")
         ax.text(epoch, 0.02, f" {log[epoch - 1].get('precision')} from here", fontsize=8, color="grey")
@@ -133,8 +145,9 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="also draw the validation curves into this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    weights = next(args.run.glob("*.pt"), None)
-    if weights is None or not weights.with_suffix(".json").exists():
+    # the weights are the .pt with a model card beside it (not a checkpoint.pt)
+    weights = next((p for p in sorted(args.run.glob("*.pt")) if p.with_suffix(".json").exists()), None)
+    if weights is None:
         print(f"error: {args.run} holds no finished run (NAME.pt beside NAME.json)", file=sys.stderr)
         return 2
     card = json.loads(weights.with_suffix(".json").read_text())

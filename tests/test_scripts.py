@@ -1,0 +1,49 @@
+"""The report scripts that state issue 13's numbers, run on the tiny net."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nets import create_net
+from nets.data import load_cifar10
+from nets.train import TrainConfig, train
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def test_long_run_report_states_targets_gaps_scales_and_exits(cifar_batches_dir, tmp_path, capsys, monkeypatch):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    runs = tmp_path / "long"
+    torch.manual_seed(0)
+    train(create_net("dnnet_tiny"), "dnnet_tiny", data, TrainConfig(epochs=1, batch_size=40), runs / "dnnet_tiny",
+          progress=False)
+    card = json.loads((runs / "dnnet_tiny" / "dnnet_tiny.json").read_text())
+    widths = len(card["test_accuracy_grid"][0])
+    plain = runs / "resnet32_cifar10"  # a finished plain run beside it: the full width's gap is computed
+    plain.mkdir()
+    (plain / "resnet32_cifar10.json").write_text(json.dumps({"test_accuracy_full": 0.5}))
+    monkeypatch.setattr(sys, "argv", ["long_run_report.py", str(runs / "dnnet_tiny"), "--net", "dnnet_tiny",
+                                      "--data", str(cifar_batches_dir), "--plot", str(tmp_path / "plots")])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(SCRIPTS / "long_run_report.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    full = card["test_accuracy_grid"][-1][-1]
+    assert f"| {widths}/{widths} | {full:.2%} | 50.00% | {100 * (full - 0.5):+.2f} pt |" in out
+    assert out.count("| stem |") == 1 and "mean abs(gamma)" in out
+    for policy in ("max_prob", "entropy", "margin"):
+        assert f"| {policy} |" in out
+    assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 0
+
+
+def test_long_run_report_refuses_a_folder_without_a_finished_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["long_run_report.py", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(SCRIPTS / "long_run_report.py"), run_name="__main__")
+    assert stop.value.code == 2 and "no finished run" in capsys.readouterr().err
