@@ -43,7 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          threads=args.threads, lambda_scheme=args.lambda_scheme,
                          full_output_weight=args.full_output_weight, distill_weight=args.distill_weight,
-                         exit_gradient_scale=args.exit_gradient_scale,
+                         exit_gradient_scale=args.exit_gradient_scale, teacher_net=args.teacher_net or "",
+                         teacher_weights=args.teacher_weights or "",
                          norm_weight_decay=not args.no_norm_weight_decay, max_batches=args.max_batches,
                          precision=args.precision, compile=args.compile)
     net_config = json.loads(args.net_config) if args.net_config else {}
@@ -755,6 +756,9 @@ def _add_models_commands(sub) -> None:
                    help="share of the loss on the full output alone (0: the paper's loss)")
     p.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
                    help="per output, share of distillation from the full output (vs labels)")
+    p.add_argument("--teacher-net", help="distil from this separately trained registered net (with "
+                   "--teacher-weights) instead of the nested net's own full output")
+    p.add_argument("--teacher-weights", help="the teacher's weights (its model card beside them)")
     p.add_argument("--no-norm-weight-decay", action="store_true",
                    help="no weight decay on batch-norm scales and shifts and on biases (conv and linear "
                         "weights are still decayed)")

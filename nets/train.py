@@ -35,7 +35,7 @@ from nets.data import ImageDataset, augment, batches, crop_padding, to_float
 from nets.dnnet import DNNet
 from nets.distributed import close_group, init_from_environment, rank_and_size, use_global_batch_norm
 from nets.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
-from nets.registry import file_sha256, nonfinite_tensors, read_checkpoint
+from nets.registry import create_trained_net, file_sha256, nonfinite_tensors, read_checkpoint
 from nets.train_config import EXECUTION_FIELDS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,12 @@ def loss_weights(depths: int, widths: int, scheme: str) -> torch.Tensor:
 
 
 def joint_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-               full_output_weight: float, distill_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+               full_output_weight: float, distill_weight: float,
+               teacher_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The nested net's loss over ``logits [batch, depths, widths, classes]``.
 
+    The soft targets are ``teacher_probs`` ``[batch, classes]`` (a separately
+    trained teacher's) or, without them, the full output's own (in-place).
     Returns the scalar loss and the per-output cross-entropy ``[depths, widths]``
     (detached, for logging).
     """
@@ -86,7 +89,7 @@ def joint_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     ce = F.cross_entropy(logits.reshape(-1, classes), flat_labels, reduction="none").view(batch, depths, widths).mean(0)
     per_output = ce
     if distill_weight > 0:
-        teacher = logits[:, -1, -1].detach().softmax(dim=-1)
+        teacher = logits[:, -1, -1].detach().softmax(dim=-1) if teacher_probs is None else teacher_probs
         # cross-entropy to the teacher's soft labels: KL divergence plus a constant
         distill = -(teacher[:, None, None, :] * logits.log_softmax(dim=-1)).sum(-1).mean(0)
         per_output = (1 - distill_weight) * ce + distill_weight * distill
@@ -150,23 +153,47 @@ class TrainingObjective(nn.Module):
     training loop (and DistributedDataParallel, which wraps this module) only
     calls it, so the loop never asks what model it trains."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig):
+    def __init__(self, model: nn.Module, config: TrainConfig, teacher: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.config = config
         self.nested = isinstance(model, DNNet)
         self.lambdas = loss_weights(model.depths, model.widths, config.lambda_scheme) if self.nested else None
         self.autocast_bfloat16 = resolve_precision(config.precision) == "bfloat16"
+        self.teacher = teacher
+        if teacher is not None:  # answers only: no gradient, its batch norm frozen
+            teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TrainingObjective":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a teacher never trains
+        return self
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bfloat16):
             logits = (self.model.forward_all(inputs, exit_gradient_scale=self.config.exit_gradient_scale)
                       if self.nested else self.model(inputs))
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_probs = self.teacher(inputs).float().softmax(dim=-1)
         logits = logits.float()  # the loss in float32 whatever the forward's precision
-        if not self.nested:
-            return F.cross_entropy(logits, labels)
-        return joint_loss(logits, labels, self.lambdas, self.config.full_output_weight,
-                          self.config.distill_weight)[0]
+        if self.nested:
+            return joint_loss(logits, labels, self.lambdas, self.config.full_output_weight,
+                              self.config.distill_weight, teacher_probs if self.teacher is not None else None)[0]
+        loss = F.cross_entropy(logits, labels)
+        if self.teacher is None:
+            return loss
+        distill = -(teacher_probs * logits.log_softmax(dim=-1)).sum(-1).mean()
+        return (1 - self.config.distill_weight) * loss + self.config.distill_weight * distill
+
+
+def load_teacher(config: TrainConfig, data: ImageDataset) -> nn.Module | None:
+    """The teacher ``config`` names, trained on ``data``'s classes and image
+    size (refused otherwise, by its model card), or None."""
+    if not config.teacher_net:
+        return None
+    return create_trained_net(config.teacher_net, config.teacher_weights, data.classes, data.image_size)
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
@@ -194,6 +221,7 @@ class _Run:
     epoch: int = 0
     wall_time: float = 0.0
     history: list = field(default_factory=list)  # per-epoch records, as the model card keeps them
+    teacher_sha256: str = ""  # the teacher's weights, so that a resumed run learns from the same one
 
     @classmethod
     def start(cls, model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> "_Run":
@@ -208,7 +236,8 @@ class _Run:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "wall_time": self.wall_time,
-                "history": json.dumps(self.history), "train_config": json.dumps(asdict(config))}
+                "history": json.dumps(self.history), "train_config": json.dumps(asdict(config)),
+                "teacher_sha256": self.teacher_sha256}
 
     def resume(self, path: Path, config: TrainConfig) -> None:
         """Continue exactly where the checkpoint at ``path`` stopped."""
@@ -225,6 +254,10 @@ class _Run:
             recorded = {**asdict(TrainConfig()), **json.loads(state["train_config"])}
             if _what_is_trained(recorded) != _what_is_trained(asdict(config)):
                 raise CheckpointError(f"{path} was written with another training configuration")
+            if state.get("teacher_sha256", "") != self.teacher_sha256:
+                raise CheckpointError(f"{path} was trained with another teacher (its weights changed: "
+                                      f"{state.get('teacher_sha256', '')[:12] or 'none'} vs "
+                                      f"{self.teacher_sha256[:12]})")
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
@@ -272,6 +305,7 @@ def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, 
     out_dir = Path(out_dir)
     check_run_folder(out_dir, name, resume)
     check_fits(model, data)
+    teacher = load_teacher(config, data)  # a missing or unfit teacher is refused before anything is written
     owns_group = init_from_environment()
     rank, world_size = rank_and_size()
     if config.batch_size % world_size:
@@ -282,6 +316,8 @@ def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, 
     torch.manual_seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
+    if teacher is not None:
+        teacher.to(memory_format=memory_format)
     steps_per_epoch = len(data.train_images) // config.batch_size
     if config.max_batches:
         steps_per_epoch = min(steps_per_epoch, config.max_batches)
@@ -289,10 +325,12 @@ def train(model: nn.Module, name: str, data: ImageDataset, config: TrainConfig, 
     checkpoint_path = out_dir / "checkpoint.pt"
     precision = resolve_precision(config.precision)
     log.info("training %s in %s on %d process(es)", name, precision, world_size)
+    if teacher is not None:
+        run.teacher_sha256 = file_sha256(config.teacher_weights)
     if resume and checkpoint_path.exists():
         run.resume(checkpoint_path, config)
         log.info("resuming %s from epoch %d", name, run.epoch)
-    objective = TrainingObjective(model, config)
+    objective = TrainingObjective(model, config, teacher)
     if world_size > 1:
         use_global_batch_norm(model)
         # channels-last weights give channels-last gradients, which DDP copies
@@ -388,6 +426,7 @@ def _finish(run: _Run, name: str, data: ImageDataset, config: TrainConfig, out_d
         "name": name,
         "config": model_config if model_config is not None else getattr(model, "config_dict", dict)(),
         "train_config": asdict(config),
+        **({"teacher_sha256": run.teacher_sha256} if run.teacher_sha256 else {}),
         "data": {"source": Path(data.source).name, "train": len(data.train_images), "val": len(data.val_images),
                  "test": len(data.test_images), "val_split": "class-stratified, seed " + str(config.seed)},
         "classes": list(data.classes),  # label i is classes[i]: what the weights answer

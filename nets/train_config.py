@@ -37,6 +37,13 @@ class TrainConfig:
     lambda_scheme: str = "uniform"  # lambda(depth, width): "uniform" or "depth" (grows linearly with depth)
     full_output_weight: float = 0.5  # share of the loss on the full output alone; 0 = the paper's loss
     distill_weight: float = 0.5  # per output, share of distillation from the full output vs labels
+    # knowledge distillation from a separately trained, stronger net (Hinton,
+    # Vinyals and Dean, 2015) in place of in-place distillation from the full
+    # output: the registered name of a single-output net and its weights (model
+    # card beside them); the soft targets of every output are its answers.
+    # Empty: in-place distillation (a nested net) or none (a single-output net)
+    teacher_net: str = ""
+    teacher_weights: str = ""
     # share of the gradient of the heads before the last depth that reaches the
     # shared trunk: 1 trains them jointly (the paper); lower keeps them from
     # pulling the trunk's features away from the last depth's (Shallow-Deep
@@ -69,6 +76,9 @@ class TrainConfig:
         if self.lambda_scheme not in LAMBDA_SCHEMES:
             raise ConfigError(f"lambda_scheme must be {' or '.join(map(repr, LAMBDA_SCHEMES))}, "
                               f"got {self.lambda_scheme!r}")
+        if bool(self.teacher_net) != bool(self.teacher_weights):
+            raise ConfigError("a teacher needs both its registered net name and its weights "
+                              f"(got teacher_net={self.teacher_net!r}, teacher_weights={self.teacher_weights!r})")
         for name in ("full_output_weight", "distill_weight", "exit_gradient_scale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

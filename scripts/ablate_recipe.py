@@ -42,6 +42,10 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     # only the full output is trained: what the channel-causal architecture itself reaches
     "pool4_full_output_only": (NESTED, {"head_pool": 4}, {"full_output_weight": 1.0}),
     "plain_resnet32": (PLAIN, {}, {}),  # the reference the full output is measured against
+    # knowledge distillation from a separately trained plain ResNet-32 (the shipped
+    # 32-epoch one, 87.4%) in place of in-place distillation from the full output
+    "pool4_depth_lambda_teacher": (NESTED, LONG_RUN[0], {
+        **LONG_RUN[1], "teacher_net": PLAIN, "teacher_weights": "nets/weights/baselines/resnet32_cifar10.pt"}),
 }
 
 

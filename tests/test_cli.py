@@ -74,9 +74,12 @@ def test_train_records_its_loss_options_and_refuses_a_bad_one(capsys, tmp_path, 
     card = json.loads((tmp_path / "run" / "dnnet_tiny.json").read_text())
     assert code == 0 and card["train_config"]["exit_gradient_scale"] == 0.25
     assert card["train_config"]["norm_weight_decay"] is False
-    code, _, err = run(capsys, *common, "--out", str(tmp_path / "bad"), "--exit-gradient-scale", "1.5")
-    assert code == 2 and "exit_gradient_scale" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "bad").exists()
+    for bad, named in ((("--exit-gradient-scale", "1.5"), "exit_gradient_scale"),
+                       (("--teacher-net", "resnet32_cifar10"), "teacher"),
+                       (("--teacher-net", "resnet32_cifar10", "--teacher-weights", str(tmp_path / "no.pt")), "no.pt")):
+        code, _, err = run(capsys, *common, "--out", str(tmp_path / "bad"), *bad)
+        assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_train_profile_plot_select_exits(capsys, tmp_path, cifar_batches_dir):

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nets import DNNet, DNNetConfig, SubnetSpec, all_specs, create_net, list_nets
 from nets.data import augment, load_cifar10
 from nets.errors import (CheckpointError, ConfigError, DataError, RegistryError, SpecError, TrainingDivergedError,
                          UnknownNetError)
-from nets.registry import load_weights, register_net
+from nets.registry import file_sha256, load_weights, register_net
 from nets.train import TrainConfig, joint_loss, loss_weights, train
 
 
@@ -645,6 +647,81 @@ def test_without_norm_weight_decay_only_conv_and_linear_weights_decay(net):
             torch.testing.assert_close(p.detach(), before[name] * 0.95)
     (single,) = parameter_groups(model, TrainConfig())  # the default decays everything alike
     assert len(single["params"]) == len(list(model.parameters()))
+
+
+def test_joint_loss_distils_from_a_teacher_in_place_of_the_full_output():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 2, 10, requires_grad=True)
+    labels = torch.randint(0, 10, (4,))
+    teacher = torch.randn(4, 10).softmax(-1)
+    weights = loss_weights(3, 2, "uniform")
+    loss, ce = joint_loss(logits, labels, weights, 0.5, 0.5, teacher)
+    distill = -(teacher[:, None, None] * logits.log_softmax(-1)).sum(-1).mean(0)
+    expected = 0.5 * ce[-1, -1] + 0.5 * (0.5 * ce + 0.5 * distill).mean()
+    torch.testing.assert_close(loss, expected)
+    in_place, _ = joint_loss(logits, labels, weights, 0.5, 0.5)
+    assert not torch.isclose(loss, in_place)
+    # with a teacher the full output learns from it too (in place it is its own target: no gradient)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (grad_in_place,) = torch.autograd.grad(in_place, logits)
+    assert not torch.allclose(grad[:, -1, -1], grad_in_place[:, -1, -1])
+
+
+def _train_teacher(data, out: Path) -> Path:
+    torch.manual_seed(1)
+    teacher = create_net("resnet32_cifar10", blocks_per_stage=1, width_multiplier=0.25)
+    train(teacher, "teacher", data, TrainConfig(epochs=1, batch_size=40), out, progress=False,
+          model_config=teacher.config_dict())
+    return out / "teacher.pt"
+
+
+def test_training_from_a_teacher_records_it_and_resumes_only_with_it(cifar_batches_dir, tmp_path):
+    from nets.train import TrainingObjective
+
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    weights = _train_teacher(data, tmp_path / "teacher")
+    config = TrainConfig(epochs=2, batch_size=40, max_batches=1, teacher_net="resnet32_cifar10",
+                         teacher_weights=str(weights))
+    card = train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path / "run", progress=False)
+    assert card["teacher_sha256"] == file_sha256(weights)
+    assert card["train_config"]["teacher_weights"] == str(weights)
+    # a single-output student: (1 - d) x cross-entropy + d x cross-entropy to the teacher's answers
+    from nets.registry import create_trained_net
+
+    teacher = create_trained_net("resnet32_cifar10", weights)
+    student = create_net("resnet32_cifar10", blocks_per_stage=1, width_multiplier=0.25)
+    objective = TrainingObjective(student, TrainConfig(precision="float32", distill_weight=0.25), teacher)
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    with torch.no_grad():
+        soft = teacher(x).softmax(-1)
+        out = student(x)
+        expected = 0.75 * F.cross_entropy(out, y) - 0.25 * (soft * out.log_softmax(-1)).sum(-1).mean()
+        torch.testing.assert_close(objective(x, y), expected)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    # the same path with other weights is another teacher: a resumed run refuses it
+    (tmp_path / "run" / "tiny.pt").unlink()
+    (tmp_path / "run" / "tiny.json").unlink()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "epoch": 1}, tmp_path / "run" / "checkpoint.pt")
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in torch.load(weights, weights_only=True).items()},
+               weights)
+    card_path = weights.with_suffix(".json")  # keep the card vouching for the new bytes
+    recorded = json.loads(card_path.read_text())
+    recorded["weights_sha256"] = file_sha256(weights)
+    card_path.write_text(json.dumps(recorded))
+    with pytest.raises(CheckpointError, match="another teacher"):
+        train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path / "run", resume=True, progress=False)
+
+
+def test_a_missing_teacher_is_refused_before_the_run_folder_exists(cifar_batches_dir, tmp_path):
+    data = load_cifar10(cifar_batches_dir, val_size=20)
+    config = TrainConfig(epochs=1, batch_size=40, teacher_net="resnet32_cifar10",
+                         teacher_weights=str(tmp_path / "absent.pt"))
+    with pytest.raises(CheckpointError):
+        train(create_net("dnnet_tiny"), "tiny", data, config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="both"):
+        TrainConfig(teacher_net="resnet32_cifar10")
 
 
 def test_train_config_validation():
