@@ -757,8 +757,9 @@ def _add_models_commands(sub) -> None:
     p.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
                    help="per output, share of distillation from the full output (vs labels)")
     p.add_argument("--teacher-net", help="distil from this separately trained registered net (with "
-                   "--teacher-weights) instead of the nested net's own full output")
-    p.add_argument("--teacher-weights", help="the teacher's weights (its model card beside them)")
+                   "--teacher-weights) (default: none: a nested net distils from its own full output)")
+    p.add_argument("--teacher-weights", help="the teacher's weights, its model card beside them "
+                   "(default: none; needed with --teacher-net)")
     p.add_argument("--no-norm-weight-decay", action="store_true",
                    help="no weight decay on batch-norm scales and shifts and on biases (conv and linear "
                         "weights are still decayed)")
