@@ -49,13 +49,13 @@ run() {  # run NAME NET [extra args...]
   echo "done: $name (weights in $done; commit the removal of $out)"
 }
 
-# the order: the first nested run (finished; trained with norm weight decay,
-# before that change), then the plain nets, whose recipe does not
-# depend on the nested ablations (the full-width ResNet-32 first: it is the
-# reference every target is measured against), the nested ones last, once the
-# ablations that run beside them have settled the joint loss (docs/RESULTS.md)
-run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 "${nested[@]}" "${compiled[@]}"
+# the order: the plain full-width ResNet-32 first (the reference every target
+# is measured against), then the doubly nested
+# net under the same recipe (its first run, in runs/long/dnnet_resnet32_cifar10_run1,
+# decayed batch-norm scales and lost the widest group of its first stage), then
+# the plain widths, the ensemble members, and the depth-only anytime net
 run resnet32_cifar10 resnet32_cifar10
+run dnnet_resnet32_cifar10 dnnet_resnet32_cifar10 "${nested[@]}" "${compiled[@]}"
 for w in 0.75 0.5 0.25; do
   run "resnet32_w${w}" resnet32_cifar10 --net-config "{\"width_multiplier\": $w}"
 done

@@ -3,7 +3,7 @@ before it is shipped (no catalog, no timing: the test grid of its model card,
 and depth exits calibrated on val and graded on test from one ``forward_all``
 pass over each split).
 
-    python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10 --plot docs/figures/long_run
+    python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10_run1 --plot docs/figures/long_run
 
 Prints Markdown tables: the full output and depth 8 against their targets,
 the full-depth accuracy of every width and its gap to the plain ResNet-32
