@@ -52,6 +52,24 @@ class PathTraces:
         return self.score.shape[1]
 
 
+CONFIDENCE_POLICIES = ("max_prob", "entropy", "margin")  # scored from the answers alone, no fitted scorer
+
+
+def confidence_score(traces, policy: str, depth: int, width_index: int) -> np.ndarray:
+    """``[N, depth]`` exit scores of a confidence policy along the path of
+    width ``width_index + 1`` (higher: more confident), from a catalog's
+    ``Traces`` or ``anytime.evaluate.collect_traces``."""
+    if policy == "max_prob":
+        score = traces.top1_prob[:, :depth, width_index]
+    elif policy == "entropy":
+        score = -traces.entropy[:, :depth, width_index]
+    elif policy == "margin":
+        score = traces.margin[:, :depth, width_index]
+    else:
+        raise CatalogError(f"{policy!r} is not a confidence policy ({', '.join(CONFIDENCE_POLICIES)})")
+    return score.astype(np.float32)
+
+
 def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "val",
                 cost: str = "macs", device: str | None = None) -> PathTraces:
     """Gather the traces of the anytime path ending at ``spec`` for ``policy``.
@@ -69,12 +87,8 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
     traces = catalog.traces[split]
     depth, w = spec.depth, spec.width - 1
     correct = traces.correct_at(depth, w)
-    if policy == "max_prob":
-        score = traces.top1_prob[:, :depth, w].astype(np.float32)
-    elif policy == "entropy":
-        score = -traces.entropy[:, :depth, w].astype(np.float32)
-    elif policy == "margin":
-        score = traces.margin[:, :depth, w].astype(np.float32)
+    if policy in CONFIDENCE_POLICIES:
+        score = confidence_score(traces, policy, depth, w)
     elif policy == "oracle":
         score = correct.astype(np.float32)  # threshold 1: exit exactly where the answer is right
     else:

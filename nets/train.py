@@ -74,6 +74,12 @@ def loss_weights(depths: int, widths: int, scheme: str) -> torch.Tensor:
     return weights / weights.mean()
 
 
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` to soft labels (the KL divergence plus a
+    constant), per sample and output: the distillation term."""
+    return -(target_probs * logits.log_softmax(dim=-1)).sum(-1)
+
+
 def joint_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                full_output_weight: float, distill_weight: float,
                teacher_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,8 +96,7 @@ def joint_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     per_output = ce
     if distill_weight > 0:
         teacher = logits[:, -1, -1].detach().softmax(dim=-1) if teacher_probs is None else teacher_probs
-        # cross-entropy to the teacher's soft labels: KL divergence plus a constant
-        distill = -(teacher[:, None, None, :] * logits.log_softmax(dim=-1)).sum(-1).mean(0)
+        distill = soft_cross_entropy(logits, teacher[:, None, None, :]).mean(0)
         per_output = (1 - distill_weight) * ce + distill_weight * distill
     all_outputs = (weights * per_output).sum() / weights.sum()
     loss = full_output_weight * ce[-1, -1] + (1 - full_output_weight) * all_outputs
@@ -174,17 +179,18 @@ class TrainingObjective(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bfloat16):
             logits = (self.model.forward_all(inputs, exit_gradient_scale=self.config.exit_gradient_scale)
                       if self.nested else self.model(inputs))
+            teacher_probs = None
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_probs = self.teacher(inputs).float().softmax(dim=-1)
         logits = logits.float()  # the loss in float32 whatever the forward's precision
         if self.nested:
             return joint_loss(logits, labels, self.lambdas, self.config.full_output_weight,
-                              self.config.distill_weight, teacher_probs if self.teacher is not None else None)[0]
+                              self.config.distill_weight, teacher_probs)[0]
         loss = F.cross_entropy(logits, labels)
-        if self.teacher is None:
+        if teacher_probs is None:
             return loss
-        distill = -(teacher_probs * logits.log_softmax(dim=-1)).sum(-1).mean()
+        distill = soft_cross_entropy(logits, teacher_probs).mean()
         return (1 - self.config.distill_weight) * loss + self.config.distill_weight * distill
 
 

@@ -30,15 +30,19 @@ import torch
 
 from anytime.builder import count_costs
 from anytime.evaluate import collect_traces
-from anytime.exits import PathTraces, calibrate_for_accuracy, outcome
+from anytime.exits import (
+    CONFIDENCE_POLICIES,
+    PathTraces,
+    calibrate_for_accuracy,
+    confidence_score,
+    outcome,
+)
 from nets.data import load_cifar10
 from nets.registry import create_trained_net
 from nets.spec import SubnetSpec
 
 TARGETS = {"d16w8": 0.91, "d8w8": 0.75}  # issue 13's must-show accuracies
 EXIT_DROP = 0.005  # the issue's tolerance for depth exits
-POLICIES = {"max_prob": lambda t, d, w: t.top1_prob[:, :d, w], "entropy": lambda t, d, w: -t.entropy[:, :d, w],
-            "margin": lambda t, d, w: t.margin[:, :d, w]}
 
 
 def plain_run(width_fraction: float, runs: Path) -> Path:
@@ -182,8 +186,8 @@ def main() -> int:
     # savings are against the full sub-network without exits (its last head only);
     # a sample that runs to the end with exits also pays every head on the way
     no_exit_macs = costs["macs"][-1, widths - 1]
-    for policy, score in POLICIES.items():
-        paths = {split: PathTraces(score(t, depths, widths - 1).astype(np.float32), t.correct_at(depths, widths - 1),
+    for policy in CONFIDENCE_POLICIES:
+        paths = {split: PathTraces(confidence_score(t, policy, depths, widths - 1), t.correct_at(depths, widths - 1),
                                    path_macs, policy, spec) for split, t in traces.items()}
         full_val = paths["val"].correct[:, -1].mean()
         thresholds = calibrate_for_accuracy(paths["val"], full_val - EXIT_DROP)
