@@ -10,9 +10,14 @@
 # runs/long/ through) and its checkpoint folder is removed (commit both).
 #
 #   nohup scripts/long_run.sh > runs/long_run.log 2>&1 &      # every run in order
+#   nohup scripts/long_run.sh > runs/long_run.2.log 2>&1 &    # a second worker on a second core
 #   scripts/long_run.sh dnnet_resnet32_cifar10                # only the runs named
 #   git add -A checkpoints runs/long && git commit -m "long run: checkpoint"   # before a session ends
 #   python scripts/long_run_report.py runs/long/<name>        # a finished nested run against issue 13's targets
+#
+# Workers share the queue: each run is taken under a lock (runs/locks/<name>.lock,
+# not committed), so a second worker started the same way skips the run the first
+# one trains and takes the next.  A lock dies with the worker that held it.
 #
 # EPOCHS and THREADS override the defaults below; the recipe lives here and in
 # nothing else, so every run is trained the same way.
@@ -37,7 +42,18 @@ export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$threads} 
 run() {  # run NAME NET [extra args...]
   local name=$1 net=$2; shift 2
   if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then return 0; fi
-  local out="checkpoints/$name" done="runs/long/$name"
+  local out="checkpoints/$name" done="runs/long/$name" lock
+  mkdir -p runs/locks
+  exec {lock}>"runs/locks/$name.lock"
+  if ! flock -n "$lock"; then echo "busy: $name (another worker trains it)"; exec {lock}>&-; return 0; fi
+  train_locked "$name" "$net" "$out" "$done" "$@"
+  local status=$?
+  exec {lock}>&-
+  return $status
+}
+
+train_locked() {  # train_locked NAME NET OUT DONE [extra args...], under NAME's lock
+  local name=$1 net=$2 out=$3 done=$4; shift 4
   if [ -f "$done/$name.pt" ]; then echo "done: $name"; return 0; fi
   local resume=(); [ -f "$out/checkpoint.pt" ] && resume=(--resume)
   mkdir -p "$out"
