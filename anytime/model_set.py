@@ -47,22 +47,22 @@ from torch import nn
 from anytime.builder import ProfileConfig, passes_provenance, time_in_passes
 from anytime.catalog import MAX_CLASSES, Catalog, CatalogError, LatencyTable
 from anytime.devices_file import predicted_table
-from anytime.evaluate import SIGNALS, confidence_signals
+from anytime.evaluate import confidence_signals
 from anytime.latency_model import OpSummary, RooflineProfiles, load_device_models
 from anytime.macs import count_macs, count_params, op_profile, output_shape
 from anytime.profile import largest_feature_map_bytes, measured_peak_activation_bytes
-from anytime.traces import Traces
+from anytime.traces import ANSWER_FIELDS, SIGNALS, Traces
+from anytime.zoo import ZooTraces
 from nets.data import to_float
 from nets.errors import CheckpointError
 from nets.registry import file_sha256, load_weights
 
-__all__ = ["MODEL_SET_KIND", "ModelSetError", "ModelSetMember", "build_model_set_catalog", "load_member",
-           "member_outputs", "state_sha256"]
+__all__ = ["MODEL_SET_KIND", "ModelSetError", "ModelSetMember", "build_model_set_catalog", "collect_zoo_traces",
+           "load_member", "member_outputs", "state_sha256"]
 
 log = logging.getLogger(__name__)
 
 MODEL_SET_KIND = "model_set"
-FIELDS = ("prediction", *SIGNALS)
 MAX_NAME_CHARS = 128
 
 
@@ -109,7 +109,7 @@ def member_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     every image, ``[N]`` each.  uint8 images are scaled to [0, 1]
     (``nets.data.to_float``); float images are passed as they are."""
     model = model.to(device).eval()
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ANSWER_FIELDS}
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
         x = to_float(x) if x.dtype == torch.uint8 else x
@@ -165,7 +165,7 @@ def build_model_set_catalog(models: Mapping[str, nn.Module | ModelSetMember],
     for split, (images, labels) in data.items():
         outputs = [member_outputs(members[key].model, images, config.eval_batch_size, config.device) for key in order]
         traces[split] = Traces(labels=labels.cpu().numpy().astype(np.uint8),
-                               **{f: np.stack([o[f] for o in outputs], axis=1)[:, None, :] for f in FIELDS})
+                               **{f: np.stack([o[f] for o in outputs], axis=1)[:, None, :] for f in ANSWER_FIELDS})
     records = [_record(key, members[key]) for key in order]
     return Catalog(
         net=name, net_config={"family": MODEL_SET_KIND}, input_shape=input_shape, roofline=roofline,
@@ -302,3 +302,35 @@ def load_member(catalog: Catalog, name: str, model: nn.Module, weights: str | Pa
         raise CheckpointError(f"{path} loaded into {type(model).__name__} is not the state the catalog measured "
                               f"for {name!r} (state sha256 differs)")
     return model.eval()
+
+
+@torch.no_grad()
+def collect_zoo_traces(catalog: Catalog, models: dict[int, tuple[str, nn.Module]],
+                       splits: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int = 500) -> ZooTraces:
+    """The answers of a zoo of separately trained models beside ``catalog``
+    (``anytime.zoo``): run each model (catalog width -> (name, model)) over
+    the catalog's own samples.  ``splits`` maps "val"/"test" to (images, labels) in the order
+    the catalog's traces were taken; the labels are checked against them."""
+    if not models:
+        raise CatalogError("a zoo needs at least one trained model")
+    widths = tuple(sorted(models))
+    if widths[0] < 1 or widths[-1] > catalog.widths:
+        raise CatalogError(f"zoo widths must be in 1..{catalog.widths}, got {widths}")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, (images, labels) in splits.items():
+        if split not in catalog.traces:
+            raise CatalogError(f"catalog has no {split!r} traces")
+        if not np.array_equal(labels.numpy().astype(np.uint8), catalog.traces[split].labels):
+            raise CatalogError(f"the {split} samples are not the catalog's (labels differ): "
+                               "load the data with the catalog's val size and seed")
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in ANSWER_FIELDS}
+        for w in widths:
+            outputs = member_outputs(models[w][1], images, batch_size)  # the one evaluation of a whole model
+            for name in ANSWER_FIELDS:
+                columns[name].append(outputs[name])
+        out[split] = {"prediction": np.stack(columns["prediction"], axis=1).astype(np.uint8),
+                      **{name: np.stack(columns[name], axis=1).astype(np.float16) for name in SIGNALS}}
+    test = out.get("test")
+    accuracy = [] if test is None else [
+        float((test["prediction"][:, k] == catalog.traces["test"].labels).mean()) for k in range(len(widths))]
+    return ZooTraces(catalog.net, widths, [models[w][0] for w in widths], accuracy, out)

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SIGNALS", "Traces"]
+__all__ = ["ANSWER_FIELDS", "SIGNALS", "Traces"]
 
 SIGNALS = ("top1_prob", "margin", "entropy")
+ANSWER_FIELDS = ("prediction", *SIGNALS)  # what a model answers per sample: its class and how sure it is
 
 
 @dataclass

@@ -13,6 +13,9 @@ sample, on the catalog's own val and test samples) for the widths that have a
 trained model, and ``with_zoo`` returns a copy of the catalog whose full-depth
 entries at those widths answer as the zoo does and whose option family
 ``"zoo"`` offers exactly them.  The simulator's ``zoo`` policy runs on it.
+Collecting the traces runs the models (``anytime.model_set.collect_zoo_traces``);
+this module only reads and applies them, without torch, so the simulator and
+its sweep workers never import it.
 """
 
 from __future__ import annotations
@@ -23,14 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from anytime.catalog import SHIPPED_STEM, Catalog, CatalogError
-from anytime.evaluate import SIGNALS
-from anytime.model_set import member_outputs
+from anytime.traces import ANSWER_FIELDS
 
-FIELDS = ("prediction", *SIGNALS)
+__all__ = ["ZooTraces", "shipped_zoo_catalog", "with_zoo", "zoo_stem"]
 
 
 @dataclass
@@ -67,45 +67,14 @@ class ZooTraces:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CatalogError(f"cannot read zoo traces {stem}: {error}") from error
         for split, fields in zoo.splits.items():
-            if set(fields) != set(FIELDS) or any(v.shape[1:] != (len(zoo.widths),) for v in fields.values()):
-                raise CatalogError(f"zoo traces {stem}: split {split!r} needs {FIELDS} as [N, {len(zoo.widths)}]")
+            if set(fields) != set(ANSWER_FIELDS) or any(v.shape[1:] != (len(zoo.widths),) for v in fields.values()):
+                raise CatalogError(f"zoo traces {stem}: split {split!r} needs {ANSWER_FIELDS} as [N, {len(zoo.widths)}]")
         return zoo
 
 
 def zoo_stem(net: str) -> Path:
     """Where a shipped zoo of ``net`` lives, beside its catalog."""
     return SHIPPED_STEM.parent / f"{net}.zoo"
-
-
-@torch.no_grad()
-def collect_zoo_traces(catalog: Catalog, models: dict[int, tuple[str, nn.Module]],
-                       splits: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int = 500) -> ZooTraces:
-    """Run each model (catalog width -> (name, model)) over the catalog's own
-    samples.  ``splits`` maps "val"/"test" to (images, labels) in the order
-    the catalog's traces were taken; the labels are checked against them."""
-    if not models:
-        raise CatalogError("a zoo needs at least one trained model")
-    widths = tuple(sorted(models))
-    if widths[0] < 1 or widths[-1] > catalog.widths:
-        raise CatalogError(f"zoo widths must be in 1..{catalog.widths}, got {widths}")
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for split, (images, labels) in splits.items():
-        if split not in catalog.traces:
-            raise CatalogError(f"catalog has no {split!r} traces")
-        if not np.array_equal(labels.numpy().astype(np.uint8), catalog.traces[split].labels):
-            raise CatalogError(f"the {split} samples are not the catalog's (labels differ): "
-                               "load the data with the catalog's val size and seed")
-        columns: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
-        for w in widths:
-            outputs = member_outputs(models[w][1], images, batch_size)  # the one evaluation of a whole model
-            for name in FIELDS:
-                columns[name].append(outputs[name])
-        out[split] = {"prediction": np.stack(columns["prediction"], axis=1).astype(np.uint8),
-                      **{name: np.stack(columns[name], axis=1).astype(np.float16) for name in SIGNALS}}
-    test = out.get("test")
-    accuracy = [] if test is None else [
-        float((test["prediction"][:, k] == catalog.traces["test"].labels).mean()) for k in range(len(widths))]
-    return ZooTraces(catalog.net, widths, [models[w][0] for w in widths], accuracy, out)
 
 
 def with_zoo(catalog: Catalog, zoo: ZooTraces) -> Catalog:
@@ -125,7 +94,7 @@ def with_zoo(catalog: Catalog, zoo: ZooTraces) -> Catalog:
         if len(zoo.splits[split]["prediction"]) != len(traces.labels):
             raise CatalogError(f"zoo {split} traces have {len(zoo.splits[split]['prediction'])} samples, "
                                f"the catalog {len(traces.labels)}")
-        for name in FIELDS:
+        for name in ANSWER_FIELDS:
             values = getattr(traces, name).copy()
             values[:, last, columns] = zoo.splits[split][name].astype(values.dtype)
             setattr(traces, name, values)

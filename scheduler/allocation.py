@@ -60,6 +60,7 @@ previous allocation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -68,7 +69,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from anytime.catalog import Catalog
 from scheduler.budget import QUANTILES, Budget
@@ -1069,14 +1069,22 @@ def _level_fixing(layout: _Layout, levels: _Levels, i: int, tau: int, value: int
     return allowed & (levels.bound[i] + score - best[:, None] >= value + 1 - 1e-6)
 
 
-class _CpModel(cp_model.CpModel):
-    """CP-SAT's model without the deprecated camelCase aliases that
-    ``CpModel.__init__`` attaches to every instance (some 60 ``setattr``,
-    0.4 ms a model, more than solving the small level models takes); this
-    module calls the snake_case methods."""
+@functools.cache
+def _cp_sat():
+    """OR-Tools' CP-SAT module and its model without the deprecated camelCase
+    aliases that ``CpModel.__init__`` attaches to every instance (some 60
+    ``setattr``, 0.4 ms a model, more than solving the small level models
+    takes; this module calls the snake_case methods).  Imported on the first
+    solve, not with this module: it costs about 1.4 s (it brings pandas),
+    which every sweep worker and command would pay though most allocations
+    never reach the solver."""
+    from ortools.sat.python import cp_model
 
-    def _add_pre_pep8_methods(self) -> None:
-        pass
+    class CpModel(cp_model.CpModel):
+        def _add_pre_pep8_methods(self) -> None:
+            pass
+
+    return cp_model, CpModel
 
 
 def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, workers: int,
@@ -1093,7 +1101,8 @@ def _solve(rows: list[TenantOptions], capacity: int | None, clock: _Clock, worke
     if options * BUILD_SECONDS_PER_OPTION >= clock.left():
         return "UNKNOWN", None, float("nan"), 0.0, math.inf
     clock.charge(options * BUILD_SECONDS_PER_OPTION)
-    model = _CpModel()
+    cp_model, model_type = _cp_sat()
+    model = model_type()
     chosen = build_integer_model(rows, capacity, model.new_bool_var, model.add, model.add_exactly_one,
                                  model.maximize, cp_model.LinearExpr.WeightedSum, model.new_int_var, load_limit,
                                  at_least)

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from anytime.catalog import load_catalog
-from anytime.zoo import collect_zoo_traces, zoo_stem
+from anytime.model_set import collect_zoo_traces
+from anytime.zoo import zoo_stem
 from nets.data import load_cifar10
 from nets.registry import baseline_file, create_net, load_weights
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

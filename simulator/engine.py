@@ -781,7 +781,7 @@ def scenario_catalog(scenario: Scenario, net: str | None = None) -> Catalog:
 def zoo_twin(catalog: Catalog) -> Catalog:
     """``catalog`` with its shipped zoo of separately trained models, built
     once and kept on ``catalog``."""
-    from anytime.zoo import shipped_zoo_catalog  # reads the zoo's traces with torch's loader
+    from anytime.zoo import shipped_zoo_catalog
 
     return catalog.derive("zoo_twin", shipped_zoo_catalog)
 

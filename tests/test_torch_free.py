@@ -50,11 +50,11 @@ def test_select_allocate_simulate_report_without_torch(tmp_path):
         result = allocate(tenants, SharedDevice(device, share=0.8), time_limit_s=5)
         assert set(result.choices) == {{"camera", "voice"}}
         status = main(["simulate", "{REPO}/scenarios/phone.yaml", "--out", "res", "--duration-s", "10",
-                       "--policies", "nested,superserve", "--quiet"])
+                       "--policies", "nested,superserve,zoo", "--quiet"])
         assert status == 0, status
         assert main(["report", "res"]) == 0
         assert main(["select", "--macs", "20e6", "--json"]) == 0
-        assert main(["sweep", "{REPO}/scenarios/phone.yaml", "--policies", "nested,superserve", "--seeds", "2",
+        assert main(["sweep", "{REPO}/scenarios/phone.yaml", "--policies", "nested,zoo", "--seeds", "2",
                      "--max-requests", "50", "--executor", "serial", "--out", "sweep", "--quiet"]) == 0
         import sys
         assert "torch" not in sys.modules

@@ -11,7 +11,8 @@ import torch
 
 from anytime.catalog import SHIPPED_STEM, CatalogError, load_catalog
 from anytime.macs import count_macs
-from anytime.zoo import ZooTraces, collect_zoo_traces, shipped_zoo_catalog, with_zoo, zoo_stem
+from anytime.model_set import collect_zoo_traces
+from anytime.zoo import ZooTraces, shipped_zoo_catalog, with_zoo, zoo_stem
 from nets import create_net
 from scheduler import BudgetError
 from scheduler.options import NO_EXIT, option_table
