@@ -8,9 +8,10 @@ import torch
 
 from anytime.calibrate import calibrate_policies
 from anytime.catalog import CatalogError, load_catalog
-from anytime.exits import (ALWAYS, PathTraces, calibrate_for_accuracy, calibrate_for_budget, calibrate_weighted,
-                           calibrate_width_refinement, evaluate_thresholds, exit_depths, no_exit, oracle_thresholds,
-                           path_traces, width_refinement)
+from anytime.exits import (ALWAYS, THRESHOLD_RULES, PathTraces, calibrate_for_accuracy, calibrate_for_budget,
+                           calibrate_shared_threshold, calibrate_weighted, calibrate_width_refinement,
+                           evaluate_thresholds, exit_depths, no_exit, oracle_thresholds, path_traces,
+                           width_refinement)
 from anytime.gates import train_gates
 from anytime.runner import AnytimeRunner
 from nets import SubnetSpec
@@ -63,6 +64,37 @@ def test_calibration_meets_target_on_val():
         thresholds = calibrate_for_accuracy(path, target)
         accuracy, cost = evaluate_thresholds(path, thresholds)
         assert accuracy >= target - 1e-12 and cost <= full_cost
+
+
+def test_shared_threshold_is_the_cheapest_one_that_meets_the_target():
+    """Checked against every shared value by brute force, on scores with ties
+    (a threshold cannot split them) and targets above the full accuracy."""
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        n, depth = int(rng.integers(1, 60)), int(rng.integers(1, 7))
+        score = rng.integers(0, 6, (n, depth)).astype(np.float32) / 5
+        path = PathTraces(score, rng.random((n, depth)) < 0.6, np.cumsum(rng.random(depth) + 0.5), "max_prob",
+                          SubnetSpec(depth, 1))
+        full_accuracy, full_cost = evaluate_thresholds(path, no_exit(depth))
+        for target in (full_accuracy - 0.1, full_accuracy - 0.02, full_accuracy, full_accuracy + 0.05):
+            accuracy, cost = evaluate_thresholds(path, calibrate_shared_threshold(path, target))
+            feasible = [c for a, c in (evaluate_thresholds(path, np.append(np.full(depth - 1, v), np.inf))
+                                       for v in np.unique(score)) if a >= target - 1e-9]
+            if full_accuracy >= target - 1e-9:
+                feasible.append(full_cost)
+            if not feasible:  # nothing meets it: nobody exits
+                assert cost == full_cost
+                continue
+            assert accuracy >= target - 1e-9 and cost == pytest.approx(min(feasible))
+
+
+def test_point_estimate_is_the_cheaper_rule():
+    for seed in range(10):
+        path = _random_path(n=800, depth=6, seed=seed)
+        target = path.correct[:, -1].mean() - 0.02
+        costs = [evaluate_thresholds(path, rule(path, target))[1] for rule in THRESHOLD_RULES.values()]
+        accuracy, cost = evaluate_thresholds(path, calibrate_for_accuracy(path, target))
+        assert accuracy >= target - 1e-9 and cost == pytest.approx(min(costs))
 
 
 def test_calibration_on_real_scores_saves_cost(trained):

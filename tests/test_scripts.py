@@ -38,7 +38,8 @@ def test_long_run_report_states_targets_gaps_scales_and_exits(cifar_batches_dir,
     assert f"| {widths}/{widths} | {full:.2%} | 50.00% | {100 * (full - 0.5):+.2f} pt |" in out
     assert out.count("| stem |") == 1 and "mean abs(gamma)" in out
     for policy in ("max_prob", "entropy", "margin"):
-        assert f"| {policy} |" in out
+        for rule in ("sequential", "shared", "point estimate"):
+            assert f"| {policy} | {rule} |" in out
     assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 0
 
 
