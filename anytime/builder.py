@@ -89,7 +89,7 @@ def _time_segments(model: DNNet, width: int, config: ProfileConfig,
     full = model.extract(SubnetSpec(model.depths, width)).eval()
     prefix = nn.Sequential(full[0], full[1], full[2], full[3])  # normalize, stem conv, bn, relu
     segments: list[nn.Module] = [prefix] + [full[4 + i] for i in range(model.depths - 1)]
-    heads = [model.heads[d].as_module(width).eval() for d in range(model.depths)]
+    heads = [model.heads[d].as_head(width).eval() for d in range(model.depths)]  # as the runner runs them
     segment_ms = np.zeros(model.depths)
     head_ms = np.zeros(model.depths)
     x = torch.rand(1, *input_shape, device=config.device)

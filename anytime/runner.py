@@ -88,7 +88,7 @@ class AnytimeRunner:
         self.segments: list[nn.Module] = [nn.Sequential(*extracted[:4])] + list(extracted[4:4 + spec.depth - 1])
         # without exits only the last head runs: the others could never answer (a plain sub-network
         # interrupted by its deadline has no answer, as the simulator and the runtime treat it)
-        self.heads = [model.heads[d].as_module(spec.width).eval()
+        self.heads = [model.heads[d].as_head(spec.width).eval()
                       if policy != NO_EXIT or d == spec.depth - 1 else None for d in range(spec.depth)]
         self.full_channels = list(model.depth_channels)
         w = spec.width - 1
@@ -111,8 +111,9 @@ class AnytimeRunner:
         codes = torch.searchsorted(self.codebook, values.contiguous(), right=True) - 1
         return self.codebook[codes.clamp(0, len(self.codebook) - 1)]
 
-    def _score(self, depth: int, logits: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exit score and the answer given on exit, for the running samples."""
+    def _score(self, depth: int, logits: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exit score and the answer given on exit, for the running samples
+        (``features``: the depth's output, which the gates read pooled)."""
         prediction = logits.argmax(-1)
         if self.policy in ("max_prob", "entropy", "margin"):
             log_probs = logits.log_softmax(-1)
@@ -125,6 +126,7 @@ class AnytimeRunner:
                 top2 = probs.topk(2, dim=-1).values
                 score = self._stored(top2[:, 0] - top2[:, 1])
         elif self.policy in ("gate", "gate_ce"):
+            pooled = features.mean(dim=(2, 3))
             padded = torch.zeros(len(pooled), self.full_channels[depth])
             padded[:, : pooled.shape[1]] = pooled
             gate = self.gates[depth]
@@ -149,34 +151,39 @@ class AnytimeRunner:
         timed_out = torch.zeros(batch, dtype=torch.bool)
         exit_score = torch.full((batch,), math.nan)
         running = torch.arange(batch)
+        # the running samples' last answer and score, of the exit at depth ``passed`` (1-based; 0: none
+        # yet): what an interrupted sample returns.  Written into the results only when samples leave
+        # or the run ends, which at batch 1 saves three indexed writes per depth.
+        answer = score = None
+        passed = 0
         h = images
         last = self.spec.depth - 1
         for depth, segment in enumerate(self.segments):
             if deadline_s is not None and time.perf_counter() - start >= deadline_s:
-                timed_out[running] = exit_depth[running] > 0
+                timed_out[running] = passed > 0
                 break
             h = segment(h)
             if self.heads[depth] is None:  # no exit here (a sub-network without exits)
                 continue
+            passed = depth + 1
             if self.policy == NO_EXIT:  # its last depth: the answer alone, no exit score
-                prediction[running] = self.heads[depth](h).argmax(-1)
-                exit_depth[running] = depth + 1
+                answer = self.heads[depth](h).argmax(-1)
                 break
-            pooled = h.mean(dim=(2, 3))  # what the gates read
-            logits = self.heads[depth](h)
-            score, answer = self._score(depth, logits, pooled)
-            # the last answer passed so far: what an interrupted sample returns
-            prediction[running] = answer
-            exit_depth[running] = depth + 1
-            exit_score[running] = score.float()
+            score, answer = self._score(depth, self.heads[depth](h), h)
             if depth == last:
                 break
             leaving = score >= self.thresholds[depth]
             if leaving.any():
+                out = running[leaving]
+                prediction[out], exit_depth[out], exit_score[out] = answer[leaving], passed, score[leaving].float()
                 keep = ~leaving
-                running, h = running[keep], h[keep]
+                running, h, answer, score = running[keep], h[keep], answer[keep], score[keep]
                 if len(running) == 0:
                     break
+        if passed and len(running):
+            prediction[running], exit_depth[running] = answer, passed
+            if score is not None:
+                exit_score[running] = score.float()
         depth_index = (exit_depth - 1).clamp_min(0).numpy()
         macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
         return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy(),

@@ -62,7 +62,9 @@ def main() -> None:
                                gates=scorers.gates if scorers else None, support=scorers.support if scorers else None)
         label = f"exits ({args.policy})"
     full = model.extract(spec).eval()
-    images = to_float(data.test_images[: args.images])
+    # a seeded random subset: the test split is stored class by class, so its first images are all one class
+    subset = torch.randperm(len(data.test_images), generator=torch.Generator().manual_seed(0))[: args.images]
+    images = to_float(data.test_images[subset])
     result = {}
     for batch in (1, 64):
         chunks = list(images.split(batch))

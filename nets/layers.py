@@ -164,9 +164,7 @@ class GroupHeads(nn.Module):
     def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         """``[batch, C, H, W]`` -> ``[batch, C * pool_size**2]``, channel-major
         (so each group's features stay contiguous)."""
-        if self.pool_size == 1:
-            return feature_map.mean(dim=(2, 3))
-        return F.adaptive_avg_pool2d(feature_map, self.pool_size).flatten(1)
+        return pool_features(feature_map, self.pool_size)
 
     def per_group(self, feature_map: torch.Tensor, width: int | None = None) -> torch.Tensor:
         """Logits of each of the first ``width`` heads: ``[batch, width, classes]``."""
@@ -197,5 +195,33 @@ class GroupHeads(nn.Module):
 
     def as_module(self, width: int) -> nn.Sequential:
         """The width-``width`` head as plain layers on a feature map:
-        pooling, flattening and the averaged ``nn.Linear``."""
+        pooling, flattening and the averaged ``nn.Linear`` (the tail of an
+        extracted sub-network, laid out as a plain net's)."""
         return nn.Sequential(nn.AdaptiveAvgPool2d(self.pool_size), nn.Flatten(), self.as_linear(width))
+
+    def as_head(self, width: int) -> "PooledHead":
+        """The same head as one module, for early exits (``PooledHead``)."""
+        return PooledHead(self.pool_size, self.as_linear(width))
+
+
+def pool_features(feature_map: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """``[batch, C, H, W]`` average-pooled to a ``pool_size`` grid and
+    flattened channel-major: ``[batch, C * pool_size**2]``."""
+    if pool_size == 1:
+        return feature_map.mean(dim=(2, 3))
+    return F.adaptive_avg_pool2d(feature_map, pool_size).flatten(1)
+
+
+class PooledHead(nn.Module):
+    """A head on a feature map in one call: pooling and a linear layer,
+    computing what ``GroupHeads.as_module``'s three layers compute.  An
+    early-exit runner evaluates a head at every depth of a batch-1 request,
+    where dispatching three modules costs more than their arithmetic."""
+
+    def __init__(self, pool_size: int, linear: nn.Linear):
+        super().__init__()
+        self.pool_size = pool_size
+        self.linear = linear
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return F.linear(pool_features(feature_map, self.pool_size), self.linear.weight, self.linear.bias)

@@ -268,6 +268,37 @@ def test_runner_anytime_deadline(trained):
     assert full.answered.all() and (full.exit_depth == spec.depth).all() and not full.timed_out.any()
 
 
+def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monkeypatch):
+    """A clock that advances one second per reading: a 2.5 s deadline stops
+    the run before its third depth.  The samples that left at depth 1 keep
+    their answers; the rest return depth 2's, marked timed out, exactly as a
+    run of the two-depth path gives them."""
+    import itertools
+
+    import anytime.runner
+
+    model, data, catalog, _ = trained
+    assert catalog.depths >= 3
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    images = to_float(data.test_images)
+    first = path_traces(catalog, spec, "max_prob", "test").score[:, 0]
+    thresholds = no_exit(spec.depth)
+    thresholds[0] = np.quantile(first, 0.5)  # about half leave at depth 1
+    runner = AnytimeRunner(model, spec, "max_prob", thresholds, catalog)
+    clock = itertools.count()
+    monkeypatch.setattr(anytime.runner.time, "perf_counter", lambda: float(next(clock)))
+    cut = runner.run(images, deadline_s=2.5)
+    monkeypatch.undo()
+    short = AnytimeRunner(model, SubnetSpec(2, spec.width), "max_prob", thresholds[:2], catalog).run(images)
+    left = short.exit_depth == 1
+    assert 0 < left.sum() < len(images)
+    np.testing.assert_array_equal(cut.prediction, short.prediction)
+    np.testing.assert_array_equal(cut.exit_depth, short.exit_depth)
+    np.testing.assert_array_equal(cut.score, short.score)
+    np.testing.assert_array_equal(cut.timed_out, ~left)
+    assert cut.answered.all()
+
+
 def test_runner_rejects_bad_setup(trained):
     model, _, catalog, _ = trained
     spec = SubnetSpec(2, 1)

@@ -273,6 +273,19 @@ def test_pooled_heads_keep_the_last_depth_plain():
     assert deep[-1].in_features == model.depth_channels[-1]
 
 
+def test_an_exit_head_in_one_module_computes_the_three_layers_bit_for_bit(tiny):
+    """``as_head`` (what the runner and the latency table run at each exit)
+    is ``as_module`` (the extracted slice's tail) fused into one call."""
+    torch.manual_seed(1)
+    for depth, head in enumerate(tiny.heads):
+        channels = tiny.depth_channels[depth]
+        side = 8 if depth < tiny.depths - 1 else 4
+        features = torch.randn(3, channels, side, side)
+        for width in range(1, tiny.widths + 1):
+            used = features[:, : channels * width // tiny.widths]
+            assert torch.equal(head.as_head(width)(used), head.as_module(width)(used))
+
+
 def test_config_validation():
     with pytest.raises(ConfigError):
         DNNetConfig(width_groups=3)
