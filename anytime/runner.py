@@ -101,6 +101,12 @@ class AnytimeRunner:
         signal = {"max_prob": "top1_prob", "entropy": "entropy", "margin": "margin"}.get(policy, f"exit/{policy}")
         codebook = catalog.codebooks.get(signal)
         self.codebook = None if codebook is None else torch.as_tensor(codebook)
+        # the exit score is sign x the signal as stored (entropy: lower is surer); the decision
+        # sign x stored(raw) >= threshold is compared on the raw signal against a boundary found
+        # once here, which spares every depth the rounding to the stored codebook
+        self.sign = -1.0 if policy == "entropy" else 1.0
+        self.raw_thresholds = torch.tensor([self.raw_boundary(float(t)) if policy != NO_EXIT and d < spec.depth - 1
+                                            else math.nan for d, t in enumerate(self.thresholds)])  # NaN: never
 
     def _stored(self, values: torch.Tensor) -> torch.Tensor:
         """A signal as the catalog stores it: float16 as traced, then floored
@@ -111,34 +117,57 @@ class AnytimeRunner:
         codes = torch.searchsorted(self.codebook, values.contiguous(), right=True) - 1
         return self.codebook[codes.clamp(0, len(self.codebook) - 1)]
 
-    def _score(self, depth: int, logits: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exit score and the answer given on exit, for the running samples
-        (``features``: the depth's output, which the gates read pooled)."""
+    def exit_score(self, raw: torch.Tensor) -> torch.Tensor:
+        """The policy's exit score of raw signals: sign x the signal as stored."""
+        return self.sign * self._stored(raw)
+
+    def raw_boundary(self, threshold: float) -> float:
+        """The float32 ``b`` with ``exit_score(raw) >= threshold`` exactly when
+        ``sign * raw >= b``, for every float32 ``raw`` (NaN: never, -inf:
+        always).  Storing is a non-decreasing function of the raw signal, so
+        the exiting raw signals form a ray; bisection over the float32 values
+        in order finds its end with the storing itself as the oracle."""
+        def exits(signed: int) -> bool:  # signed: an ordered float32 key of sign x raw
+            raw = torch.tensor([self.sign * _from_key(signed)], dtype=torch.float32)
+            return bool(self.exit_score(raw)[0] >= threshold)
+
+        low, high = _key(-math.inf), _key(math.inf)
+        if exits(low):
+            return -math.inf
+        if not exits(high):
+            return math.nan
+        while high - low > 1:  # exits(low) is False, exits(high) True
+            middle = (low + high) // 2
+            low, high = (low, middle) if exits(middle) else (middle, high)
+        return _from_key(high)
+
+    def _signal(self, depth: int, logits: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's raw signal (``exit_score`` of it is the exit score)
+        and the answer given on exit, for the running samples (``features``:
+        the depth's output, which the gates read pooled)."""
         prediction = logits.argmax(-1)
         if self.policy in ("max_prob", "entropy", "margin"):
             log_probs = logits.log_softmax(-1)
             probs = log_probs.exp()
             if self.policy == "max_prob":
-                score = self._stored(probs.max(-1).values)
+                raw = probs.max(-1).values
             elif self.policy == "entropy":
-                score = -self._stored(-(probs * log_probs).sum(-1))
+                raw = -(probs * log_probs).sum(-1)
             else:
                 top2 = probs.topk(2, dim=-1).values
-                score = self._stored(top2[:, 0] - top2[:, 1])
+                raw = top2[:, 0] - top2[:, 1]
         elif self.policy in ("gate", "gate_ce"):
             pooled = features.mean(dim=(2, 3))
             padded = torch.zeros(len(pooled), self.full_channels[depth])
             padded[:, : pooled.shape[1]] = pooled
             gate = self.gates[depth]
             if self.policy == "gate":
-                score, prediction = gate.distances(padded)[:, self.spec.width - 1].max(-1)
+                raw, prediction = gate.distances(padded)[:, self.spec.width - 1].max(-1)
             else:
-                score, prediction = gate(padded)[:, self.spec.width - 1].softmax(-1).max(-1)
-            score = self._stored(score)
+                raw, prediction = gate(padded)[:, self.spec.width - 1].softmax(-1).max(-1)
         else:  # support network of exit (depth, width)
-            logit = self.support.exit_logits(support_inputs(logits), depth, self.spec.width)
-            score = self._stored(torch.sigmoid(logit))
-        return score, prediction
+            raw = torch.sigmoid(self.support.exit_logits(support_inputs(logits), depth, self.spec.width))
+        return raw.float(), prediction
 
     @torch.inference_mode()
     def run(self, images: torch.Tensor, deadline_s: float | None = None) -> RunResult:
@@ -151,10 +180,10 @@ class AnytimeRunner:
         timed_out = torch.zeros(batch, dtype=torch.bool)
         exit_score = torch.full((batch,), math.nan)
         running = torch.arange(batch)
-        # the running samples' last answer and score, of the exit at depth ``passed`` (1-based; 0: none
-        # yet): what an interrupted sample returns.  Written into the results only when samples leave
-        # or the run ends, which at batch 1 saves three indexed writes per depth.
-        answer = score = None
+        # the running samples' last answer and raw signal, of the exit at depth ``passed`` (1-based; 0:
+        # none yet): what an interrupted sample returns.  Written into the results only when samples
+        # leave or the run ends, which at batch 1 saves three indexed writes per depth.
+        answer = raw = None
         passed = 0
         h = images
         last = self.spec.depth - 1
@@ -169,25 +198,39 @@ class AnytimeRunner:
             if self.policy == NO_EXIT:  # its last depth: the answer alone, no exit score
                 answer = self.heads[depth](h).argmax(-1)
                 break
-            score, answer = self._score(depth, self.heads[depth](h), h)
+            raw, answer = self._signal(depth, self.heads[depth](h), h)
             if depth == last:
                 break
-            leaving = score >= self.thresholds[depth]
+            leaving = (raw if self.sign > 0 else -raw) >= self.raw_thresholds[depth]
             if leaving.any():
                 out = running[leaving]
-                prediction[out], exit_depth[out], exit_score[out] = answer[leaving], passed, score[leaving].float()
+                prediction[out], exit_depth[out] = answer[leaving], passed
+                exit_score[out] = self.exit_score(raw[leaving])
                 keep = ~leaving
-                running, h, answer, score = running[keep], h[keep], answer[keep], score[keep]
+                running, h, answer, raw = running[keep], h[keep], answer[keep], raw[keep]
                 if len(running) == 0:
                     break
         if passed and len(running):
             prediction[running], exit_depth[running] = answer, passed
-            if score is not None:
-                exit_score[running] = score.float()
+            if raw is not None:
+                exit_score[running] = self.exit_score(raw)
         depth_index = (exit_depth - 1).clamp_min(0).numpy()
         macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
         return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy(),
                          exit_score.numpy())
+
+
+def _key(value: float) -> int:
+    """An integer key of a float32 that orders as the floats do (-0.0 and
+    0.0 share one)."""
+    bits = int(np.float32(value).view(np.int32))
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFF)
+
+
+def _from_key(key: int) -> float:
+    """The float32 of a :func:`_key`."""
+    bits = key if key >= 0 else (-key) | -0x80000000
+    return float(np.int32(bits).view(np.float32))
 
 
 def _check_scorers_fit(model: DNNet, spec: SubnetSpec, gates: list[DepthGates] | None,

@@ -299,6 +299,33 @@ def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monke
     assert cut.answered.all()
 
 
+@pytest.mark.parametrize("policy", ["max_prob", "margin", "entropy"])
+def test_runner_decides_on_raw_signals_exactly_as_on_stored_scores(policy):
+    """The runner compares each raw signal with a boundary found once
+    (``raw_boundary``) instead of rounding it to the catalog's codebook: the
+    same decision for every threshold (codebook values, values between them,
+    beyond them, infinite) and every signal, the float32 neighbours of each
+    codebook value and of the boundary included."""
+    from anytime.runner import AnytimeRunner
+
+    catalog = load_catalog()  # the shipped one: its signals are stored to a codebook
+    runner = AnytimeRunner(catalog.load_net(), SubnetSpec(2, catalog.widths), policy, no_exit(2), catalog)
+    rng = np.random.default_rng(0)
+    codebook = runner.codebook.numpy()
+    thresholds = [*codebook[::9], *rng.random(5), 0.0, -0.5, 2.0, np.inf, -np.inf]
+    if policy == "entropy":  # scores are minus the entropy
+        thresholds = [-t for t in thresholds] + list(-3 * rng.random(5))
+    for threshold in np.float32(thresholds):
+        boundary = runner.raw_boundary(float(threshold))
+        near = [abs(boundary), np.nextafter(abs(boundary), 9), np.nextafter(abs(boundary), -9)] \
+            if np.isfinite(boundary) else []
+        raw = torch.from_numpy(np.concatenate([3 * rng.random(500), codebook, np.nextafter(codebook, 9),
+                                               np.nextafter(codebook, -9), near]).astype(np.float32))
+        on_stored = runner.exit_score(raw) >= float(threshold)
+        on_raw = runner.sign * raw >= boundary
+        assert torch.equal(on_stored, on_raw), (threshold, boundary)
+
+
 def test_runner_rejects_bad_setup(trained):
     model, _, catalog, _ = trained
     spec = SubnetSpec(2, 1)
