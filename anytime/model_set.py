@@ -309,8 +309,9 @@ def collect_zoo_traces(catalog: Catalog, models: dict[int, tuple[str, nn.Module]
                        splits: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int = 500) -> ZooTraces:
     """The answers of a zoo of separately trained models beside ``catalog``
     (``anytime.zoo``): run each model (catalog width -> (name, model)) over
-    the catalog's own samples.  ``splits`` maps "val"/"test" to (images, labels) in the order
-    the catalog's traces were taken; the labels are checked against them."""
+    the catalog's own samples.  ``splits`` maps "val"/"test" to (images,
+    labels) in the order the catalog's traces were taken; the labels are
+    checked against them."""
     if not models:
         raise CatalogError("a zoo needs at least one trained model")
     widths = tuple(sorted(models))

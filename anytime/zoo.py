@@ -15,7 +15,7 @@ entries at those widths answer as the zoo does and whose option family
 ``"zoo"`` offers exactly them.  The simulator's ``zoo`` policy runs on it.
 Collecting the traces runs the models (``anytime.model_set.collect_zoo_traces``);
 this module only reads and applies them, without torch, so the simulator and
-its sweep workers never import it.
+its sweep workers, which read zoo traces, never import torch.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class GroupHeads(nn.Module):
         extracted sub-network, laid out as a plain net's)."""
         return nn.Sequential(nn.AdaptiveAvgPool2d(self.pool_size), nn.Flatten(), self.as_linear(width))
 
-    def as_head(self, width: int) -> "PooledHead":
+    def as_head(self, width: int) -> PooledHead:
         """The same head as one module, for early exits (``PooledHead``)."""
         return PooledHead(self.pool_size, self.as_linear(width))
 
