@@ -328,8 +328,8 @@ def calibrate_weighted(path: PathTraces, beta: float, candidates: int = 101) -> 
 
 def calibrate_for_budget(path: PathTraces, budget: float, targets: int = 40) -> np.ndarray | None:
     """The most accurate calibrated setting whose expected cost fits ``budget``
-    (None when even the cheapest setting does not).  Candidates: the
-    sequential calibration for a ladder of target accuracies, and always-exit."""
+    (None when even the cheapest setting does not).  Candidates: the point
+    estimate for a ladder of target accuracies, and always-exit."""
     full_accuracy, _ = evaluate_thresholds(path, no_exit(path.depths))
     candidates = [no_exit(path.depths), np.full(path.depths, ALWAYS, dtype=np.float32)]
     for drop in np.linspace(0.0, 0.3, targets):

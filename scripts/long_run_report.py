@@ -11,8 +11,9 @@ trained alone at that width (the finished runs beside this one), the batch
 norm scale of each width group (dead groups show), and for each
 confidence policy the test accuracy and MACs of the full-width anytime path
 (depth exits only, no width ladder) calibrated on val for at most a 0.5-point
-drop (decision gates' sequential point estimate, as ``anytime exits
---calibration point_estimate``).  ``--plot DIR`` also draws the run's
+drop by each exact rule (decision gates' sequential thresholds, one shared
+threshold) and by the point estimate, the cheaper of the two on val (as
+``anytime exits --calibration point_estimate``).  ``--plot DIR`` also draws the run's
 validation curves (``training_curves.png``) beside the plain ResNet-32's,
 finished or still running.
 """
