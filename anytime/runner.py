@@ -83,7 +83,6 @@ class AnytimeRunner:
         _check_scorers_fit(model, spec, gates if policy in ("gate", "gate_ce") else None,
                            support if policy == "support" else None)
         self.spec, self.policy, self.gates, self.support = spec, policy, gates, support
-        self.thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32))
         extracted = model.extract(spec).eval()
         self.segments: list[nn.Module] = [nn.Sequential(*extracted[:4])] + list(extracted[4:4 + spec.depth - 1])
         # without exits only the last head runs: the others could never answer (a plain sub-network
@@ -101,12 +100,31 @@ class AnytimeRunner:
         signal = {"max_prob": "top1_prob", "entropy": "entropy", "margin": "margin"}.get(policy, f"exit/{policy}")
         codebook = catalog.codebooks.get(signal)
         self.codebook = None if codebook is None else torch.as_tensor(codebook)
-        # the exit score is sign x the signal as stored (entropy: lower is surer); the decision
-        # sign x stored(raw) >= threshold is compared on the raw signal against a boundary found
-        # once here, which spares every depth the rounding to the stored codebook
-        self.sign = -1.0 if policy == "entropy" else 1.0
-        self.raw_thresholds = torch.tensor([self.raw_boundary(float(t)) if policy != NO_EXIT and d < spec.depth - 1
-                                            else math.nan for d, t in enumerate(self.thresholds)])  # NaN: never
+        self.sign = -1.0 if policy == "entropy" else 1.0  # the exit score is sign x the stored signal
+        self.thresholds = thresholds
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        """The exit thresholds per depth (float32), on the exit score."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, values: Sequence[float] | np.ndarray | torch.Tensor) -> None:
+        """New thresholds, and the raw-signal boundaries ``run`` decides by:
+        ``sign x stored(raw) >= threshold`` is compared on the raw signal
+        against a boundary found here (``raw_boundary``, once per distinct
+        threshold), which spares every depth the rounding to the codebook."""
+        thresholds = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        if len(thresholds) != self.spec.depth:
+            raise ConfigError(f"{len(thresholds)} thresholds given for a path of {self.spec.depth} depths")
+        self._thresholds = thresholds
+        boundaries: dict[float, float] = {}
+        if self.policy != NO_EXIT:  # the last depth always answers: its threshold decides nothing
+            for threshold in thresholds[:-1].tolist():
+                if threshold not in boundaries:
+                    boundaries[threshold] = self.raw_boundary(threshold)
+        self.raw_thresholds = torch.tensor([boundaries.get(t, math.nan) if d < self.spec.depth - 1 else math.nan
+                                            for d, t in enumerate(thresholds.tolist())])  # NaN: never
 
     def _stored(self, values: torch.Tensor) -> torch.Tensor:
         """A signal as the catalog stores it: float16 as traced, then floored

@@ -299,6 +299,22 @@ def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monke
     assert cut.answered.all()
 
 
+def test_runner_decides_by_thresholds_set_after_construction(trained):
+    """``builder.time_exit_paths`` forces each exit depth by setting a built
+    runner's ``thresholds``: its decisions follow them."""
+    model, data, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    images = to_float(data.test_images[:16])
+    runner = AnytimeRunner(model, spec, "margin", no_exit(spec.depth), catalog)
+    for depth in range(spec.depth):
+        forced = np.full(spec.depth, np.finfo(np.float32).max, dtype=np.float32)
+        forced[depth] = -np.inf
+        runner.thresholds = forced
+        assert (runner.run(images).exit_depth == depth + 1).all()
+    with pytest.raises(ConfigError, match="thresholds given"):
+        runner.thresholds = forced[:-1]
+
+
 @pytest.mark.parametrize("policy", ["max_prob", "margin", "entropy"])
 def test_runner_decides_on_raw_signals_exactly_as_on_stored_scores(policy):
     """The runner compares each raw signal with a boundary found once
