@@ -9,6 +9,9 @@ right is ``prediction == label``, so it is never stored twice.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -16,6 +19,8 @@ from tqdm import tqdm
 from anytime.traces import SIGNALS, Traces
 from nets.data import batches, to_float
 from nets.dnnet import DNNet
+from nets.errors import ConfigError
+
 
 def confidence_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Prediction, top-1 probability, margin and entropy over the last axis."""
@@ -28,6 +33,27 @@ def confidence_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
         "margin": top2[..., 0] - top2[..., 1],
         "entropy": -(probs * log_probs).sum(dim=-1),
     }
+
+
+def confidence_signal_of_one(logits: Sequence[float], signal: str) -> float:
+    """One sample's ``signal`` (``top1_prob``, ``margin`` or ``entropy``) from
+    its logits as Python floats: what :func:`confidence_signals` computes for
+    a batch, without a tensor operation.  The anytime runner decides a lone
+    sample's exits with it, since at batch 1 dispatching the five tensor
+    operations of a signal costs more than the arithmetic (docs/BENCHMARKS.md,
+    "Session 14").  Computed in float64, it agrees with the float32 batch
+    computation to about 1e-7."""
+    top = max(logits)
+    shifted = [value - top for value in logits]
+    exps = [math.exp(value) for value in shifted]
+    total = sum(exps)
+    if signal == "top1_prob":
+        return 1.0 / total
+    if signal == "margin":
+        return (1.0 - sorted(exps)[-2]) / total  # ties at the top give 0, as topk does
+    if signal == "entropy":
+        return math.log(total) - sum(e * s for e, s in zip(exps, shifted)) / total
+    raise ConfigError(f"unknown confidence signal {signal!r}; known: {', '.join(SIGNALS)}")
 
 
 @torch.no_grad()

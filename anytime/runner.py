@@ -32,6 +32,7 @@ until the last width of the ladder answers.
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ import torch
 from torch import nn
 
 from anytime.catalog import Catalog, CatalogError
-from anytime.exits import POLICIES, exit_setting_row
+from anytime.evaluate import confidence_signal_of_one, confidence_signals
+from anytime.exits import CONFIDENCE_POLICIES, POLICIES, exit_setting_row
 from anytime.gates import LEARNED_POLICIES, DepthGates, Scorers, SupportNetworks, support_inputs
 from nets.dnnet import DNNet
 from nets.errors import ConfigError
@@ -50,6 +52,7 @@ from nets.spec import SubnetSpec
 
 __all__ = ["AnytimeRunner", "LadderResult", "RunResult", "WidthLadderRunner", "calibrated_thresholds", "runner_for"]
 
+_FLOAT32 = struct.Struct("f")  # rounds a Python float to float32
 NO_EXIT = "none"  # the scheduler's name of a sub-network run without exits (scheduler.options.NO_EXIT)
 
 
@@ -98,6 +101,7 @@ class AnytimeRunner:
             cost[-1] = catalog.costs["macs"][spec.depth - 1, w]  # the extracted sub-network, one head
         self.path_macs = cost
         signal = {"max_prob": "top1_prob", "entropy": "entropy", "margin": "margin"}.get(policy, f"exit/{policy}")
+        self.signal = signal  # the name of the signal the catalog stores (its codebook's key)
         codebook = catalog.codebooks.get(signal)
         self.codebook = None if codebook is None else torch.as_tensor(codebook)
         self.sign = -1.0 if policy == "entropy" else 1.0  # the exit score is sign x the stored signal
@@ -125,6 +129,7 @@ class AnytimeRunner:
                     boundaries[threshold] = self.raw_boundary(threshold)
         self.raw_thresholds = torch.tensor([boundaries.get(t, math.nan) if d < self.spec.depth - 1 else math.nan
                                             for d, t in enumerate(thresholds.tolist())])  # NaN: never
+        self._raw_threshold_floats = self.raw_thresholds.tolist()  # the same, for a lone sample's decisions
 
     def _stored(self, values: torch.Tensor) -> torch.Tensor:
         """A signal as the catalog stores it: float16 as traced, then floored
@@ -164,16 +169,8 @@ class AnytimeRunner:
         and the answer given on exit, for the running samples (``features``:
         the depth's output, which the gates read pooled)."""
         prediction = logits.argmax(-1)
-        if self.policy in ("max_prob", "entropy", "margin"):
-            log_probs = logits.log_softmax(-1)
-            probs = log_probs.exp()
-            if self.policy == "max_prob":
-                raw = probs.max(-1).values
-            elif self.policy == "entropy":
-                raw = -(probs * log_probs).sum(-1)
-            else:
-                top2 = probs.topk(2, dim=-1).values
-                raw = top2[:, 0] - top2[:, 1]
+        if self.policy in CONFIDENCE_POLICIES:
+            raw = confidence_signals(logits)[self.signal]
         elif self.policy in ("gate", "gate_ce"):
             pooled = features.mean(dim=(2, 3))
             padded = torch.zeros(len(pooled), self.full_channels[depth])
@@ -192,6 +189,8 @@ class AnytimeRunner:
         """Classify a batch of float images in [0, 1]; ``deadline_s`` is a
         wall-clock budget from the call (anytime mode)."""
         start = time.perf_counter()
+        if len(images) == 1 and self.policy in CONFIDENCE_POLICIES:
+            return self._run_one(images, start, deadline_s)
         batch = len(images)
         prediction = torch.full((batch,), -1, dtype=torch.long)
         exit_depth = torch.zeros(batch, dtype=torch.long)
@@ -236,6 +235,37 @@ class AnytimeRunner:
         macs = np.where(exit_depth.numpy() > 0, self.path_macs[depth_index], 0)
         return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy(),
                          exit_score.numpy())
+
+
+    def _run_one(self, image: torch.Tensor, start: float, deadline_s: float | None) -> RunResult:
+        """``run`` for one image under a confidence policy, deciding on Python
+        floats: at batch 1 the tensor operations that compute a signal and
+        test it cost more to dispatch than their arithmetic, and the
+        runner's work per exit (head, signal, test) fell from about 210 to
+        about 65 us (docs/BENCHMARKS.md, "Session 14").  Same decisions as
+        the batch path, but for a signal within about 1e-7 of a boundary."""
+        last = self.spec.depth - 1
+        logits: list[float] | None = None
+        raw = math.nan
+        passed, timed_out = 0, False
+        h = image
+        for depth, segment in enumerate(self.segments):
+            if deadline_s is not None and time.perf_counter() - start >= deadline_s:
+                timed_out = passed > 0
+                break
+            h = segment(h)
+            logits = self.heads[depth].forward(h).tolist()[0]  # forward: Module.__call__'s hooks cost as much
+            passed = depth + 1
+            raw = _FLOAT32.unpack(_FLOAT32.pack(confidence_signal_of_one(logits, self.signal)))[0]  # as traced
+            if depth < last and self.sign * raw >= self._raw_threshold_floats[depth]:
+                break
+        if not passed:
+            return RunResult(np.array([-1]), np.array([0]), np.array([0]), np.array([False]), np.array([False]),
+                             np.array([math.nan], dtype=np.float32))
+        prediction = logits.index(max(logits))  # the first of tied maxima, as argmax
+        score = float(self.exit_score(torch.tensor([raw], dtype=torch.float32))[0])
+        return RunResult(np.array([prediction]), np.array([passed]), self.path_macs[passed - 1:passed].copy(),
+                         np.array([True]), np.array([timed_out]), np.array([score], dtype=np.float32))
 
 
 def _key(value: float) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from anytime.exits import (ALWAYS, THRESHOLD_RULES, PathTraces, calibrate_for_ac
                            evaluate_thresholds, exit_depths, no_exit, oracle_thresholds, path_traces,
                            width_refinement)
 from anytime.gates import train_gates
-from anytime.runner import AnytimeRunner
+from anytime.runner import AnytimeRunner, RunResult
 from nets import SubnetSpec
 from nets.data import to_float
 from nets.errors import ConfigError
@@ -264,15 +266,19 @@ def test_runner_anytime_deadline(trained):
     images = to_float(data.test_images)
     late = runner.run(images, deadline_s=0.0)  # no time at all: nothing passed an exit
     assert not late.answered.any() and (late.prediction == -1).all()
+    alone = runner.run(images[:1], deadline_s=0.0)  # a lone sample takes its own path: the same answer
+    assert not alone.answered.any() and alone.prediction.tolist() == [-1] and alone.macs.tolist() == [0]
     full = runner.run(images, deadline_s=60.0)
     assert full.answered.all() and (full.exit_depth == spec.depth).all() and not full.timed_out.any()
 
 
-def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monkeypatch):
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monkeypatch, one_at_a_time):
     """A clock that advances one second per reading: a 2.5 s deadline stops
     the run before its third depth.  The samples that left at depth 1 keep
     their answers; the rest return depth 2's, marked timed out, exactly as a
-    run of the two-depth path gives them."""
+    run of the two-depth path gives them, whether the images come as one
+    batch or one by one (the runner's path for a lone sample)."""
     import itertools
 
     import anytime.runner
@@ -287,7 +293,11 @@ def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monke
     runner = AnytimeRunner(model, spec, "max_prob", thresholds, catalog)
     clock = itertools.count()
     monkeypatch.setattr(anytime.runner.time, "perf_counter", lambda: float(next(clock)))
-    cut = runner.run(images, deadline_s=2.5)
+    if one_at_a_time:
+        parts = [runner.run(image, deadline_s=2.5) for image in images.split(1)]
+        cut = RunResult(*(np.concatenate([getattr(r, f.name) for r in parts]) for f in dataclasses.fields(RunResult)))
+    else:
+        cut = runner.run(images, deadline_s=2.5)
     monkeypatch.undo()
     short = AnytimeRunner(model, SubnetSpec(2, spec.width), "max_prob", thresholds[:2], catalog).run(images)
     left = short.exit_depth == 1
@@ -297,6 +307,36 @@ def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monke
     np.testing.assert_array_equal(cut.score, short.score)
     np.testing.assert_array_equal(cut.timed_out, ~left)
     assert cut.answered.all()
+
+
+@pytest.mark.parametrize("policy", ["max_prob", "entropy", "margin"])
+def test_runner_answers_a_lone_sample_as_it_answers_it_in_a_batch(trained, policy):
+    """A batch of one runs on Python floats (``AnytimeRunner._run_one``):
+    every field of its result equals the batch path's for that sample, and
+    its signal equals the batch computation's to float32 precision."""
+    from anytime.evaluate import confidence_signal_of_one, confidence_signals
+
+    model, data, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    path = path_traces(catalog, spec, policy, "test")
+    thresholds = np.full(spec.depth, np.quantile(path.score[:, :-1], 0.85), dtype=np.float32)
+    runner = AnytimeRunner(model, spec, policy, thresholds, catalog)
+    images = to_float(data.test_images)
+    batch = runner.run(images)
+    assert 0 < (batch.exit_depth < spec.depth).mean() < 1  # some leave early, some do not
+    for i, image in enumerate(images.split(1)):
+        one = runner.run(image)
+        for field in dataclasses.fields(RunResult):
+            np.testing.assert_array_equal(getattr(one, field.name), getattr(batch, field.name)[i : i + 1],
+                                          err_msg=f"{field.name} of sample {i}")
+    logits = torch.randn(200, 10) * torch.tensor([0.1, 1.0, 10.0, 50.0]).repeat_interleave(50)[:, None]
+    logits[:5, :2] = logits[:5].max(1).values[:, None] + 1  # tied maxima: margin 0
+    signal = runner.signal
+    expected = confidence_signals(logits)[signal].numpy()
+    alone = np.array([confidence_signal_of_one(row, signal) for row in logits.tolist()])
+    np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=2e-6)
+    if signal == "margin":
+        assert (alone[:5] == 0).all()
 
 
 def test_runner_decides_by_thresholds_set_after_construction(trained):
