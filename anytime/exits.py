@@ -3,8 +3,9 @@
 A policy turns each sample's outcome at each depth into a score; a sample
 running at width ``c`` up to depth ``L`` exits at the first depth ``l <= L``
 whose score reaches that depth's threshold, else at ``L``.  Its answer is that
-exit's answer and its cost is the catalog's exit-path cost at ``(l, c)``.  The
-seeds:
+exit's answer and its cost is the catalog's exit-path cost at ``(l, c)``, less
+the exits on the way that are not placed (a threshold of +inf: no exit there,
+its head not evaluated; ``placed_path_cost``).  The seeds:
 
 * ``max_prob``: top-1 softmax probability (the usual confidence baseline);
 * ``entropy``: BranchyNet (Teerapittayanon et al., ICPR 2016) exits when the
@@ -37,19 +38,55 @@ NEVER = np.inf  # a threshold no score reaches: never exit early
 ALWAYS = -np.inf  # a threshold every score reaches: always exit at once
 
 
+def placed_exits(thresholds: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
+    """``[..., L]`` bool: the depths where an exit is placed, that is, where
+    its head (and scorer) is evaluated at all: every depth whose threshold
+    some score can reach (below +inf, :data:`NEVER`), and the last, which
+    always answers.  A threshold of +inf is no exit: the runner skips its
+    head, and a run interrupted by its deadline returns the answer of the
+    last placed exit it passed.  Without exits (every threshold +inf) only
+    the last head runs, as for a plain sub-network.  ``last``: each row's
+    0-based last depth, for rows padded beyond it (the option table's)."""
+    placed = np.asarray(thresholds) < NEVER
+    if last is None:
+        placed[..., -1] = True
+    else:
+        placed[np.arange(len(placed)), last] = True
+    return placed
+
+
+def placed_path_cost(path_cost: np.ndarray, exit_cost: np.ndarray, thresholds: np.ndarray,
+                     last: np.ndarray | None = None) -> np.ndarray:
+    """``[..., L]`` cost of a sample that exits at each depth when only the
+    placed exits (:func:`placed_exits`) are evaluated: ``path_cost`` (every
+    exit on the way evaluated) less the ``exit_cost`` (what evaluating one
+    exit adds: head, scorer, the runner's work there) of each depth on the way
+    without an exit.  The one place where placement changes a price."""
+    unplaced = ~placed_exits(thresholds, last)
+    return path_cost - np.cumsum(np.where(unplaced, exit_cost, 0), axis=-1)
+
+
 @dataclass(frozen=True)
 class PathTraces:
     """Traces of one anytime path (width c, depths 1..L) on one split."""
 
     score: np.ndarray  # [N, L] float: the policy's exit score at each depth
     correct: np.ndarray  # [N, L] bool: the answer given when exiting there is right
-    cost: np.ndarray  # [L] MACs (or ms) spent by a sample that exits at each depth
+    cost: np.ndarray  # [L] MACs (or ms) spent by a sample that exits at each depth, every exit on the way evaluated
     policy: str
     spec: SubnetSpec  # (L, c)
+    exit_cost: np.ndarray | None = None  # [L] the part of ``cost`` each depth's exit adds (None: placement is free)
 
     @property
     def depths(self) -> int:
         return self.score.shape[1]
+
+    def cost_under(self, thresholds: np.ndarray) -> np.ndarray:
+        """``[L]`` cost of exiting at each depth under ``thresholds``, only
+        the placed exits evaluated (:func:`placed_path_cost`)."""
+        if self.exit_cost is None:
+            return self.cost
+        return placed_path_cost(self.cost, self.exit_cost, thresholds)
 
 
 CONFIDENCE_POLICIES = ("max_prob", "entropy", "margin")  # scored from the answers alone, no fitted scorer
@@ -99,15 +136,17 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
         if "prediction" in extra:  # the scorer answers with its own class (decision gates)
             correct = extra["prediction"][:, :depth, w] == traces.labels[:, None]
     if cost == "macs":
+        exit_cost = exit_macs(catalog, policy)[:depth, w]
         path_cost = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
-        if policy in ("gate", "gate_ce", "support"):
+        if policy in catalog.exit_extra_macs:
             path_cost = path_cost + np.cumsum(catalog.exit_extra_macs[policy][:depth, w])
     elif cost == "latency":
         device = device or catalog.measured_device
+        exit_cost = exit_ms(catalog, device, policy)[:depth, w]
         path_cost = exit_path_ms(catalog, device, policy)[:depth, w]
     else:
         raise CatalogError(f"unknown cost {cost!r}; use 'macs' or 'latency'")
-    return PathTraces(score, correct, path_cost, policy, spec)
+    return PathTraces(score, correct, path_cost, policy, spec, exit_cost)
 
 
 def exit_setting_row(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_drop: float | None = None) -> int:
@@ -132,6 +171,33 @@ def exit_setting_row(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_d
         raise CatalogError(f"no exit setting of {spec} with {policy!r} for accuracy drop {accuracy_drop:g}; "
                            f"calibrated drops: {', '.join(f'{d:g}' for d in sorted(set(drops.tolist())))}")
     return int(match[0])
+
+
+def exit_macs(catalog: Catalog, policy: str) -> np.ndarray:
+    """``[depths, widths]`` MACs that evaluating the exit at each depth adds
+    to a path under ``policy``: its head, and a gate's or support network's
+    scorer (what :func:`placed_path_cost` takes off where no exit is placed)."""
+    macs = catalog.costs["head_macs"].astype(np.float64)
+    if policy in catalog.exit_extra_macs:
+        macs = macs + catalog.exit_extra_macs[policy]
+    return macs
+
+
+def exit_ms(catalog: Catalog, device: str, policy: str) -> np.ndarray:
+    """``[depths, widths]`` batch-1 ms on ``device`` that evaluating the exit
+    at each depth adds to a path under ``policy``, as :func:`exit_path_ms`
+    prices it: its head, and the runner's measured work there (or a learned
+    scorer's head-sized guess)."""
+    table = catalog.latency_table(device)
+    overhead = table.exit_overhead_ms.get(policy)
+    if overhead is not None:
+        per_exit = np.array(overhead, dtype=np.float64)
+        if len(per_exit) > 1:  # depth 1's row also holds the call's own work, paid with or without an exit there
+            per_exit[0] = per_exit[1]
+        return table.head_p50_ms + per_exit
+    if policy in catalog.exit_extra_macs:
+        return 2 * table.head_p50_ms
+    return table.head_p50_ms.copy()
 
 
 def exit_path_ms(catalog: Catalog, device: str, policy: str) -> np.ndarray:
@@ -189,15 +255,17 @@ class ExitOutcome:
 
 def evaluate_thresholds(path: PathTraces, thresholds: np.ndarray) -> tuple[float, float]:
     """Accuracy and expected cost of one threshold vector (the fast path)."""
-    exits = exit_depths(path.score, np.asarray(thresholds, dtype=np.float32))
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    exits = exit_depths(path.score, thresholds)
     rows = np.arange(len(exits))
-    return float(path.correct[rows, exits].mean()), float(path.cost[exits].mean())
+    return float(path.correct[rows, exits].mean()), float(path.cost_under(thresholds)[exits].mean())
 
 
 def outcome(path: PathTraces, thresholds: np.ndarray) -> ExitOutcome:
     """Accuracy, expected and quantile cost, and where samples exit."""
-    exits = exit_depths(path.score, np.asarray(thresholds, dtype=np.float32))
-    costs = path.cost[exits]
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    exits = exit_depths(path.score, thresholds)
+    costs = path.cost_under(thresholds)[exits]
     histogram = np.bincount(exits, minlength=path.depths) / len(exits)
     return ExitOutcome(float(path.correct[np.arange(len(exits)), exits].mean()), float(costs.mean()), histogram,
                        {q: float(np.quantile(costs, q)) for q in (0.5, 0.9, 0.99)})
@@ -302,6 +370,31 @@ def calibrate_shared_threshold(path: PathTraces, target_accuracy: float) -> np.n
     if len(meets):
         thresholds[:-1] = values[cut[meets[-1]]]
     return thresholds
+
+
+def calibrate_placement(path: PathTraces, target_accuracy: float) -> np.ndarray:
+    """The point estimate with exits placed only from the depth where that
+    costs least: for each first depth k, no exit before k (their heads not
+    evaluated, :func:`placed_exits`) and :func:`calibrate_for_accuracy` over
+    depths k..L, the cheapest on ``path`` that keeps ``target_accuracy`` (a
+    tie goes to the earlier k; no exit at all when none is cheaper).  Shallow-Deep Networks asked where internal
+    classifiers pay; here the answer is read from ``path``'s own costs, so it
+    changes anything only where evaluating an exit costs something next to
+    the layers it skips: batch-1 wall time, where a head costs about as much
+    as a sixth of a block on this CPU (docs/BENCHMARKS.md), not MACs.
+    Costs L point estimates."""
+    depths = path.depths
+    best, best_cost = no_exit(depths), evaluate_thresholds(path, no_exit(depths))[1]
+    for first in range(depths - 1):
+        from_first = np.full(depths, ALWAYS, dtype=np.float32)
+        from_first[:first] = NEVER
+        tail = PathTraces(path.score[:, first:], path.correct[:, first:], path.cost_under(from_first)[first:],
+                          path.policy, path.spec, None if path.exit_cost is None else path.exit_cost[first:])
+        thresholds = np.concatenate([no_exit(first), calibrate_for_accuracy(tail, target_accuracy)])
+        accuracy, cost = evaluate_thresholds(path, thresholds)
+        if accuracy >= target_accuracy - 1e-9 and cost < best_cost:
+            best, best_cost = thresholds, cost
+    return best
 
 
 THRESHOLD_RULES = {  # the exact rules the point estimate chooses between (calibrate_for_accuracy)

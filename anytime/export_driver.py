@@ -10,6 +10,8 @@ policy's signal and the answer; the signal is rounded as the catalog stored
 it (to float16, then floored to the catalog's codebook), so decisions
 reproduce the traces the thresholds were calibrated on; a sample leaves when
 its score reaches the depth's threshold, and the last depth always answers.
+A depth without a threshold (``null``: +inf) has no exit, and its exit
+program is not run.
 
 As a library (from the export folder)::
 
@@ -135,6 +137,7 @@ class ExportedSubnet:
         self.exit_programs = [self.backend.program(files) for files in exits["exits"]]
         never = float("inf")
         self.thresholds = self.backend.array([never if t is None else t for t in exits["thresholds"]], "float32")
+        self.placed = [t is not None for t in exits["thresholds"]]  # no threshold (+inf): no exit there, not evaluated
         rounding = exits["rounding"]
         codebook = rounding.get("codebook")
         self.codebook = None if codebook is None else self.backend.array(codebook, "float32")
@@ -174,6 +177,8 @@ class ExportedSubnet:
             if deadline_s is not None and time.perf_counter() - start >= deadline_s:
                 break
             (h,) = segment(h)
+            if depth < last and not self.placed[depth]:
+                continue
             logits, signal, answer = exit_program(h)
             prediction[running] = answer
             exit_depth[running] = depth + 1

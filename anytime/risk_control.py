@@ -219,7 +219,9 @@ def resplit_study(path: PathTraces, tolerances: tuple[float, ...] = (0.0025, 0.0
         exits = exit_depths_many(score, chosen.reshape(-1, path.depths).astype(np.float32))
         right = np.take_along_axis(correct.T, exits, axis=0)
         drop[:, :, s] = (correct[:, -1].mean() - right.mean(axis=1)).reshape(2, -1)
-        saving[:, :, s] = (1.0 - path.cost[exits].mean(axis=1) / path.cost[-1]).reshape(2, -1)
+        member_cost = np.stack([path.cost_under(t) for t in chosen.reshape(-1, path.depths)])  # placement priced
+        spent = np.take_along_axis(member_cost, exits, axis=1).mean(axis=1)
+        saving[:, :, s] = (1.0 - spent / path.cost_under(no_exit(path.depths))[-1]).reshape(2, -1)
     result = {}
     for m, method in enumerate(("point_estimate", "learn_then_test")):
         result[method] = {str(tol): {"violation_rate": float((drop[m, t] > tol + 1e-12).mean()),

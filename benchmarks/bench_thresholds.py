@@ -28,11 +28,12 @@ from nets.spec import SubnetSpec  # noqa: E402
 
 def loop_evaluate(path, thresholds):
     right, cost = 0, 0.0
+    path_cost = path.cost_under(thresholds)  # only the placed exits evaluated
     for n in range(len(path.score)):
         for d in range(path.depths):
             if d == path.depths - 1 or path.score[n, d] >= thresholds[d]:
                 right += bool(path.correct[n, d])
-                cost += path.cost[d]
+                cost += path_cost[d]
                 break
     return right / len(path.score), cost / len(path.score)
 

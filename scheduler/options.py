@@ -12,11 +12,12 @@ split grades decisions (the simulator's requests carry test samples) and no
 decision sees it.
 Costs per option and device:
 
-* ``macs``: expected exit-path MACs (heads and scorers on the way included);
+* ``macs``: expected exit-path MACs (heads and scorers of the exits placed on
+  the way included: ``anytime.exits.placed_path_cost``);
 * ``latency`` at quantile q: without exits, the measured p50 (q = 0.5) or p90
   (q >= 0.9; 30 timed calls support no finer tail) of the whole sub-network;
   with exits, the q-quantile over samples of the exit-path latency (sum of the
-  timed depth segments and heads), times the sub-network's measured p90/p50
+  timed depth segments and placed exits' heads and runner work), times the sub-network's measured p90/p50
   ratio for q >= 0.9;
 * ``memory``: float32 weights of every layer the path can reach (its heads
   and scorers included) plus the measured peak activations;
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anytime.catalog import Catalog, LatencyTable
-from anytime.exits import exit_depths_many, exit_path_ms, path_traces
+from anytime.exits import exit_depths_many, exit_ms, exit_path_ms, path_traces, placed_path_cost
 from anytime.latency_model import load_active_power, table_power_w
 from anytime.user_cache import cached_arrays, content_key
 from nets.spec import SubnetSpec
@@ -152,14 +153,16 @@ class OptionTable:
         w, last = self.width - 1, self.depth - 1
         path_macs = catalog.costs["exit_path_macs"][:, w].T.astype(np.float64)  # [n, depths]
         extra = np.zeros_like(path_macs)
+        per_exit = catalog.costs["head_macs"][:, w].T.astype(np.float64)  # what each exit adds (placement)
         scorer_params = np.zeros(len(self.subnet))
         for name, macs in catalog.exit_extra_macs.items():
             rows_with = self.policy == name
             if rows_with.any():
                 extra[rows_with] = np.cumsum(macs[:, w[rows_with]].T, axis=1)
+                per_exit[rows_with] += macs[:, w[rows_with]].T
                 scorer_params[rows_with] = _prefix_sum(macs[:, w[rows_with]].T + classes, last[rows_with])
-        self.macs = np.where(has_exits, ((path_macs + extra) * self.exit_histogram).sum(1),
-                             catalog.costs["macs"][last, w])
+        placed_macs = placed_path_cost(path_macs + extra, per_exit, self.thresholds, last)
+        self.macs = np.where(has_exits, (placed_macs * self.exit_histogram).sum(1), catalog.costs["macs"][last, w])
         head_params = catalog.costs["head_macs"][:, w].T + classes  # [n, depths]
         earlier_heads = _prefix_sum(head_params, last) - head_params[np.arange(len(w)), last]
         self.memory = (catalog.weight_bytes("float32")[last, w]
@@ -175,9 +178,12 @@ class OptionTable:
         whole_p90 = table.p90_ms[0][last, w]
         tail = np.maximum(whole_p90 / np.maximum(whole_p50, 1e-12), 1.0)
         path_ms = table.exit_path_p50_ms()[:, w].T  # [n, depths]
+        per_exit_ms = table.head_p50_ms[:, w].T.copy()
         for name in set(self.policy[has_exits].tolist()):  # as the runner spends it (anytime.exits.exit_path_ms)
             rows_with = self.policy == name
             path_ms[rows_with] = exit_path_ms(self.catalog, table.device, name)[:, w[rows_with]].T
+            per_exit_ms[rows_with] = exit_ms(self.catalog, table.device, name)[:, w[rows_with]].T
+        path_ms = placed_path_cost(path_ms, per_exit_ms, self.thresholds, last)  # only placed exits run
         cumulative = np.cumsum(self.exit_histogram, axis=1)
         latency = {}
         for q in QUANTILES:

@@ -182,7 +182,7 @@ class Served:
                     cost[-1] = catalog.costs["macs"][spec.depth - 1, spec.width - 1]
                 else:
                     exits = exit_depths(path.score, np.asarray(level.thresholds, dtype=np.float32))
-                    cost = path.cost
+                    cost = path.cost_under(np.asarray(level.thresholds, dtype=np.float32))
                 score, correct = path.score, path.correct
             else:
                 depth, widths = kind[1], kind[2]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anytime.catalog import Catalog
-from anytime.exits import exit_depths, exit_path_ms, path_traces
+from anytime.exits import exit_depths, exit_ms, exit_path_ms, path_traces, placed_exits, placed_path_cost
 from scheduler.options import NO_EXIT, OptionTable
 
 
@@ -34,14 +34,22 @@ class Behaviour:
     correct_by_depth: np.ndarray  # [samples, depth] the answer at each depth is right
     has_heads: bool  # the path computes intermediate answers (False: a plain sub-network without exits)
     feature_bytes: np.ndarray  # [depth] bytes of the feature map leaving each depth at this width
+    placed: np.ndarray  # [depth] bool: an exit is evaluated there (anytime.exits.placed_exits; plain: the last)
+
+    def __post_init__(self) -> None:
+        # the deepest placed exit at or above each depth (-1: none), read per interrupted request
+        deepest = np.where(self.placed, np.arange(len(self.placed)), -1)
+        self._deepest_exit_by = np.maximum.accumulate(deepest).tolist()
+
+    def last_exit_by(self, depth_index: int) -> int:
+        """0-based deepest placed exit at or before ``depth_index``, or -1 when
+        none (a plain sub-network has only its last)."""
+        return self._deepest_exit_by[depth_index] if depth_index >= 0 else -1
 
     def passed_exit(self, attained_s: float) -> int:
         """0-based deepest exit fully computed within ``attained_s`` seconds of
         work, or -1 when none (a plain sub-network has only its last)."""
-        last = len(self.cum_s) - 1
-        if not self.has_heads:
-            return last if attained_s >= self.cum_s[last] else -1
-        return int(np.searchsorted(self.cum_s, attained_s, side="right")) - 1
+        return self.last_exit_by(int(np.searchsorted(self.cum_s, attained_s, side="right")) - 1)
 
 
 class BehaviourCache:
@@ -68,6 +76,7 @@ class BehaviourCache:
         macs_path = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
         feature_bytes = catalog.costs["feature_bytes"][:depth, w].astype(np.float64)
         cum_ms = cumulative_ms(catalog, table, np.array([row]), profile, oracle)[0, :depth]
+        placed = np.ones(depth, dtype=bool)  # the oracle reads every head
         if oracle or policy != NO_EXIT:
             if oracle:
                 correct_by_depth = traces.correct[:, :depth, w].astype(bool)
@@ -75,10 +84,10 @@ class BehaviourCache:
             else:
                 path = path_traces(catalog, spec, policy, "test")
                 correct_by_depth = path.correct.astype(bool)
-                exits = exit_depths(path.score, table.thresholds[row, :depth])
-                scorer_macs = catalog.exit_extra_macs.get(policy)
-                if scorer_macs is not None:  # a gate or support net runs beside each head it judges
-                    macs_path = macs_path + np.cumsum(scorer_macs[:depth, w])
+                thresholds = table.thresholds[row, :depth]
+                exits = exit_depths(path.score, thresholds)
+                macs_path = path.cost_under(thresholds)  # heads and scorers of the placed exits on the way
+                placed = placed_exits(thresholds)
             work_ms = cum_ms[exits]
             macs = macs_path[exits]
             has_heads = True
@@ -88,11 +97,12 @@ class BehaviourCache:
             work_ms = np.full(n, cum_ms[-1])
             macs = np.full(n, float(catalog.costs["macs"][depth - 1, w]))
             has_heads = False
+            placed = np.arange(depth) == depth - 1
         correct = correct_by_depth[np.arange(n), exits]
         # without heads, reaching depth d costs about the depth-d sub-network (one head included)
         cum_macs = macs_path if has_heads else catalog.costs["macs"][:depth, w].astype(np.float64)
         return Behaviour(exits.tolist(), (work_ms / 1000.0).tolist(), correct.tolist(), macs.tolist(),
-                         cum_ms / 1000.0, cum_macs, correct_by_depth, has_heads, feature_bytes)
+                         cum_ms / 1000.0, cum_macs, correct_by_depth, has_heads, feature_bytes, placed)
 
 
 @dataclass
@@ -124,9 +134,12 @@ def cumulative_ms(catalog: Catalog, table: OptionTable, rows: np.ndarray, profil
     if oracle:
         return cum
     policies = table.policy[rows]
+    per_exit = latency.head_p50_ms[:, w].T.astype(np.float64)
     for policy in sorted(set(policies.tolist()) - {NO_EXIT}):  # the one price of an exit path, overheads included
         under = policies == policy
         cum[under] = exit_path_ms(catalog, profile, policy)[:, w[under]].T
+        per_exit[under] = exit_ms(catalog, profile, policy)[:, w[under]].T
+    cum = placed_path_cost(cum, per_exit, table.thresholds[rows], depth - 1)  # only the placed exits run
     plain = policies == NO_EXIT
     segments = np.cumsum(latency.segment_p50_ms[:, w[plain]].T, axis=1)
     last = depth[plain] - 1

@@ -566,15 +566,22 @@ def priced_ms(catalog: Catalog, profile: str, option: str, exit_depth: int) -> f
     ``option`` (a record's label, e.g. ``"d16w8/none"`` or
     ``"d12w6/max_prob@0.5"``) answered at ``exit_depth`` costs, in ms: a
     plain sub-network's ``p50_ms``, an exit option's path to that depth
-    (``anytime.exits.exit_path_ms``)."""
-    from anytime.exits import exit_path_ms
+    (``anytime.exits.exit_path_ms``) with only its setting's placed exits
+    (``anytime.exits.placed_path_cost``)."""
+    from anytime.exits import exit_ms, exit_path_ms, exit_setting_row, placed_path_cost
 
     name, _, rest = option.partition("/")
-    policy = rest.split("@")[0] or NO_EXIT
+    policy, _, drop = rest.partition("@")
+    policy = policy or NO_EXIT
     spec = SubnetSpec.parse(name)
     if policy == NO_EXIT:
         return float(catalog.latency_table(profile).p50_ms[0, spec.depth - 1, spec.width - 1])
-    return float(exit_path_ms(catalog, profile, policy)[exit_depth - 1, spec.width - 1])
+    w = spec.width - 1
+    path_ms = exit_path_ms(catalog, profile, policy)[: spec.depth, w]
+    if drop:
+        thresholds = catalog.exit_settings.thresholds[exit_setting_row(catalog, spec, policy, float(drop)), : spec.depth]
+        path_ms = placed_path_cost(path_ms, exit_ms(catalog, profile, policy)[: spec.depth, w], thresholds)
+    return float(path_ms[exit_depth - 1])
 
 
 def _served_windows(records: list[RequestRecord], shares: list[tuple[float, float]],

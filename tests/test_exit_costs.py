@@ -167,9 +167,15 @@ def test_no_exit_runs_only_the_last_head_with_the_same_answers(trained, width):
     spec = SubnetSpec(catalog.depths, width)
     images = to_float(data.test_images[:24])
     plain = runner_for(catalog, spec, None, model=model)
-    every_head = AnytimeRunner(model, spec, "max_prob", np.full(spec.depth, np.inf), catalog)  # the old way
+    # every exit placed, none firing (the old way of running without exits)
+    every_head = AnytimeRunner(model, spec, "max_prob", np.full(spec.depth, np.finfo(np.float32).max), catalog)
+    unplaced = AnytimeRunner(model, spec, "max_prob", np.full(spec.depth, np.inf), catalog)  # no exit placed
     calls_plain, calls_every = _count_head_calls(plain), _count_head_calls(every_head)
-    got, before = plain.run(images), every_head.run(images)
+    calls_unplaced = _count_head_calls(unplaced)
+    got, before, placed_none = plain.run(images), every_head.run(images), unplaced.run(images)
+    assert calls_unplaced == [0] * (spec.depth - 1) + [1]  # an exit policy with no exit placed: the same
+    np.testing.assert_array_equal(placed_none.prediction, got.prediction)
+    np.testing.assert_array_equal(placed_none.macs, got.macs)
     np.testing.assert_array_equal(got.prediction, before.prediction)
     np.testing.assert_array_equal(got.exit_depth, before.exit_depth)
     assert (got.exit_depth == spec.depth).all() and got.answered.all() and not got.timed_out.any()
@@ -198,3 +204,41 @@ def test_no_exit_interrupted_has_no_answer(trained):
     result = runner_for(catalog, SubnetSpec(catalog.depths, 2), None, model=model).run(
         to_float(data.test_images[:4]), deadline_s=0.0)
     assert not result.answered.any() and (result.exit_depth == 0).all() and (result.macs == 0).all()
+
+
+def test_exits_that_never_fire_are_neither_run_nor_priced():
+    """A depth whose threshold is +inf has no exit (``placed_exits``): its head
+    is not run, and the option table (MACs and expected latency), the
+    simulator's behaviours, the runner and the calibration's outcome all
+    price the path without it, through ``placed_path_cost``.  The shipped
+    catalog's sequential settings leave many shallow depths without exits."""
+    from anytime.exits import exit_depths, outcome, path_traces, placed_exits
+    from scheduler.options import NO_EXIT, option_table
+    from simulator.behaviour import BehaviourCache
+
+    catalog = load_catalog()
+    table = option_table(catalog)
+    last = table.depth - 1
+    unplaced = ~placed_exits(table.thresholds, last) & (np.arange(catalog.depths)[None, :] < last[:, None])
+    rows = np.flatnonzero((table.policy != NO_EXIT) & unplaced.any(1))
+    assert len(rows) > 100
+    device = catalog.measured_device
+    behaviours = BehaviourCache(catalog, table)
+    model = catalog.load_net()
+    for row in rows[:: len(rows) // 5]:
+        spec, policy = table.spec(row), str(table.policy[row])
+        thresholds = table.thresholds[row, : spec.depth]
+        val = path_traces(catalog, spec, policy, "val")
+        assert table.macs[row] == pytest.approx(outcome(val, thresholds).expected_cost, rel=1e-9)
+        assert table.macs[row] < val.cost[exit_depths(val.score, thresholds)].mean()  # unrun heads are not paid
+        timed = path_traces(catalog, spec, policy, "val", cost="latency", device=device)
+        assert table.devices[device].expected_ms[row] == pytest.approx(outcome(timed, thresholds).expected_cost,
+                                                                       rel=1e-9)
+        test = path_traces(catalog, spec, policy, "test")
+        behaviour = behaviours.get(row, device)
+        np.testing.assert_allclose(behaviour.macs, test.cost_under(thresholds)[exit_depths(test.score, thresholds)])
+        first = int(np.flatnonzero(unplaced[row])[0])
+        assert behaviour.last_exit_by(first) < first  # an interrupted request has no answer from there
+        runner = runner_for(catalog, table.option(row, device), model=model)
+        assert [bool(p) for p in runner.placed] == placed_exits(thresholds).tolist()
+        np.testing.assert_array_equal(runner.path_macs, test.cost_under(thresholds))

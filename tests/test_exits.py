@@ -36,6 +36,50 @@ def test_stricter_threshold_never_exits_earlier():
         assert (exit_depths(path.score, strict) >= exit_depths(path.score, loose)).all()
 
 
+def test_an_exit_is_placed_where_its_threshold_can_fire():
+    """+inf is no exit (its cost is taken off every deeper depth's path);
+    the largest float32, -inf and finite thresholds place one; the last
+    depth (of each row, with ``last``) always answers."""
+    from anytime.exits import NEVER, placed_exits, placed_path_cost
+
+    big = np.finfo(np.float32).max
+    thresholds = np.array([[NEVER, big, NEVER, 0.5], [-np.inf, NEVER, NEVER, NEVER]], dtype=np.float32)
+    assert placed_exits(thresholds).tolist() == [[False, True, False, True], [True, False, False, True]]
+    assert placed_exits(thresholds, last=np.array([2, 1])).tolist() == [[False, True, True, True],
+                                                                         [True, True, False, False]]
+    path = np.array([10.0, 21.0, 32.0, 43.0])  # every exit on the way evaluated, each adding 1
+    np.testing.assert_array_equal(placed_path_cost(path, np.ones(4), thresholds),
+                                  [[9.0, 20.0, 30.0, 41.0], [10.0, 20.0, 30.0, 41.0]])
+    traced = PathTraces(np.zeros((3, 4), dtype=np.float32), np.ones((3, 4), dtype=bool), path, "max_prob",
+                        SubnetSpec(4, 1), np.ones(4))
+    assert evaluate_thresholds(traced, no_exit(4)) == (1.0, 40.0)  # no exit placed: the last head alone
+
+
+def test_placement_keeps_the_target_and_leaves_out_exits_that_cost_more_than_they_save():
+    """``calibrate_placement`` never costs more than the point estimate it
+    starts from; free exits stay where they are, and heads that cost 40% of
+    a block are not placed at the first depths, where few answers are right."""
+    from anytime.exits import calibrate_placement, placed_exits
+
+    rng = np.random.default_rng(3)
+    n, depth = 2000, 8
+    score = np.clip(rng.random((n, depth)) * 0.5 + np.linspace(0, 0.5, depth), 0, 1).astype(np.float32)
+    correct = rng.random((n, depth)) < np.linspace(0.5, 0.9, depth)
+    target = correct[:, -1].mean() - 0.02
+    layers = np.cumsum(np.full(depth, 10.0))
+    for head in (0.0, 0.5, 4.0):
+        exit_cost = np.full(depth, head)
+        path = PathTraces(score, correct, layers + np.cumsum(exit_cost), "max_prob", SubnetSpec(depth, 1), exit_cost)
+        placed = calibrate_placement(path, target)
+        point = calibrate_for_accuracy(path, target)
+        accuracy, cost = evaluate_thresholds(path, placed)
+        assert accuracy >= target - 1e-9
+        assert cost <= evaluate_thresholds(path, point)[1] + 1e-9
+        if head == 0.0:
+            assert cost == evaluate_thresholds(path, point)[1]
+    assert not placed_exits(placed)[:2].any() and placed_exits(placed).sum() > 1
+
+
 def test_extreme_thresholds():
     path = _random_path()
     assert (exit_depths(path.score, no_exit(path.depths)) == path.depths - 1).all()
@@ -273,12 +317,16 @@ def test_runner_anytime_deadline(trained):
 
 
 @pytest.mark.parametrize("one_at_a_time", [False, True])
-def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monkeypatch, one_at_a_time):
+@pytest.mark.parametrize("second_placed", [True, False])
+def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monkeypatch, one_at_a_time,
+                                                                  second_placed):
     """A clock that advances one second per reading: a 2.5 s deadline stops
     the run before its third depth.  The samples that left at depth 1 keep
     their answers; the rest return depth 2's, marked timed out, exactly as a
     run of the two-depth path gives them, whether the images come as one
-    batch or one by one (the runner's path for a lone sample)."""
+    batch or one by one (the runner's path for a lone sample).  Where depth 2
+    has no exit (threshold +inf: its head is not evaluated), they return
+    depth 1's instead."""
     import itertools
 
     import anytime.runner
@@ -290,6 +338,7 @@ def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monke
     first = path_traces(catalog, spec, "max_prob", "test").score[:, 0]
     thresholds = no_exit(spec.depth)
     thresholds[0] = np.quantile(first, 0.5)  # about half leave at depth 1
+    thresholds[1] = np.finfo(np.float32).max if second_placed else np.inf  # an exit that never fires, or none
     runner = AnytimeRunner(model, spec, "max_prob", thresholds, catalog)
     clock = itertools.count()
     monkeypatch.setattr(anytime.runner.time, "perf_counter", lambda: float(next(clock)))
@@ -299,9 +348,12 @@ def test_runner_interrupted_mid_path_returns_the_last_exit_passed(trained, monke
     else:
         cut = runner.run(images, deadline_s=2.5)
     monkeypatch.undo()
-    short = AnytimeRunner(model, SubnetSpec(2, spec.width), "max_prob", thresholds[:2], catalog).run(images)
-    left = short.exit_depth == 1
+    left = AnytimeRunner(model, SubnetSpec(2, spec.width), "max_prob", thresholds[:2], catalog).run(
+        images).exit_depth == 1
     assert 0 < left.sum() < len(images)
+    reached = 2 if second_placed else 1  # the last exit placed before the deadline
+    short = AnytimeRunner(model, SubnetSpec(reached, spec.width), "max_prob", thresholds[:reached],
+                          catalog).run(images)
     np.testing.assert_array_equal(cut.prediction, short.prediction)
     np.testing.assert_array_equal(cut.exit_depth, short.exit_depth)
     np.testing.assert_array_equal(cut.score, short.score)
