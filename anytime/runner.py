@@ -84,8 +84,6 @@ class AnytimeRunner:
         spec.check_within(model.depths, model.widths)
         if len(thresholds) != spec.depth:
             raise ConfigError(f"{len(thresholds)} thresholds given for a path of {spec.depth} depths")
-        if policy == NO_EXIT and not np.all(np.asarray(thresholds, dtype=np.float64) == np.inf):
-            raise ConfigError(f"a sub-network run without exits ({NO_EXIT!r}) has no thresholds but +inf")
         _check_scorers_fit(model, spec, gates if policy in ("gate", "gate_ce") else None,
                            support if policy == "support" else None)
         self.spec, self.policy, self.gates, self.support = spec, policy, gates, support
@@ -123,6 +121,8 @@ class AnytimeRunner:
         thresholds = torch.as_tensor(np.asarray(values, dtype=np.float32))
         if len(thresholds) != self.spec.depth:
             raise ConfigError(f"{len(thresholds)} thresholds given for a path of {self.spec.depth} depths")
+        if self.policy == NO_EXIT and not bool((thresholds == math.inf).all()):
+            raise ConfigError(f"a sub-network run without exits ({NO_EXIT!r}) has no thresholds but +inf")
         self._thresholds = thresholds
         boundaries: dict[float, float] = {}
         if self.policy != NO_EXIT:  # the last depth always answers: its threshold decides nothing
@@ -241,13 +241,12 @@ class AnytimeRunner:
         return RunResult(prediction.numpy(), exit_depth.numpy(), macs, (exit_depth > 0).numpy(), timed_out.numpy(),
                          exit_score.numpy())
 
-
     def _run_one(self, image: torch.Tensor, start: float, deadline_s: float | None) -> RunResult:
         """``run`` for one image under a confidence policy, deciding on Python
         floats: at batch 1 the tensor operations that compute a signal and
         test it cost more to dispatch than their arithmetic, and the
         runner's work per exit (head, signal, test) fell from about 210 to
-        about 65 us (docs/BENCHMARKS.md, "Session 14").  Same decisions as
+        about 100 us (docs/BENCHMARKS.md, "Session 14").  Same decisions as
         the batch path, but for a signal within about 1e-7 of a boundary."""
         last = self.spec.depth - 1
         logits: list[float] | None = None

@@ -17,8 +17,8 @@ Costs per option and device:
 * ``latency`` at quantile q: without exits, the measured p50 (q = 0.5) or p90
   (q >= 0.9; 30 timed calls support no finer tail) of the whole sub-network;
   with exits, the q-quantile over samples of the exit-path latency (sum of the
-  timed depth segments and placed exits' heads and runner work), times the sub-network's measured p90/p50
-  ratio for q >= 0.9;
+  timed depth segments and of the placed exits' heads and runner work),
+  times the sub-network's measured p90/p50 ratio for q >= 0.9;
 * ``memory``: float32 weights of every layer the path can reach (its heads
   and scorers included) plus the measured peak activations;
 * ``energy``: assumed active power (``devices.yaml``, or a user's devices file) x expected latency.

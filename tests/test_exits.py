@@ -443,5 +443,10 @@ def test_runner_rejects_bad_setup(trained):
         AnytimeRunner(model, spec, "gate", no_exit(2), catalog)
     with pytest.raises(ConfigError):
         AnytimeRunner(model, spec, "max_prob", no_exit(5), catalog)
+    with pytest.raises(ConfigError, match="no thresholds but"):  # no exit to place: its heads are not built
+        AnytimeRunner(model, spec, "none", np.zeros(2, dtype=np.float32), catalog)
+    without = AnytimeRunner(model, spec, "none", no_exit(2), catalog)
+    with pytest.raises(ConfigError, match="no thresholds but"):
+        without.thresholds = np.array([0.5, np.inf], dtype=np.float32)
     with pytest.raises(CatalogError):
         path_traces(catalog, spec, "nonsense")

@@ -113,10 +113,17 @@ def test_deadline_zero_ends_unanswered_without_running(catalog):
     assert answer.outcome == "answered_late" and answer.exit_depth >= 1
 
 
-def test_interrupted_request_answers_with_the_last_exit_passed(catalog, monkeypatch):
+@pytest.mark.parametrize("third_placed", [True, False])
+def test_interrupted_request_answers_with_the_last_exit_passed(catalog, monkeypatch, third_placed):
+    """Stopped before depth 4, a request answers from depth 3's exit, or from
+    depth 2's where its setting places no exit at depth 3 (threshold +inf:
+    that head is not evaluated)."""
+    from anytime.exits import placed_exits
+
     table = option_table(catalog)
+    placed = placed_exits(table.thresholds)
     rows = np.flatnonzero((table.policy == "max_prob") & (table.depth == catalog.depths)
-                          & (table.width == catalog.widths))
+                          & (table.width == catalog.widths) & placed[:, :2].all(1) & (placed[:, 2] == third_placed))
     row = int(rows[np.argmin(table.accuracy_drop[rows])])
     frozen = lambda: 0.0  # noqa: E731 - the runtime's clock: no time passes between arrival and start
     with Runtime(catalog, _Pinned(row), rate_window_s=0, clock=frozen) as runtime:
@@ -128,12 +135,15 @@ def test_interrupted_request_answers_with_the_last_exit_passed(catalog, monkeypa
         ticks = itertools.count()
         monkeypatch.setattr(anytime.runner, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
         answer = runtime.infer(image, "camera", timeout_s=300)
+    passed = 3 if third_placed else 2
     assert answer.outcome == "interrupted"
-    assert answer.exit_depth == 3 < table.depth[row]
+    assert answer.exit_depth == passed < table.depth[row]
     with torch.no_grad():
-        logits = runtime.net.forward_all(image[None])[0, 2, catalog.widths - 1]
+        logits = runtime.net.forward_all(image[None])[0, passed - 1, catalog.widths - 1]
     assert answer.prediction == int(logits.argmax())
-    assert answer.record.macs == runner.path_macs[2]
+    assert answer.record.macs == runner.path_macs[passed - 1]
+    if not third_placed:
+        return
     # a plain sub-network has no exit before its last: interrupted, it ends unanswered
     plain = int(np.flatnonzero((table.policy == "none") & (table.depth == catalog.depths)
                                & (table.width == catalog.widths))[0])
