@@ -137,9 +137,7 @@ def path_traces(catalog: Catalog, spec: SubnetSpec, policy: str, split: str = "v
             correct = extra["prediction"][:, :depth, w] == traces.labels[:, None]
     if cost == "macs":
         exit_cost = exit_macs(catalog, policy)[:depth, w]
-        path_cost = catalog.costs["exit_path_macs"][:depth, w].astype(np.float64)
-        if policy in catalog.exit_extra_macs:
-            path_cost = path_cost + np.cumsum(catalog.exit_extra_macs[policy][:depth, w])
+        path_cost = exit_path_macs(catalog, policy)[:depth, w]
     elif cost == "latency":
         device = device or catalog.measured_device
         exit_cost = exit_ms(catalog, device, policy)[:depth, w]
@@ -171,6 +169,18 @@ def exit_setting_row(catalog: Catalog, spec: SubnetSpec, policy: str, accuracy_d
         raise CatalogError(f"no exit setting of {spec} with {policy!r} for accuracy drop {accuracy_drop:g}; "
                            f"calibrated drops: {', '.join(f'{d:g}' for d in sorted(set(drops.tolist())))}")
     return int(match[0])
+
+
+def exit_path_macs(catalog: Catalog, policy: str) -> np.ndarray:
+    """``[depths, widths]`` MACs of a sample that exits at each depth under
+    ``policy`` with every exit on the way evaluated: the segments and heads
+    up to it, and a gate's or support network's scorer beside each head (the
+    MAC twin of :func:`exit_path_ms`; :func:`placed_path_cost` takes the
+    exits not placed off it)."""
+    macs = catalog.costs["exit_path_macs"].astype(np.float64)
+    if policy in catalog.exit_extra_macs:
+        macs = macs + np.cumsum(catalog.exit_extra_macs[policy], axis=0)
+    return macs
 
 
 def exit_macs(catalog: Catalog, policy: str) -> np.ndarray:
@@ -377,12 +387,13 @@ def calibrate_placement(path: PathTraces, target_accuracy: float) -> np.ndarray:
     costs least: for each first depth k, no exit before k (their heads not
     evaluated, :func:`placed_exits`) and :func:`calibrate_for_accuracy` over
     depths k..L, the cheapest on ``path`` that keeps ``target_accuracy`` (a
-    tie goes to the earlier k; no exit at all when none is cheaper).  Shallow-Deep Networks asked where internal
-    classifiers pay; here the answer is read from ``path``'s own costs, so it
-    changes anything only where evaluating an exit costs something next to
-    the layers it skips: batch-1 wall time, where a head costs about as much
-    as a sixth of a block on this CPU (docs/BENCHMARKS.md), not MACs.
-    Costs L point estimates."""
+    tie goes to the earlier k; no exit at all when none is cheaper).
+    Shallow-Deep Networks asked where internal classifiers pay; here the
+    answer is read from ``path``'s own costs, so it changes anything only
+    where evaluating an exit costs something next to the layers it skips:
+    batch-1 wall time, where a head costs about as much as a sixth of a
+    block on this CPU (docs/BENCHMARKS.md), not MACs.  Costs L point
+    estimates."""
     depths = path.depths
     best, best_cost = no_exit(depths), evaluate_thresholds(path, no_exit(depths))[1]
     for first in range(depths - 1):

@@ -49,7 +49,7 @@ from torch import nn
 
 from anytime import export_driver
 from anytime.catalog import Catalog, CatalogError
-from anytime.exits import exit_macs, exit_setting_row, outcome, path_traces, placed_path_cost
+from anytime.exits import exit_macs, exit_path_macs, exit_setting_row, outcome, path_traces, placed_path_cost
 from anytime.gates import DepthGates, Scorers, SupportNetworks, support_inputs
 from anytime.outputs import ResultsFolder
 from nets.dnnet import DNNet
@@ -317,10 +317,9 @@ def _exits_manifest(catalog: Catalog, spec: SubnetSpec, setting: ExitSetting, se
     if policy in HEAD_SIGNALS or "test" in catalog.exit_scores.get(policy, {}):  # the test traces of its signal
         expected = outcome(path_traces(catalog, spec, policy, "test"),
                            np.asarray(setting.thresholds, dtype=np.float32))
-    path_macs = catalog.costs["exit_path_macs"][: spec.depth, spec.width - 1].astype(np.int64)
-    if policy in catalog.exit_extra_macs:
-        path_macs = path_macs + np.cumsum(catalog.exit_extra_macs[policy][: spec.depth, spec.width - 1])
-    path_macs = placed_path_cost(path_macs, exit_macs(catalog, policy)[: spec.depth, spec.width - 1].astype(np.int64),
+    w = spec.width - 1
+    path_macs = placed_path_cost(exit_path_macs(catalog, policy)[: spec.depth, w],
+                                 exit_macs(catalog, policy)[: spec.depth, w],
                                  np.asarray(setting.thresholds, dtype=np.float32))  # the placed exits' heads only
     return {
         "policy": policy, "accuracy_drop": setting.accuracy_drop, "calibrated_on": "val",

@@ -46,8 +46,8 @@ from torch import nn
 
 from anytime.catalog import Catalog, CatalogError
 from anytime.evaluate import confidence_signal_of_one, confidence_signals
-from anytime.exits import (CONFIDENCE_POLICIES, POLICIES, exit_macs, exit_setting_row, placed_exits,
-                           placed_path_cost)
+from anytime.exits import (CONFIDENCE_POLICIES, POLICIES, exit_macs, exit_path_macs, exit_setting_row,
+                           placed_exits, placed_path_cost)
 from anytime.gates import LEARNED_POLICIES, DepthGates, Scorers, SupportNetworks, support_inputs
 from nets.dnnet import DNNet
 from nets.errors import ConfigError
@@ -95,10 +95,8 @@ class AnytimeRunner:
                       if policy != NO_EXIT or d == spec.depth - 1 else None for d in range(spec.depth)]
         self.full_channels = list(model.depth_channels)
         w = spec.width - 1
-        cost = catalog.costs["exit_path_macs"][: spec.depth, w].astype(np.int64)
-        if policy in catalog.exit_extra_macs:
-            cost = cost + np.cumsum(catalog.exit_extra_macs[policy][: spec.depth, w])
-        self._all_exits_macs = cost  # every exit on the way evaluated; the thresholds say which are (placement)
+        # every exit on the way evaluated; the thresholds say which are (placement)
+        self._all_exits_macs = exit_path_macs(catalog, policy)[: spec.depth, w].astype(np.int64)
         self._exit_macs = exit_macs(catalog, policy)[: spec.depth, w].astype(np.int64)
         signal = {"max_prob": "top1_prob", "entropy": "entropy", "margin": "margin"}.get(policy, f"exit/{policy}")
         self.signal = signal  # the name of the signal the catalog stores (its codebook's key)

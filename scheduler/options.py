@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from anytime.catalog import Catalog, LatencyTable
-from anytime.exits import exit_depths_many, exit_ms, exit_path_ms, path_traces, placed_path_cost
+from anytime.exits import (exit_depths_many, exit_macs, exit_ms, exit_path_macs, exit_path_ms, path_traces,
+                           placed_path_cost)
 from anytime.latency_model import load_active_power, table_power_w
 from anytime.user_cache import cached_arrays, content_key
 from nets.spec import SubnetSpec
@@ -152,16 +153,15 @@ class OptionTable:
         has_exits = self.policy != NO_EXIT
         w, last = self.width - 1, self.depth - 1
         path_macs = catalog.costs["exit_path_macs"][:, w].T.astype(np.float64)  # [n, depths]
-        extra = np.zeros_like(path_macs)
         per_exit = catalog.costs["head_macs"][:, w].T.astype(np.float64)  # what each exit adds (placement)
         scorer_params = np.zeros(len(self.subnet))
-        for name, macs in catalog.exit_extra_macs.items():
+        for name, macs in catalog.exit_extra_macs.items():  # a scorer beside each head (anytime.exits.exit_macs)
             rows_with = self.policy == name
             if rows_with.any():
-                extra[rows_with] = np.cumsum(macs[:, w[rows_with]].T, axis=1)
-                per_exit[rows_with] += macs[:, w[rows_with]].T
+                path_macs[rows_with] = exit_path_macs(catalog, name)[:, w[rows_with]].T
+                per_exit[rows_with] = exit_macs(catalog, name)[:, w[rows_with]].T
                 scorer_params[rows_with] = _prefix_sum(macs[:, w[rows_with]].T + classes, last[rows_with])
-        placed_macs = placed_path_cost(path_macs + extra, per_exit, self.thresholds, last)
+        placed_macs = placed_path_cost(path_macs, per_exit, self.thresholds, last)
         self.macs = np.where(has_exits, (placed_macs * self.exit_histogram).sum(1), catalog.costs["macs"][last, w])
         head_params = catalog.costs["head_macs"][:, w].T + classes  # [n, depths]
         earlier_heads = _prefix_sum(head_params, last) - head_params[np.arange(len(w)), last]

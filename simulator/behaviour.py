@@ -32,7 +32,6 @@ class Behaviour:
     cum_s: np.ndarray  # [depth] seconds to reach (and answer at) each depth; used when interrupted
     cum_macs: np.ndarray  # [depth] MACs to reach each depth
     correct_by_depth: np.ndarray  # [samples, depth] the answer at each depth is right
-    has_heads: bool  # the path computes intermediate answers (False: a plain sub-network without exits)
     feature_bytes: np.ndarray  # [depth] bytes of the feature map leaving each depth at this width
     placed: np.ndarray  # [depth] bool: an exit is evaluated there (anytime.exits.placed_exits; plain: the last)
 
@@ -90,19 +89,17 @@ class BehaviourCache:
                 placed = placed_exits(thresholds)
             work_ms = cum_ms[exits]
             macs = macs_path[exits]
-            has_heads = True
         else:  # a plain sub-network: no heads on the way, the extracted model's measured latency
             correct_by_depth = traces.correct[:, :depth, w].astype(bool)
             exits = np.full(n, depth - 1)
             work_ms = np.full(n, cum_ms[-1])
             macs = np.full(n, float(catalog.costs["macs"][depth - 1, w]))
-            has_heads = False
             placed = np.arange(depth) == depth - 1
+            # without heads, reaching depth d costs about the depth-d sub-network (one head included)
+            macs_path = catalog.costs["macs"][:depth, w].astype(np.float64)
         correct = correct_by_depth[np.arange(n), exits]
-        # without heads, reaching depth d costs about the depth-d sub-network (one head included)
-        cum_macs = macs_path if has_heads else catalog.costs["macs"][:depth, w].astype(np.float64)
         return Behaviour(exits.tolist(), (work_ms / 1000.0).tolist(), correct.tolist(), macs.tolist(),
-                         cum_ms / 1000.0, cum_macs, correct_by_depth, has_heads, feature_bytes, placed)
+                         cum_ms / 1000.0, macs_path, correct_by_depth, feature_bytes, placed)
 
 
 @dataclass

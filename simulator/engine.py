@@ -519,7 +519,7 @@ class Simulation:
         app = request.app
         split = app.spec.split
         if self.policy.interrupt and self.env.now >= request.deadline:
-            self._answer_interrupted(request, split.at_depth - 1 if request.behaviour.has_heads else -1)
+            self._answer_interrupted(request, request.behaviour.last_exit_by(split.at_depth - 1))
             return
         request.stage = Stage.SERVER
         server = self.devices[split.server]
@@ -542,14 +542,13 @@ class Simulation:
             passed = request.behaviour.passed_exit(attained - app.device.request_overhead_s)
         elif request.stage is Stage.LINK:
             self._account_link(self.links[split.link], app.index, job.arrival, now, attained)
-            passed = split.at_depth - 1 if request.behaviour.has_heads else -1
+            passed = request.behaviour.last_exit_by(split.at_depth - 1)
         else:
             server = self.devices[split.server]
             self._account(server, app.index, job.arrival, now, attained, server.power_w)
             base = request.server_behaviour.cum_s[split.at_depth - 1]
             passed = request.server_behaviour.passed_exit(base + attained - server.request_overhead_s)
-            if passed < split.at_depth - 1 and request.behaviour.has_heads:
-                passed = split.at_depth - 1
+            passed = max(passed, request.behaviour.last_exit_by(split.at_depth - 1))
         self._answer_interrupted(request, passed)
 
     def _answer_interrupted(self, request: Request, passed: int) -> None:
