@@ -100,7 +100,11 @@ COST_FIELDS = {
     "feature_bytes": "bytes of the float32 feature map leaving depth d at width w (what a split ships)",
 }
 WEIGHT_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
-MONOTONE_COSTS = ("macs", "exit_path_macs", "params")  # counted, so they never shrink as a sub-network grows
+# counted, so they never shrink as a sub-network grows wider; along depth only what the layers add
+# must grow: a deeper sub-network's own head may be smaller (a net whose middle heads read a pooled
+# grid and whose last head reads the global average: head_pool), so its MACs less its head's, and its
+# parameters (no head table to subtract) are not compared along depth
+MONOTONE_COSTS = ("macs", "exit_path_macs", "params")
 
 # Limits on the sizes a catalog file declares, checked before anything is
 # allocated from them (the shipped catalog: 16 x 8 sub-networks, 15,000
@@ -818,8 +822,10 @@ def _check_sizes(meta: dict, json_path: Path) -> tuple[int, int, list[str], dict
 def _check_costs(tables: dict, depths: int, widths: int, source: str,
                  model_set: bool = False) -> dict[str, np.ndarray]:
     """The cost tables: non-negative integers; MACs and parameters positive
-    and non-decreasing with depth and width (a model set's parameters need
-    not grow with its members' MACs); exit paths at least the sub-network."""
+    and non-decreasing with width, exit-path MACs and the MACs without the
+    head non-decreasing with depth (``MONOTONE_COSTS``; a model set's
+    parameters need not grow with its members' MACs); exit paths at least
+    the sub-network."""
     if not isinstance(tables, dict):
         raise CatalogError(f"{source}: costs = {_short(tables)}, expected an object of tables")
     costs = {}
@@ -834,8 +840,15 @@ def _check_costs(tables: dict, depths: int, widths: int, source: str,
         if model_set and name == "params":
             continue
         falls = np.zeros(values.shape, dtype=bool)
-        falls[1:] |= values[1:] < values[:-1]
-        _check_values(source, f"costs.{name}", values, falls, "smaller than at the depth before (must not decrease)")
+        if name == "macs":  # the layers' MACs: the sub-network's less its own head's
+            layers = values - costs["head_macs"]
+            falls[1:] |= layers[1:] < layers[:-1]
+            _check_values(source, f"costs.{name}", values, falls,
+                          "without its head, smaller than at the depth before (the layers' MACs must not decrease)")
+        elif name == "exit_path_macs":
+            falls[1:] |= values[1:] < values[:-1]
+            _check_values(source, f"costs.{name}", values, falls,
+                          "smaller than at the depth before (must not decrease)")
         falls[:] = False
         falls[:, 1:] |= values[:, 1:] < values[:, :-1]
         _check_values(source, f"costs.{name}", values, falls, "smaller than at the width before (must not decrease)")

@@ -383,29 +383,56 @@ def calibrate_shared_threshold(path: PathTraces, target_accuracy: float) -> np.n
 
 
 def calibrate_placement(path: PathTraces, target_accuracy: float) -> np.ndarray:
-    """The point estimate with exits placed only from the depth where that
-    costs least: for each first depth k, no exit before k (their heads not
-    evaluated, :func:`placed_exits`) and :func:`calibrate_for_accuracy` over
-    depths k..L, the cheapest on ``path`` that keeps ``target_accuracy`` (a
-    tie goes to the earlier k; no exit at all when none is cheaper).
+    """The point estimate with exits placed only where they pay: first the
+    depth to start at (for each first depth k, no exit before k, their heads
+    not evaluated, :func:`placed_exits`, and :func:`calibrate_for_accuracy`
+    over depths k..L), then, one at a time, the placed exit whose leaving
+    out lowers the cost most, while one does; each candidate placement
+    calibrated afresh over its own exits, and kept only where it holds
+    ``target_accuracy`` on ``path`` (ties go to the earlier first depth and
+    the deeper exit left out; no exit at all when none is cheaper).
     Shallow-Deep Networks asked where internal classifiers pay; here the
     answer is read from ``path``'s own costs, so it changes anything only
     where evaluating an exit costs something next to the layers it skips:
     batch-1 wall time, where a head costs about as much as a sixth of a
-    block on this CPU (docs/BENCHMARKS.md), not MACs.  Costs L point
-    estimates."""
+    block on this CPU (docs/BENCHMARKS.md), not MACs.  Costs about L²/2
+    point estimates."""
     depths = path.depths
     best, best_cost = no_exit(depths), evaluate_thresholds(path, no_exit(depths))[1]
-    for first in range(depths - 1):
-        from_first = np.full(depths, ALWAYS, dtype=np.float32)
-        from_first[:first] = NEVER
-        tail = PathTraces(path.score[:, first:], path.correct[:, first:], path.cost_under(from_first)[first:],
-                          path.policy, path.spec, None if path.exit_cost is None else path.exit_cost[first:])
-        thresholds = np.concatenate([no_exit(first), calibrate_for_accuracy(tail, target_accuracy)])
+
+    def tried(placed: np.ndarray) -> tuple[np.ndarray, float] | None:
+        thresholds = _calibrated_at(path, placed, target_accuracy)
         accuracy, cost = evaluate_thresholds(path, thresholds)
-        if accuracy >= target_accuracy - 1e-9 and cost < best_cost:
-            best, best_cost = thresholds, cost
-    return best
+        return (thresholds, cost) if accuracy >= target_accuracy - 1e-9 else None
+
+    for first in range(depths - 1):
+        found = tried(np.arange(depths) >= first)
+        if found is not None and found[1] < best_cost:
+            best, best_cost = found
+    while True:
+        placed = placed_exits(best)
+        candidates = []
+        for depth in np.flatnonzero(placed[:-1])[::-1]:  # the deepest first: it wins ties
+            fewer = placed.copy()
+            fewer[depth] = False
+            found = tried(fewer)
+            if found is not None and found[1] < best_cost:
+                candidates.append(found)
+        if not candidates:
+            return best
+        best, best_cost = min(candidates, key=lambda found: found[1])  # the first of equal costs
+
+
+def _calibrated_at(path: PathTraces, placed: np.ndarray, target_accuracy: float) -> np.ndarray:
+    """:func:`calibrate_for_accuracy` over the ``placed`` depths alone (the
+    last among them), the others without an exit (+inf)."""
+    columns = np.flatnonzero(placed)
+    only_placed = np.where(placed, ALWAYS, NEVER).astype(np.float32)
+    among = PathTraces(path.score[:, columns], path.correct[:, columns], path.cost_under(only_placed)[columns],
+                       path.policy, path.spec, None if path.exit_cost is None else path.exit_cost[columns])
+    thresholds = no_exit(path.depths)
+    thresholds[columns] = calibrate_for_accuracy(among, target_accuracy)
+    return thresholds
 
 
 THRESHOLD_RULES = {  # the exact rules the point estimate chooses between (calibrate_for_accuracy)

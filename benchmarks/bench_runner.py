@@ -23,15 +23,14 @@ about 0.4% of the score range: the decisions, not the timing, can differ
 slightly from a catalog built for the run.
 
 ``--placement`` places the exits by batch-1 time measured here (each depth's
-segment and exit, timed as the runner runs them): no exit before the depth
-from which they pay (``anytime.exits.calibrate_placement``), so their heads
+segment and exit, timed as the runner runs them): exits only at the depths
+where they pay (``anytime.exits.calibrate_placement``), so the other heads
 are not evaluated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -50,7 +49,8 @@ from anytime.evaluate import collect_traces, confidence_signal_of_one  # noqa: E
 from anytime.exits import (CONFIDENCE_POLICIES, PathTraces, calibrate_for_accuracy,  # noqa: E402
                            calibrate_placement, calibrate_width_refinement, confidence_score, evaluate_thresholds,
                            no_exit, path_traces, placed_exits)
-from nets.registry import create_trained_net  # noqa: E402
+from nets.errors import CheckpointError  # noqa: E402
+from nets.registry import create_trained_net, finished_run  # noqa: E402
 from anytime.runner import AnytimeRunner, WidthLadderRunner  # noqa: E402
 from nets import SubnetSpec  # noqa: E402
 from nets.data import load_cifar10, to_float  # noqa: E402
@@ -61,10 +61,10 @@ def run_under_test(run: Path, net: str, policy: str, data_path: str):
     (its validation split must be the one it never trained on), and the
     validation traces of its full-width depth path under ``policy``, and the
     MACs of the full sub-network without exits (its last head only)."""
-    weights = next((p for p in sorted(run.glob("*.pt")) if p.with_suffix(".json").exists()), None)
-    if weights is None:
-        sys.exit(f"error: {run} holds no finished run (NAME.pt beside NAME.json)")
-    card = json.loads(weights.with_suffix(".json").read_text())
+    try:
+        weights, card = finished_run(run)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
     model = create_trained_net(net, weights)
     data = load_cifar10(data_path, val_size=card["data"]["val"], seed=card["train_config"]["seed"],
                         cache_dir="data/cache")
@@ -163,7 +163,8 @@ def main() -> None:
             runner.thresholds = thresholds = calibrate_placement(timed, target)
             # the point estimate with an exit at every depth, timed beside it
             everywhere = AnytimeRunner(model, spec, args.policy, calibrate_for_accuracy(val_path, target), catalog)
-            label = f"exits ({args.policy}, placed from depth {int(np.argmax(placed_exits(thresholds))) + 1})"
+            at = ",".join(str(d + 1) for d in np.flatnonzero(placed_exits(thresholds)))
+            label = f"exits ({args.policy}, placed at depths {at})"
         else:
             runner.thresholds = thresholds = calibrate_for_accuracy(val_path, target)
             label = f"exits ({args.policy})"

@@ -147,6 +147,22 @@ def baseline_file(name: str, suffix: str = ".pt", runs: Path | str = "runs/basel
     return run if run.exists() else BASELINES_DIR / f"{name}{suffix}"
 
 
+def finished_run(run_dir: str | Path) -> tuple[Path, dict]:
+    """The weights and model card of a finished training run: the ``NAME.pt``
+    beside its ``NAME.json`` that ``anytime train --out RUN_DIR`` writes at
+    the end (a ``checkpoint.pt`` alone is an unfinished run).  The card
+    records the data split the run trained on (``data.val`` images held out,
+    ``train_config.seed``), which an evaluation must reuse.  Raises
+    :class:`CheckpointError` when there is no finished run, or its card
+    cannot be read."""
+    run_dir = Path(run_dir)
+    weights = next((p for p in sorted(run_dir.glob("*.pt")) if p.with_suffix(".json").is_file()), None)
+    card = model_card(weights) if weights is not None else None
+    if card is None:
+        raise CheckpointError(f"{run_dir} holds no finished run (NAME.pt beside a readable NAME.json)")
+    return weights, card
+
+
 def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pt"
 
@@ -154,16 +170,21 @@ def weights_path(name: str) -> Path:
 def create_net(name: str, pretrained: bool = False, weights_sha256: str | None = None, **config) -> nn.Module:
     """Build the network registered as ``name``; ``config`` overrides its
     configuration fields.  ``pretrained`` loads the shipped weights, checked
-    against ``weights_sha256`` when given (a catalog's record of them)."""
+    against ``weights_sha256`` when given (a catalog's record of them), into
+    the configuration their model card records (``config`` still overrides
+    it): shipped weights may come from a configuration other than the
+    registered defaults (the long runs' pooled heads, ``head_pool``)."""
     builder = net_builder(name)
+    path = weights_path(name)
+    if pretrained:
+        if not path.exists():
+            raise CheckpointError(f"no shipped weights for {name!r} (expected {path})")
+        config = {**card_config(model_card(path)), **config}
     try:
         model = builder(**config)
     except TypeError as exc:
         raise ConfigError(f"bad configuration for {name!r}: {exc}") from None
     if pretrained:
-        path = weights_path(name)
-        if not path.exists():
-            raise CheckpointError(f"no shipped weights for {name!r} (expected {path})")
         load_weights(model, path, expected_sha256=weights_sha256)
     model.eval()
     return model
@@ -216,6 +237,13 @@ def card_sha256(path: str | Path) -> str | None:
     return recorded
 
 
+def card_config(card: dict | None) -> dict:
+    """The configuration fields a model card records for its weights (what
+    the registered builder takes; empty without a card)."""
+    config = card.get("config") if isinstance(card, dict) and isinstance(card.get("config"), dict) else {}
+    return {k: v for k, v in config.items() if k != "family"}
+
+
 def create_trained_net(name: str, weights: str | Path, classes: Sequence[str] | None = None,
                        image_size: tuple[int, int] | None = None) -> nn.Module:
     """The network ``name`` as the model card beside ``weights`` records it
@@ -227,8 +255,7 @@ def create_trained_net(name: str, weights: str | Path, classes: Sequence[str] | 
     :class:`DataError`.  Without a card, the registered defaults are built
     with ``len(classes)`` classes."""
     card = model_card(weights) or {}
-    config = card.get("config") if isinstance(card.get("config"), dict) else {}
-    config = {k: v for k, v in config.items() if k != "family"}
+    config = card_config(card)
     if classes is not None:
         classes = list(classes)
         recorded = card.get("classes")

@@ -40,7 +40,8 @@ from anytime.exits import (
     outcome,
 )
 from nets.data import load_cifar10
-from nets.registry import create_trained_net
+from nets.errors import CheckpointError
+from nets.registry import create_trained_net, finished_run
 from nets.spec import SubnetSpec
 
 TARGETS = {"d16w8": 0.91, "d8w8": 0.75}  # issue 13's must-show accuracies
@@ -151,12 +152,11 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="also draw the validation curves into this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    # the weights are the .pt with a model card beside it (not a checkpoint.pt)
-    weights = next((p for p in sorted(args.run.glob("*.pt")) if p.with_suffix(".json").exists()), None)
-    if weights is None:
-        print(f"error: {args.run} holds no finished run (NAME.pt beside NAME.json)", file=sys.stderr)
+    try:
+        weights, card = finished_run(args.run)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    card = json.loads(weights.with_suffix(".json").read_text())
     model = create_trained_net(args.net, weights)
     grid = np.asarray(card["test_accuracy_grid"])
     depths, widths = grid.shape

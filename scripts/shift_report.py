@@ -230,7 +230,7 @@ def replay(guard: ShiftGuard | None, served: Served, order: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog")
-    parser.add_argument("--data", default="/work/shared/data/cifar10-jpeg.zip")
+    parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip")
     parser.add_argument("--cache-dir", default="data/cache")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)

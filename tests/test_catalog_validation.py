@@ -121,9 +121,12 @@ def check_meaning(catalog: Catalog) -> None:
     """What a loaded catalog must mean, checked independently of the loader."""
     for name, values in catalog.costs.items():
         assert values.dtype.kind == "i" and (values >= 0).all(), name
-    for name in ("macs", "params", "exit_path_macs"):
+    for name in ("macs", "params", "exit_path_macs"):  # more width never costs less
         values = catalog.costs[name]
-        assert (values > 0).all() and (np.diff(values, axis=0) >= 0).all() and (np.diff(values, axis=1) >= 0).all()
+        assert (values > 0).all() and (np.diff(values, axis=1) >= 0).all(), name
+    # more depth: more layers (a deeper head may be smaller), and exit paths that only add
+    assert (np.diff(catalog.costs["macs"] - catalog.costs["head_macs"], axis=0) >= 0).all()
+    assert (np.diff(catalog.costs["exit_path_macs"], axis=0) >= 0).all()
     for table in catalog.latency.values():
         for values in (table.p50_ms, table.p90_ms, table.segment_p50_ms, table.head_p50_ms):
             assert np.isfinite(values).all() and (values > 0).all()
@@ -241,8 +244,8 @@ def test_negative_exit_macs_refused(stem):
     refused(stem, r"exit_policies\.'gate'\.extra_macs\[2, 1\] = -5: negative")
 
 
-@pytest.mark.parametrize("field", ["macs", "params", "exit_path_macs"])
-@pytest.mark.parametrize("axis", ["depth", "width"])
+@pytest.mark.parametrize(("field", "axis"), [("macs", "depth"), ("macs", "width"), ("params", "width"),
+                                             ("exit_path_macs", "depth"), ("exit_path_macs", "width")])
 def test_macs_and_params_must_not_decrease(stem, field, axis):
     def change(meta):
         table = meta["costs"][field]
@@ -252,6 +255,36 @@ def test_macs_and_params_must_not_decrease(stem, field, axis):
             table[1][2] = table[1][1] - 1
     edit_json(stem, change)
     refused(stem, f"costs.{field}.*must not decrease|below the sub-network")
+
+
+def test_a_smaller_head_deeper_is_no_fall(stem):
+    """A deeper sub-network's own head may be smaller than a shallower one's
+    (middle heads on a pooled grid, the last on the global average:
+    ``head_pool``): its parameters and MACs may then be fewer, while the
+    layers' MACs still grow.  A head's MACs cannot hide a fall of the layers'."""
+    def smaller_last_head(meta):
+        costs = meta["costs"]
+        for d in range(len(costs["macs"]) - 1):
+            for w in range(len(costs["macs"][0])):
+                extra = costs["macs"][-1][w] + 10_000 - costs["macs"][d][w]  # every middle head costs more
+                costs["head_macs"][d][w] += extra
+                costs["macs"][d][w] += extra
+                costs["params"][d][w] += 10 * costs["params"][-1][w]
+                costs["exit_path_macs"][d][w] += extra
+        for d in range(1, len(costs["macs"])):  # exit paths stay cumulative
+            for w in range(len(costs["macs"][0])):
+                costs["exit_path_macs"][d][w] = max(costs["exit_path_macs"][d][w], costs["exit_path_macs"][d - 1][w])
+    edit_json(stem, smaller_last_head)
+    catalog = load_catalog(stem)
+    assert (catalog.costs["params"][-1] < catalog.costs["params"][-2]).all()
+    assert (catalog.costs["macs"][-1] < catalog.costs["macs"][-2]).all()
+
+    def hidden_fall(meta):  # the layers' MACs fall at depth 3, a costlier head there hides it
+        costs = meta["costs"]
+        layers_before = costs["macs"][1][1] - costs["head_macs"][1][1]
+        costs["head_macs"][2][1] = costs["macs"][2][1] - (layers_before - 1)
+    edit_json(stem, hidden_fall)
+    refused(stem, r"costs\.macs\[2, 1\].*the layers' MACs must not decrease")
 
 
 @pytest.mark.parametrize("value", [-1, 0])

@@ -80,6 +80,30 @@ def test_placement_keeps_the_target_and_leaves_out_exits_that_cost_more_than_the
     assert not placed_exits(placed)[:2].any() and placed_exits(placed).sum() > 1
 
 
+def test_placement_leaves_out_a_middle_exit_that_never_pays():
+    """An exit in the middle of the path whose answers are never confident
+    enough to leave costs its head on every sample that passes it and saves
+    nothing: the placement leaves it out and keeps the ones around it."""
+    from anytime.exits import calibrate_placement, placed_exits
+
+    rng = np.random.default_rng(5)
+    n, depth, useless = 3000, 8, 4
+    correct = rng.random((n, depth)) < np.linspace(0.6, 0.9, depth)
+    score = np.where(correct, 0.6, 0.3) + 0.3 * rng.random((n, depth))  # confident answers are mostly right
+    score[:, useless], correct[:, useless] = 0.0, False  # never confident at this depth, and never right
+    score = score.astype(np.float32)
+    exit_cost = np.full(depth, 1.0)
+    path = PathTraces(score, correct, np.cumsum(np.full(depth, 10.0)) + np.cumsum(exit_cost), "max_prob",
+                      SubnetSpec(depth, 1), exit_cost)
+    target = correct[:, -1].mean() - 0.01
+    placed = calibrate_placement(path, target)
+    where = placed_exits(placed)
+    assert not where[useless] and where[useless + 1:].all() and where[:useless].any()
+    accuracy, cost = evaluate_thresholds(path, placed)
+    everywhere = evaluate_thresholds(path, calibrate_for_accuracy(path, target))
+    assert accuracy >= target - 1e-9 and cost < everywhere[1]
+
+
 def test_extreme_thresholds():
     path = _random_path()
     assert (exit_depths(path.score, no_exit(path.depths)) == path.depths - 1).all()

@@ -172,8 +172,12 @@ def _random_scorers(model, images: torch.Tensor) -> Scorers:
 
 def _median_thresholds(catalog, model, scorers: Scorers, spec: SubnetSpec, policy: str,
                        images: torch.Tensor) -> np.ndarray:
-    """Per depth, the median of the scores of ``images`` as the catalog
-    stores them (+inf past the path): some samples leave at each depth."""
+    """Per depth, the score as the catalog stores it that splits ``images``
+    most evenly, some leaving there and some not (+inf past the path): the
+    median where the codebook keeps the scores apart, else the stored value
+    nearest to it that still leaves some samples below it (a catalog's
+    codebook follows its own trained scorers, and can floor most random
+    scores to one value)."""
     with torch.no_grad():
         logits, pooled = model.forward_all(images, return_features=True)
         thresholds = np.full(catalog.depths, np.inf, dtype=np.float32)
@@ -189,7 +193,9 @@ def _median_thresholds(catalog, model, scorers: Scorers, spec: SubnetSpec, polic
                                                                   spec.width))
             stored = score.half().float().numpy()
             codebook = catalog.codebooks.get(f"exit/{policy}")  # the shipped catalog keeps none for gate_ce
-            thresholds[d] = np.median(stored if codebook is None else floor_to_codebook(codebook, stored))
+            stored = stored if codebook is None else floor_to_codebook(codebook, stored)
+            splitting = np.unique(stored)[1:]  # each leaves the samples at the lowest stored value below it
+            thresholds[d] = splitting[np.argmin([abs((stored >= v).mean() - 0.5) for v in splitting])]
     return thresholds
 
 

@@ -757,3 +757,20 @@ def test_baseline_file_prefers_a_finished_run(tmp_path):
     run.mkdir()
     (run / "resnet32_w0.25.json").write_text("{}")
     assert baseline_file("resnet32_w0.25", ".json", tmp_path) == run / "resnet32_w0.25.json"
+
+
+def test_finished_run_is_the_weights_beside_their_card(tmp_path):
+    from nets.registry import finished_run
+
+    with pytest.raises(CheckpointError, match="no finished run"):
+        finished_run(tmp_path)
+    torch.save({}, tmp_path / "checkpoint.pt")  # an unfinished run: a checkpoint, no card
+    with pytest.raises(CheckpointError, match="no finished run"):
+        finished_run(tmp_path)
+    torch.save({}, tmp_path / "net.pt")
+    (tmp_path / "net.json").write_text("{not json")  # a card that cannot be read
+    with pytest.raises(CheckpointError, match="no finished run"):
+        finished_run(tmp_path)
+    (tmp_path / "net.json").write_text('{"data": {"val": 5000}, "train_config": {"seed": 3}}')
+    weights, card = finished_run(tmp_path)
+    assert weights == tmp_path / "net.pt" and card["train_config"]["seed"] == 3

@@ -8,6 +8,7 @@ injected clocks."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -24,7 +25,7 @@ import pytest
 import torch
 
 import anytime.runner
-from anytime.catalog import Catalog, shipped_catalog
+from anytime.catalog import Catalog, ExitSettings, shipped_catalog
 from scheduler.budget import Budget
 from scheduler.options import option_table
 from simulator.engine import LATENCY_BINS, AppStats
@@ -118,19 +119,22 @@ def test_interrupted_request_answers_with_the_last_exit_passed(catalog, monkeypa
     """Stopped before depth 4, a request answers from depth 3's exit, or from
     depth 2's where its setting places no exit at depth 3 (threshold +inf:
     that head is not evaluated)."""
-    from anytime.exits import placed_exits
-
+    # the full sub-network's one exit setting: every exit placed (a max_prob threshold of 2 is
+    # reached by no sample, so every image runs to the end), depth 3's too or not
+    thresholds = np.full(catalog.depths, 2.0, dtype=np.float32)
+    thresholds[2] = 2.0 if third_placed else np.inf
+    setting = ExitSettings(np.array([len(catalog.specs()) - 1]), np.array(["max_prob"]), np.array([0.01]),
+                           thresholds[None])
+    catalog = dataclasses.replace(catalog, exit_settings=setting)
     table = option_table(catalog)
-    placed = placed_exits(table.thresholds)
-    rows = np.flatnonzero((table.policy == "max_prob") & (table.depth == catalog.depths)
-                          & (table.width == catalog.widths) & placed[:, :2].all(1) & (placed[:, 2] == third_placed))
-    row = int(rows[np.argmin(table.accuracy_drop[rows])])
+    row = int(np.flatnonzero((table.policy == "max_prob") & (table.depth == catalog.depths)
+                             & (table.width == catalog.widths))[0])
     frozen = lambda: 0.0  # noqa: E731 - the runtime's clock: no time passes between arrival and start
     with Runtime(catalog, _Pinned(row), rate_window_s=0, clock=frozen) as runtime:
         runtime.register("camera", Budget(latency_ms=3500.0), rate_hz=5)
         runner = runtime.runner("camera")
-        # an image the option's own exit policy runs past depth 4 (noise is rarely confident)
-        image = next(x for x in _images(catalog, 50, seed=1) if runner.run(x[None]).exit_depth[0] > 4)
+        image = _images(catalog, 1, seed=1)[0]
+        assert runner.run(image[None]).exit_depth[0] == catalog.depths
         # the runner's clock: every reading 1 s later, so the 3.5 s deadline stops it before depth 4
         ticks = itertools.count()
         monkeypatch.setattr(anytime.runner, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
