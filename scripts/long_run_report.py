@@ -4,6 +4,8 @@ and depth exits calibrated on val and graded on test from one ``forward_all``
 pass over each split).
 
     python scripts/long_run_report.py runs/long/dnnet_resnet32_cifar10_run1 --plot docs/figures/long_run
+    python scripts/long_run_report.py checkpoints/dnnet_resnet32_cifar10 --curves-only --plot DIR \
+        --beside runs/long/dnnet_resnet32_cifar10_run1     # a run still training, beside an earlier one
 
 Prints Markdown tables: the full output and depth 8 against their targets,
 the full-depth accuracy of every width and its gap to the plain ResNet-32
@@ -15,7 +17,8 @@ drop by each exact rule (decision gates' sequential thresholds, one shared
 threshold) and by the point estimate, the cheaper of the two on val (as
 ``anytime exits --calibration point_estimate``).  ``--plot DIR`` also draws the run's
 validation curves (``training_curves.png``) beside the plain ResNet-32's,
-finished or still running.
+finished or still running (``--beside RUN``: and another nested run's;
+``--curves-only``: only the curves, also of a run still training).
 """
 
 from __future__ import annotations
@@ -89,9 +92,12 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(log: list[dict], name: str, plain_log: list[dict] | None, out_dir: Path) -> Path:
+def plot_curves(log: list[dict], name: str, plain_log: list[dict] | None, out_dir: Path,
+                beside: tuple[str, list[dict]] | None = None) -> Path:
     """Validation accuracy of a few outputs over the epochs, the plain
-    ResNet-32's (where there is one) dashed, the learning rate behind."""
+    ResNet-32's (where there is one) dashed, another nested run's full and
+    middle outputs (``beside``: its label and log) dotted, the learning rate
+    behind."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,6 +111,14 @@ def plot_curves(log: list[dict], name: str, plain_log: list[dict] | None, out_di
     if plain_log:
         ax.plot([r["epoch"] for r in plain_log], [r["val_accuracy_full"] for r in plain_log], "k--", lw=1.2,
                 label="plain ResNet-32 (same recipe)")
+    if beside:
+        label, other = beside
+        other_grid = other[0]["val_accuracy_grid"]
+        middle = max(1, round(len(other_grid) / 2))
+        for (d, w), shown in (((len(other_grid) - 1, len(other_grid[0]) - 1), "full"),
+                              ((middle - 1, len(other_grid[0]) - 1), f"d{middle}w{len(other_grid[0])}")):
+            ax.plot([r["epoch"] for r in other], [r["val_accuracy_grid"][d][w] for r in other], ":", lw=1.2,
+                    label=f"{label}: {shown}")
     changes = [r["epoch"] for a, r in itertools.pairwise(log) if a.get("precision") != r.get("precision")]
     for epoch in changes:
         ax.axvline(epoch, color="grey", lw=0.8, ls=":")
@@ -143,6 +157,15 @@ def group_scales(model) -> str:
     return "\n".join(lines)
 
 
+def draw(args: argparse.Namespace, name: str) -> Path:
+    """The run's validation curves beside the plain ResNet-32's (finished
+    beside the run, or still training: scripts/long_run.sh) and ``--beside``."""
+    plain = next((p for p in (plain_run(1, args.run.parent).with_name("train_log.jsonl"),
+                              Path("checkpoints/resnet32_cifar10/train_log.jsonl")) if p.exists()), None)
+    beside = (args.beside.name, read_log(args.beside / "train_log.jsonl")) if args.beside else None
+    return plot_curves(read_log(args.run / "train_log.jsonl"), name, plain and read_log(plain), args.plot, beside)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder (NAME.pt and NAME.json)")
@@ -150,8 +173,18 @@ def main() -> int:
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.zip", help="CIFAR-10 (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--plot", type=Path, help="also draw the validation curves into this folder")
+    parser.add_argument("--curves-only", action="store_true",
+                        help="only draw the curves (with --plot), of a finished run or one still training "
+                             "(checkpoints/NAME)")
+    parser.add_argument("--beside", type=Path, help="another nested run's folder, its curves drawn dotted")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.curves_only:
+        if args.plot is None or not (args.run / "train_log.jsonl").is_file():
+            print("error: --curves-only draws a run's train_log.jsonl into --plot DIR", file=sys.stderr)
+            return 2
+        print(f"![validation curves]({draw(args, args.run.name)})")
+        return 0
     try:
         weights, card = finished_run(args.run)
     except CheckpointError as error:
@@ -169,11 +202,7 @@ def main() -> int:
     print(width_gaps(grid[-1], args.run.parent))
     print(group_scales(model))
     if args.plot:
-        # the plain reference: finished beside this run, or still training (scripts/long_run.sh)
-        plain = next((p for p in (plain_run(1, args.run.parent).with_name("train_log.jsonl"),
-                                  Path("checkpoints/resnet32_cifar10/train_log.jsonl")) if p.exists()), None)
-        path = plot_curves(read_log(args.run / "train_log.jsonl"), weights.stem, plain and read_log(plain), args.plot)
-        print(f"\n![validation curves]({path})")
+        print(f"\n![validation curves]({draw(args, weights.stem)})")
 
     data = load_cifar10(args.data, val_size=card["data"]["val"], seed=card["train_config"]["seed"])
     costs, _, _ = count_costs(model, tuple(data.test_images.shape[1:]), progress=False)

@@ -48,3 +48,25 @@ def test_long_run_report_refuses_a_folder_without_a_finished_run(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(SCRIPTS / "long_run_report.py"), run_name="__main__")
     assert stop.value.code == 2 and "no finished run" in capsys.readouterr().err
+
+
+def test_long_run_report_draws_the_curves_of_a_run_still_training(tmp_path, capsys, monkeypatch):
+    def log(epochs: int, accuracy: float) -> str:
+        grid = [[accuracy * (d + 1) / 4] * 2 for d in range(4)]
+        return "".join(json.dumps({"epoch": e, "lr": 0.1, "precision": "float32" if e < 3 else "bfloat16",
+                                   "val_accuracy_grid": grid, "val_accuracy_full": accuracy}) + "\n"
+                       for e in range(1, epochs + 1))
+
+    training, earlier = tmp_path / "checkpoints" / "dnnet_tiny", tmp_path / "long" / "dnnet_tiny_run1"
+    for folder, text in ((training, log(5, 0.6)), (earlier, log(9, 0.5))):
+        folder.mkdir(parents=True)
+        (folder / "train_log.jsonl").write_text(text)
+    plots = tmp_path / "plots"
+    for argv, status in (([str(training), "--curves-only"], 2),  # --plot missing
+                         ([str(training), "--curves-only", "--plot", str(plots), "--beside", str(earlier)], 0)):
+        monkeypatch.setattr(sys, "argv", ["long_run_report.py", *argv])
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(SCRIPTS / "long_run_report.py"), run_name="__main__")
+        assert stop.value.code == status
+    assert (plots / "training_curves.png").stat().st_size > 0
+    assert "training_curves.png" in capsys.readouterr().out
