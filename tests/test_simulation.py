@@ -306,6 +306,49 @@ def test_split_execution_uses_the_link_and_the_server(catalog):
     assert int(chosen["option"][1:].split("w")[0]) <= scenario.apps[0].split.at_depth  # stays on the phone
 
 
+@pytest.mark.parametrize("exits_before_the_split", [True, False])
+def test_interrupted_on_the_link_answers_from_the_last_exit_before_the_split(catalog, exits_before_the_split):
+    """A split request whose deadline passes while its feature map is on the
+    link answers from the deepest exit its setting places at or before the
+    split depth, and ends unanswered where the setting places none there
+    (thresholds +inf: those heads never ran on the phone)."""
+    import dataclasses
+
+    from anytime.catalog import ExitSettings
+    from simulator.engine import Simulation
+    from simulator.policies import Policy
+
+    scenario = _short("edge_server", 5.0)
+    at_depth = scenario.apps[0].split.at_depth
+    # the full sub-network's one exit setting: a max_prob threshold of 2 places an exit that no
+    # sample takes, so every request ships its feature map; none placed up to the split, or all
+    thresholds = np.full(catalog.depths, 2.0, dtype=np.float32)
+    if not exits_before_the_split:
+        thresholds[:at_depth] = np.inf
+    setting = ExitSettings(np.array([len(catalog.specs()) - 1]), np.array(["max_prob"]), np.array([0.01]),
+                           thresholds[None])
+    crafted = dataclasses.replace(catalog, exit_settings=setting)
+    table = option_table(crafted)
+    row = int(np.flatnonzero(table.policy == "max_prob")[0])
+    assert table.depth[row] == crafted.depths and table.width[row] == crafted.widths
+
+    class Pinned(Policy):
+        name = "pinned"
+
+        def decide(self, view, now, reason):
+            return {a.name: (row, "pinned") for a in view.apps if a.row != row}
+
+    # a link so slow that no feature map arrives before its deadline
+    slow = replace(scenario, links=(replace(scenario.links[0], bandwidth_mbps=0.01),))
+    result = Simulation(slow, Pinned(interrupt=True), crafted).run()
+    stats = result.stats["photo_search"]
+    assert stats.answered + stats.unanswered > 20 and result.conserved()
+    if exits_before_the_split:
+        assert stats.unanswered == 0 and stats.interrupted == stats.answered > 0
+    else:
+        assert stats.answered == 0 and stats.unanswered > 0
+
+
 def test_split_costs_are_the_engines_expectations(catalog):
     """What the per-request rule prices for a split option equals the mean,
     over the validation samples it decides on, of what the engine would
