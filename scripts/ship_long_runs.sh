@@ -23,6 +23,10 @@
 #   sweep       10 seeds of every scenario, and the paired claims (anytime sweep,
 #               scripts/sweep_claims.py), into a new reports/sweep10-<date> folder
 #
+# The nested and depth_only steps time every sub-network on this CPU (the catalogs'
+# latency tables), and ensemble times the members: run them with nothing else
+# busy (no training beside them), or the tables measure the contention.
+#
 # Every finished run is read from runs/long/NAME only: a run not finished there
 # stops the script before anything is shipped (nets/weights/baselines still holds
 # the 32-epoch models, which must not slip into the comparison).  What it writes
