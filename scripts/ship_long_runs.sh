@@ -9,7 +9,7 @@
 # Steps (each prints its wall time, its output kept in runs/ship/STEP.log; any
 # failure stops the script):
 #   report      the nested run against issue 13's targets (scripts/long_run_report.py),
-#               its training curves into docs/figures/long_run
+#               its training curves into docs/figures/long_run/NAME
 #   baselines   the plain ResNet-32s and the ensemble members into nets/weights/baselines
 #   nested      the nested net: weights, catalog, exits (scripts/ship_model.sh)
 #   depth_only  the depth-only anytime ResNet-32 and the Figure 5 / exit tables
@@ -22,6 +22,9 @@
 #   simulate    every scenario, every policy, seed 0 (scripts/simulate_all.sh)
 #   sweep       10 seeds of every scenario, and the paired claims (anytime sweep,
 #               scripts/sweep_claims.py), into a new reports/sweep10-<date> folder
+#   tests       the README's test command: every shipped artifact passes the existing
+#               checks (exact MACs and parameters of every catalog entry against its
+#               extracted model, summaries deterministic per seed, ...)
 #
 # The nested and depth_only steps time every sub-network on this CPU (the catalogs'
 # latency tables), and ensemble times the members: run them with nothing else
@@ -40,7 +43,7 @@ depth_only=anytime_resnet32_cifar10
 plain=(resnet32_cifar10 resnet32_w0.75 resnet32_w0.5 resnet32_w0.25)
 members=(resnet14_w0.5_seed1 resnet14_w0.5_seed2 resnet14_w0.5_seed3)
 runs=("$nested" "$depth_only" "${plain[@]}" "${members[@]}")
-steps_all=(report baselines nested depth_only zoo figure4 ensemble risk shift simulate sweep)
+steps_all=(report baselines nested depth_only zoo figure4 ensemble risk shift simulate sweep tests)
 
 check() {  # every run finished under runs/long; prints the missing ones
   local missing=()
@@ -58,7 +61,9 @@ step() {  # step NAME: run one step, timed
   local started=$SECONDS
   echo "== $1"
   case $1 in
-    report) python scripts/long_run_report.py "$long/$nested" --plot docs/figures/long_run ;;
+    report)  # its curves beside the first nested run's (whose picture is docs/figures/long_run/training_curves.png)
+      python scripts/long_run_report.py "$long/$nested" --plot "docs/figures/long_run/$nested" \
+        --beside "$long/${nested}_run1" ;;
     baselines)
       mkdir -p nets/weights/baselines
       for name in "${plain[@]}" "${members[@]}"; do
@@ -77,6 +82,7 @@ step() {  # step NAME: run one step, timed
       local out="reports/sweep10-$(date +%Y%m%d)"
       anytime sweep phone edge_box vehicle edge_server trace_replay --seeds 10 --out "$out"
       python scripts/sweep_claims.py "$out" ;;
+    tests) python -m pytest -q ;;
     *) echo "unknown step: $1 (steps: ${steps_all[*]})" >&2; return 2 ;;
   esac
   echo "== $1: $((SECONDS - started)) s"
@@ -86,12 +92,12 @@ if [ "${1:-}" = --check ]; then
   check
   exit $?
 fi
-check || exit 3
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${steps_all[@]}")
 for name in "${selected[@]}"; do  # every step named is known before any runs
   [[ " ${steps_all[*]} " == *" $name "* ]] || { echo "unknown step: $name (steps: ${steps_all[*]})" >&2; exit 2; }
 done
+check || exit 3
 mkdir -p runs/ship
 for name in "${selected[@]}"; do  # each step's output also in runs/ship/STEP.log, for docs/RESULTS.md
   step "$name" 2>&1 | tee "runs/ship/$name.log"

@@ -70,3 +70,40 @@ def test_long_run_report_draws_the_curves_of_a_run_still_training(tmp_path, caps
         assert stop.value.code == status
     assert (plots / "training_curves.png").stat().st_size > 0
     assert "training_curves.png" in capsys.readouterr().out
+
+
+def test_ship_long_runs_checks_every_run_before_it_ships_anything(tmp_path):
+    """``scripts/ship_long_runs.sh`` refuses an unknown step before anything
+    else (2), and ships nothing while any long run is unfinished (3)."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "ship_long_runs.sh"
+    shutil.copy(SCRIPTS / "ship_long_runs.sh", script)
+    names = ["dnnet_resnet32_cifar10", "anytime_resnet32_cifar10", "resnet32_cifar10", "resnet32_w0.75",
+             "resnet32_w0.5", "resnet32_w0.25", "resnet14_w0.5_seed1", "resnet14_w0.5_seed2", "resnet14_w0.5_seed3"]
+    for name in names[1:]:
+        run = tmp_path / "runs" / "long" / name
+        run.mkdir(parents=True)
+        (run / f"{name}.pt").write_bytes(b"")
+        (run / f"{name}.json").write_text("{}")
+
+    def ship(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+
+    assert ship("--check").returncode == 3 and "dnnet_resnet32_cifar10" in ship("--check").stdout
+    unknown = ship("baselines", "nope")
+    assert unknown.returncode == 2 and "unknown step: nope" in unknown.stderr
+    refused = ship("baselines")
+    assert refused.returncode == 3 and not (tmp_path / "nets").exists()  # nothing shipped
+    run = tmp_path / "runs" / "long" / names[0]
+    run.mkdir()
+    (run / f"{names[0]}.pt").write_bytes(b"")
+    (run / f"{names[0]}.json").write_text("{}")
+    assert ship("--check").returncode == 0
+    shipped = ship("baselines")  # the one step that only copies files
+    assert shipped.returncode == 0, shipped.stderr
+    assert sorted(p.name for p in (tmp_path / "nets" / "weights" / "baselines").iterdir()) == sorted(
+        f"{name}{suffix}" for name in names[2:] for suffix in (".pt", ".json"))
+    assert (tmp_path / "runs" / "ship" / "baselines.log").is_file()
