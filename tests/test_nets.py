@@ -328,6 +328,25 @@ def test_shipped_weights_load():
     assert not model.training
 
 
+def test_shipped_weights_load_into_the_configuration_their_card_records(tmp_path, monkeypatch):
+    """Shipped weights of a configuration other than the registered defaults
+    (pooled heads) load: ``create_net(pretrained=True)`` builds what the
+    model card beside them records; an explicit override still wins."""
+    import nets.registry
+
+    monkeypatch.setattr(nets.registry, "WEIGHTS_DIR", tmp_path)
+    pooled = create_net("dnnet_tiny", head_pool=2)
+    torch.save(pooled.state_dict(), tmp_path / "dnnet_tiny.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):  # no card: the defaults, other head shapes
+        create_net("dnnet_tiny", pretrained=True)
+    (tmp_path / "dnnet_tiny.json").write_text(json.dumps({"config": pooled.config_dict()}))
+    model = create_net("dnnet_tiny", pretrained=True)
+    assert model.config.head_pool == 2
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), pooled.state_dict().values()))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        create_net("dnnet_tiny", pretrained=True, head_pool=1)
+
+
 # --- data -----------------------------------------------------------------
 
 def test_python_batches_layout(cifar_batches_dir):
