@@ -33,6 +33,7 @@ until the last width of the ladder answers.
 
 from __future__ import annotations
 
+import bisect
 import math
 import struct
 import time
@@ -56,6 +57,7 @@ from nets.spec import SubnetSpec
 __all__ = ["AnytimeRunner", "LadderResult", "RunResult", "WidthLadderRunner", "calibrated_thresholds", "runner_for"]
 
 _FLOAT32 = struct.Struct("f")  # rounds a Python float to float32
+_FLOAT16 = struct.Struct("e")  # to float16, as a catalog stores signals (round half to even, as torch)
 NO_EXIT = "none"  # the scheduler's name of a sub-network run without exits (scheduler.options.NO_EXIT)
 
 
@@ -102,6 +104,7 @@ class AnytimeRunner:
         self.signal = signal  # the name of the signal the catalog stores (its codebook's key)
         codebook = catalog.codebooks.get(signal)
         self.codebook = None if codebook is None else torch.as_tensor(codebook)
+        self._codebook_floats = None if codebook is None else self.codebook.tolist()  # for a lone sample
         self.sign = -1.0 if policy == "entropy" else 1.0  # the exit score is sign x the stored signal
         self.thresholds = thresholds
 
@@ -142,6 +145,20 @@ class AnytimeRunner:
             return values
         codes = torch.searchsorted(self.codebook, values.contiguous(), right=True) - 1
         return self.codebook[codes.clamp(0, len(self.codebook) - 1)]
+
+    def _stored_one(self, raw: float) -> float:
+        """:meth:`_stored` of one signal as a Python float (the same value):
+        at batch 1 its tensor operations cost more than the rest of the
+        answer."""
+        try:
+            value = _FLOAT16.unpack(_FLOAT16.pack(raw))[0]
+        except OverflowError:  # beyond float16's range: torch gives the infinity
+            value = math.copysign(math.inf, raw)
+        codebook = self._codebook_floats
+        if codebook is None:
+            return value
+        code = bisect.bisect_right(codebook, value) - 1  # NaN sorts last, as in torch.searchsorted
+        return codebook[min(max(code, 0), len(codebook) - 1)]
 
     def exit_score(self, raw: torch.Tensor) -> torch.Tensor:
         """The policy's exit score of raw signals: sign x the signal as stored."""
@@ -267,7 +284,7 @@ class AnytimeRunner:
             return RunResult(np.array([-1]), np.array([0]), np.array([0]), np.array([False]), np.array([False]),
                              np.array([math.nan], dtype=np.float32))
         prediction = logits.index(max(logits))  # the first of tied maxima, as argmax
-        score = float(self.exit_score(torch.tensor([raw], dtype=torch.float32))[0])
+        score = self.sign * self._stored_one(raw)
         return RunResult(np.array([prediction]), np.array([passed]), self.path_macs[passed - 1:passed].copy(),
                          np.array([True]), np.array([timed_out]), np.array([score], dtype=np.float32))
 

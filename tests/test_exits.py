@@ -415,6 +415,31 @@ def test_runner_answers_a_lone_sample_as_it_answers_it_in_a_batch(trained, polic
         assert (alone[:5] == 0).all()
 
 
+@pytest.mark.parametrize("with_codebook", [True, False])
+def test_a_lone_signal_is_stored_as_the_batch_stores_it(trained, with_codebook):
+    """``AnytimeRunner._stored_one`` (Python floats, for a lone sample) gives
+    exactly what ``_stored`` gives a tensor: float16 rounding (half to even,
+    infinities beyond its range), then the floor in the catalog's codebook,
+    at its entries, between them, below and above them, and for NaN."""
+    model, _, catalog, _ = trained
+    spec = SubnetSpec(catalog.depths, catalog.widths)
+    runner = AnytimeRunner(model, spec, "margin", no_exit(spec.depth), catalog)
+    rng = np.random.default_rng(0)
+    # a codebook as a stored catalog keeps one: sorted float16 values of the signal
+    book = np.unique(rng.random(64).astype(np.float16)).astype(np.float32) if with_codebook else np.zeros(1, np.float32)
+    runner.codebook = torch.from_numpy(book) if with_codebook else None
+    runner._codebook_floats = book.tolist() if with_codebook else None
+    values = np.concatenate([
+        book, np.nextafter(book, np.float32(-np.inf)), np.nextafter(book, np.float32(np.inf)),
+        rng.random(500, dtype=np.float32), rng.normal(0, 100, 100).astype(np.float32),
+        np.float32([0.0, -0.0, 1.0, -1.0, 65504, 65519.9, 65520, 1e30, -1e30, np.inf, -np.inf, np.nan]),
+        np.float32([2049, 2051, 1 + 2 ** -11, 1 + 3 * 2 ** -11]),  # float16 ties: to even
+    ]).astype(np.float32)
+    batch = runner._stored(torch.from_numpy(values)).numpy()
+    alone = np.array([runner._stored_one(float(v)) for v in values], dtype=np.float32)
+    np.testing.assert_array_equal(alone, batch)
+
+
 def test_runner_decides_by_thresholds_set_after_construction(trained):
     """``builder.time_exit_paths`` forces each exit depth by setting a built
     runner's ``thresholds``: its decisions follow them."""
