@@ -179,6 +179,9 @@ def main() -> int:
     parser.add_argument("--beside", type=Path, help="another nested run's folder, its curves drawn dotted")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.beside is not None and not (args.beside / "train_log.jsonl").is_file():
+        print(f"error: --beside {args.beside} holds no train_log.jsonl (a run's folder)", file=sys.stderr)
+        return 2
     if args.curves_only:
         if args.plot is None or not (args.run / "train_log.jsonl").is_file():
             print("error: --curves-only draws a run's train_log.jsonl into --plot DIR", file=sys.stderr)

@@ -63,6 +63,7 @@ def test_long_run_report_draws_the_curves_of_a_run_still_training(tmp_path, caps
         (folder / "train_log.jsonl").write_text(text)
     plots = tmp_path / "plots"
     for argv, status in (([str(training), "--curves-only"], 2),  # --plot missing
+                         ([str(training), "--curves-only", "--plot", str(plots), "--beside", str(tmp_path)], 2),
                          ([str(training), "--curves-only", "--plot", str(plots), "--beside", str(earlier)], 0)):
         monkeypatch.setattr(sys, "argv", ["long_run_report.py", *argv])
         with pytest.raises(SystemExit) as stop:
